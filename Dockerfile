@@ -1,0 +1,23 @@
+# Seat billing: one image for every role (web, worker, beat, migrate, localstripe).
+# The role is picked by the `command:` in docker-compose.yml; the default is the web app.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Unprivileged runtime user (fixed uid/gid so volume ownership is predictable).
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
+
+COPY . /app
+RUN pip install --no-cache-dir . \
+    && chown -R app:app /app
+
+USER app
+
+EXPOSE 8000
+
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "web:create_app()"]

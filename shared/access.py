@@ -1,0 +1,49 @@
+"""Who is asking, and what they may see: tenant first (404), then role (403)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.domain import require_manager
+from shared.errors import NotFound
+from shared.models import Organization, Subscription, User
+from shared.tokens import hash_token
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: int
+    organization_id: int
+    role: str
+
+
+def actor_for_token(session: Session, token: str) -> Actor | None:
+    user = session.scalar(select(User).where(User.token_hash == hash_token(token)))
+    if user is None:
+        return None
+    return Actor(user.id, user.organization_id, user.role)
+
+
+def subscription_for(
+    session: Session, actor: Actor, subscription_id: int, *, manage: bool, lock: bool = False
+) -> Subscription:
+    """Another tenant's plan is indistinguishable from one that does not exist."""
+    query = select(Subscription).where(
+        Subscription.id == subscription_id,
+        Subscription.organization_id == actor.organization_id,
+    )
+    if lock:
+        query = query.with_for_update()
+    subscription = session.scalar(query)
+    if subscription is None:
+        raise NotFound("no such subscription", "not_found")
+    if manage:
+        require_manager(actor.role)
+    return subscription
+
+
+def organization_of(session: Session, actor: Actor) -> Organization:
+    return session.get_one(Organization, actor.organization_id)

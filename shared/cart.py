@@ -1,0 +1,111 @@
+"""Each buyer's cart: one line per plan, priced with its prorated coupon."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.access import Actor, organization_of, subscription_for
+from shared.db import UnitOfWork
+from shared.domain import check_seat_count, require_manager
+from shared.errors import Conflict, NotFound
+from shared.models import CartItem
+from shared.money import Quote
+from shared.seats import price
+
+
+def priced_lines(
+    session: Session, user_id: int, now: datetime | None, lock: bool = False
+) -> list[tuple[CartItem, Quote]]:
+    """Lines are priced when read, so the cart always shows today's prorated amount."""
+    query = select(CartItem).where(CartItem.user_id == user_id).order_by(CartItem.id)
+    if lock:
+        query = query.with_for_update()
+    return [(item, price(item.subscription, item.active_seats, now)) for item in session.scalars(query)]
+
+
+def cart_view(session: Session, actor: Actor, now: datetime | None) -> dict[str, object]:
+    lines = priced_lines(session, actor.user_id, now)
+    currency = lines[0][1].currency if lines else organization_of(session, actor).currency
+    return {
+        "items": [
+            {
+                "id": item.id,
+                "subscription_id": item.subscription_id,
+                "active_seats": item.active_seats,
+                "seats_to_buy": offer.seats_to_buy,
+                "unit_amount": offer.unit_amount,
+                "subtotal": offer.subtotal,
+                "proration_coupon": offer.proration_coupon,
+                "amount_due": offer.amount_due,
+                "remaining_days": offer.remaining_days,
+                "period_days": offer.period_days,
+            }
+            for item, offer in lines
+        ],
+        "total_due": sum(offer.amount_due for _, offer in lines),
+        "currency": currency,
+    }
+
+
+def get_cart(uow: UnitOfWork, actor: Actor, now: datetime | None = None) -> dict[str, object]:
+    with uow:
+        return cart_view(uow.session, actor, now)
+
+
+def add_item(
+    uow: UnitOfWork,
+    actor: Actor,
+    subscription_id: int,
+    target: int,
+    confirmed: bool,
+    now: datetime | None = None,
+) -> dict[str, object]:
+    """Seats above the paid count go in the cart only once the buyer said yes to the quote."""
+    check_seat_count(target)
+    with uow:
+        subscription = subscription_for(uow.session, actor, subscription_id, manage=True)
+        offer = price(subscription, target, now)
+        if offer.seats_to_buy == 0:
+            raise Conflict(
+                f"{target} seats are already paid for: change the seat count directly, for free",
+                "nothing_to_buy",
+            )
+        if not confirmed:
+            raise Conflict(
+                f"buying {offer.seats_to_buy} more seats costs {offer.amount_due} "
+                f"{offer.currency.upper()} minor units after the prorated coupon; "
+                'send "confirm": true to add them to the cart',
+                "confirmation_required",
+                quote=offer.as_dict(),
+            )
+        lines = uow.session.scalars(
+            select(CartItem).where(CartItem.user_id == actor.user_id).with_for_update()
+        ).all()
+        if any(line.subscription.currency != subscription.currency for line in lines):
+            raise Conflict("a cart holds plans of one currency only", "currency_mismatch")
+        line = next((line for line in lines if line.subscription_id == subscription_id), None)
+        if line is None:
+            uow.session.add(
+                CartItem(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
+            )
+        else:
+            line.active_seats = target
+        uow.session.flush()
+        view = cart_view(uow.session, actor, now)
+        uow.commit()
+        return view
+
+
+def remove_item(uow: UnitOfWork, actor: Actor, item_id: int) -> None:
+    require_manager(actor.role)
+    with uow:
+        item = uow.session.scalar(
+            select(CartItem).where(CartItem.id == item_id, CartItem.user_id == actor.user_id)
+        )
+        if item is None:
+            raise NotFound("no such item in your cart", "not_found")
+        uow.session.delete(item)
+        uow.commit()

@@ -1,0 +1,136 @@
+"""Turning a cart into a purchase: stored first, charged later by a worker."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.access import Actor, organization_of
+from shared.cart import priced_lines
+from shared.db import UnitOfWork
+from shared.domain import PurchaseStatus, require_manager
+from shared.errors import Conflict, Invalid, NotFound
+from shared.models import Purchase, PurchaseItem, User
+
+PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def check_idempotency_key(key: str | None) -> str:
+    if not key:
+        raise Invalid("send an Idempotency-Key header so a retried checkout never pays twice",
+                      "idempotency_key_required")
+    if not IDEMPOTENCY_KEY.match(key):
+        raise Invalid("the Idempotency-Key must be 1 to 255 visible ASCII characters",
+                      "invalid_idempotency_key")
+    return key
+
+
+def _existing(session: Session, actor: Actor, key: str) -> Purchase | None:
+    return session.scalar(
+        select(Purchase).where(Purchase.user_id == actor.user_id, Purchase.idempotency_key == key)
+    )
+
+
+def checkout(
+    uow: UnitOfWork,
+    actor: Actor,
+    idempotency_key: str | None,
+    payment_method: str | None,
+    now: datetime | None = None,
+) -> tuple[int, str]:
+    """Store the purchase and empty the cart in one transaction; the same key gives it back."""
+    require_manager(actor.role)
+    key = check_idempotency_key(idempotency_key)
+    if payment_method is not None and not PAYMENT_METHOD.match(payment_method):
+        raise Invalid("payment_method must be a Stripe PaymentMethod id (pm_...)",
+                      "invalid_payment_method")
+    with uow:
+        session = uow.session
+        session.scalars(select(User).where(User.id == actor.user_id).with_for_update()).one()
+        existing = _existing(session, actor, key)
+        if existing is not None:
+            return existing.id, existing.status
+        organization = organization_of(session, actor)
+        method = payment_method or organization.payment_method_id
+        if method is None:
+            raise Conflict("there is no saved card: give a payment_method", "payment_method_required")
+        lines = priced_lines(session, actor.user_id, now, lock=True)
+        buying = [(item, offer) for item, offer in lines if offer.seats_to_buy > 0]
+        if not buying:
+            for item, _ in lines:
+                session.delete(item)
+            uow.commit()
+            raise Conflict("your cart is empty: add seats before checking out", "cart_empty")
+        purchase = Purchase(
+            organization_id=actor.organization_id,
+            user_id=actor.user_id,
+            idempotency_key=key,
+            status=PurchaseStatus.PENDING,
+            currency=buying[0][1].currency,
+            confirmed_amount=sum(offer.amount_due for _, offer in buying),
+            amount_due=sum(offer.amount_due for _, offer in buying),
+            payment_method_id=method,
+            new_card=method != organization.payment_method_id,
+            attempts=0,
+        )
+        session.add(purchase)
+        session.flush()
+        for item, offer in buying:
+            session.add(
+                PurchaseItem(
+                    purchase_id=purchase.id,
+                    subscription_id=item.subscription_id,
+                    active_seats=item.active_seats,
+                    seats_to_buy=offer.seats_to_buy,
+                    subtotal=offer.subtotal,
+                    proration_coupon=offer.proration_coupon,
+                    amount_due=offer.amount_due,
+                )
+            )
+        for item, _ in lines:
+            session.delete(item)
+        uow.commit()
+        return purchase.id, purchase.status
+
+
+def purchase_view(purchase: Purchase, show_secret: bool) -> dict[str, object]:
+    view: dict[str, object] = {
+        "id": purchase.id,
+        "status": purchase.status,
+        "amount_due": purchase.amount_due,
+        "currency": purchase.currency,
+        "items": [
+            {
+                "subscription_id": item.subscription_id,
+                "active_seats": item.active_seats,
+                "seats_to_buy": item.seats_to_buy,
+                "subtotal": item.subtotal,
+                "proration_coupon": item.proration_coupon,
+                "amount_due": item.amount_due,
+            }
+            for item in purchase.items
+        ],
+        "created_at": purchase.created_at.isoformat(),
+    }
+    if purchase.failure_code:
+        view["failure_code"] = purchase.failure_code
+        view["failure_message"] = purchase.failure_message
+    if purchase.client_secret and show_secret:
+        view["client_secret"] = purchase.client_secret
+    return view
+
+
+def get_purchase(uow: UnitOfWork, actor: Actor, purchase_id: int) -> dict[str, object]:
+    with uow:
+        purchase = uow.session.scalar(
+            select(Purchase).where(
+                Purchase.id == purchase_id, Purchase.organization_id == actor.organization_id
+            )
+        )
+        if purchase is None:
+            raise NotFound("no such purchase", "not_found")
+        return purchase_view(purchase, show_secret=actor.user_id == purchase.user_id)

@@ -1,0 +1,153 @@
+"""The `seats` command line (contract section 4). `--json` prints one object on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from typing import Any
+
+from shared import provisioning
+from shared.bootstrap import Runtime, build, database_url
+from shared.config import Settings
+from shared.db import upgrade
+from shared.errors import Refused
+
+Handler = Callable[[argparse.Namespace, Callable[[], Runtime]], tuple[dict[str, Any], str]]
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1 or number > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range") from None
+    return number
+
+
+def db_upgrade(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
+    upgrade(database_url(Settings.from_env()))
+    return {"status": "ok", "revision": "head"}, "database schema is up to date"
+
+
+def org_create(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
+    org_id = provisioning.create_organization(runtime().uow(), args.name, args.currency, args.timezone)
+    return {"id": org_id}, f"organization {org_id} created"
+
+
+def user_create(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
+    user_id, token = provisioning.create_user(runtime().uow(), args.org, args.email, args.role)
+    return (
+        {"id": user_id, "token": token},
+        f"user {user_id} created; API token (shown once, keep it safe):\n{token}",
+    )
+
+
+def subscription_create(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    sub_id = provisioning.create_subscription(
+        runtime().uow(),
+        args.org,
+        args.product,
+        args.unit_amount,
+        args.interval,
+        args.seats,
+        args.period_start,
+        args.renews_at,
+    )
+    return {"id": sub_id}, f"subscription {sub_id} created"
+
+
+def up(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
+    from shared.stack import run_stack
+
+    code = run_stack(args.port)
+    raise SystemExit(code)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors follow --json too, so scripts always get an object to read."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        if "--json" in sys.argv[1:]:
+            print(json.dumps({"error": "usage", "message": message}))
+            raise SystemExit(2)
+        super().error(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    root = Parser(prog="seats", description="Seat billing: provision, migrate, run.", parents=[common])
+    groups = root.add_subparsers(dest="group", required=True, parser_class=Parser)
+
+    db = groups.add_parser("db", help="database schema").add_subparsers(dest="action", required=True, parser_class=Parser)
+    db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(run=db_upgrade)
+
+    org = groups.add_parser("org", help="organizations").add_subparsers(dest="action", required=True, parser_class=Parser)
+    create = org.add_parser("create", parents=[common], help="create an organization")
+    create.add_argument("--name", required=True)
+    create.add_argument("--currency", default="cad")
+    create.add_argument("--timezone", default="America/Toronto")
+    create.set_defaults(run=org_create)
+
+    user = groups.add_parser("user", help="users").add_subparsers(dest="action", required=True, parser_class=Parser)
+    create = user.add_parser("create", parents=[common], help="create a user and an API token")
+    create.add_argument("--org", type=_positive, required=True)
+    create.add_argument("--email", required=True)
+    create.add_argument("--role", choices=["owner", "buyer", "member"], required=True)
+    create.set_defaults(run=user_create)
+
+    sub = groups.add_parser("subscription", help="plans").add_subparsers(dest="action", required=True, parser_class=Parser)
+    create = sub.add_parser("create", parents=[common], help="create a plan")
+    create.add_argument("--org", type=_positive, required=True)
+    create.add_argument("--product", required=True)
+    create.add_argument("--unit-amount", type=_positive, required=True, help="per seat and period, in minor units")
+    create.add_argument("--interval", choices=["month", "year"], required=True)
+    create.add_argument("--seats", type=_positive, required=True)
+    create.add_argument("--period-start", type=_date, required=True)
+    create.add_argument("--renews-at", type=_date, default=None)
+    create.set_defaults(run=subscription_create)
+
+    start = groups.add_parser("up", parents=[common], help="run web, worker and beat in the foreground")
+    start.add_argument("--port", type=_positive, default=None)
+    start.set_defaults(run=up)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    built: list[Runtime] = []
+
+    def runtime() -> Runtime:
+        if not built:
+            built.append(build(Settings.from_env(), pool_size=1))
+        return built[0]
+
+    try:
+        result, text = args.run(args, runtime)
+    except Refused as refusal:
+        if args.json:
+            print(json.dumps({"error": refusal.code, "message": refusal.message}))
+        else:
+            print(f"seats: {refusal.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        for rt in built:
+            rt.engine.dispose()
+    print(json.dumps(result) if args.json else text)
+
+
+if __name__ == "__main__":
+    main()

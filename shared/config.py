@@ -1,0 +1,55 @@
+"""Settings read from the environment once, by the composition root, never at import."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+LOCALSTRIPE_KEY = "sk_test_localstripe"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the usual postgres URLs and use the psycopg 3 driver for them."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    stripe_api_key: str | None
+    stripe_api_base: str | None
+    stripe_webhook_secret: str | None
+    secret_key: str
+    port: int
+    sweep_interval: float
+    stuck_after: float
+    charge_retries: int
+    requires_action_ttl: float
+
+    @property
+    def stripe_test_mode(self) -> bool:
+        return not self.stripe_api_key or self.stripe_api_key.startswith("sk_test_")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL") or None
+        return cls(
+            database_url=normalize_database_url(database_url) if database_url else None,
+            redis_url=env.get("REDIS_URL") or None,
+            stripe_api_key=env.get("STRIPE_API_KEY") or None,
+            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+            secret_key=env.get("SECRET_KEY") or secrets.token_hex(32),
+            port=int(env.get("PORT") or 8000),
+            sweep_interval=float(env.get("SEATS_SWEEP_INTERVAL") or 15),
+            stuck_after=float(env.get("SEATS_STUCK_AFTER") or 60),
+            charge_retries=int(env.get("SEATS_CHARGE_RETRIES") or 5),
+            requires_action_ttl=float(env.get("SEATS_REQUIRES_ACTION_TTL") or 3600),
+        )

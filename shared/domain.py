@@ -1,0 +1,75 @@
+"""Seat rules and purchase states, in plain Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.errors import Conflict, Forbidden, Invalid
+
+MAX_SEATS = 100_000
+MAX_UNIT_AMOUNT = 100_000_000_000
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    BUYER = "buyer"
+    MEMBER = "member"
+
+
+MANAGING_ROLES = frozenset({Role.OWNER, Role.BUYER})
+
+
+def require_manager(role: str) -> None:
+    """Only owners and buyers may change counts, fill the cart, pay or pick the card."""
+    if role not in MANAGING_ROLES:
+        raise Forbidden("only an owner or a buyer of the organization may do this", "forbidden")
+
+
+class PurchaseStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    REQUIRES_ACTION = "requires_action"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({PurchaseStatus.SUCCEEDED, PurchaseStatus.FAILED})
+
+
+@dataclass(frozen=True)
+class SeatCounts:
+    paid_seats: int
+    active_seats: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.active_seats <= self.paid_seats:
+            raise ValueError("1 <= active_seats <= paid_seats must hold")
+
+    def free_change(self, target: int) -> SeatCounts:
+        """Any count from 1 up to what is already paid is free and immediate."""
+        check_seat_count(target)
+        if target > self.paid_seats:
+            raise Conflict(
+                f"{target} seats is more than the {self.paid_seats} already paid: "
+                "confirm a purchase of the extra seats",
+                "purchase_required",
+            )
+        return SeatCounts(self.paid_seats, target)
+
+    def after_purchase(self, target: int) -> SeatCounts:
+        """A paid purchase sets both counts to its target at once."""
+        if target <= self.paid_seats:
+            raise ValueError("a purchase must raise the paid count")
+        return SeatCounts(target, target)
+
+    def renewed(self) -> SeatCounts:
+        """At renewal the customer pays for what is in use."""
+        return SeatCounts(self.active_seats, self.active_seats)
+
+
+def check_seat_count(value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid("active_seats must be a whole number", "invalid_seats")
+    if not 1 <= value <= MAX_SEATS:
+        raise Invalid(f"active_seats must be between 1 and {MAX_SEATS}", "invalid_seats")

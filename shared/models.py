@@ -1,0 +1,189 @@
+"""Tables. The schema itself is created only by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+    timezone: Mapped[str] = mapped_column(Text)
+    stripe_customer_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    payment_method_id: Mapped[str | None] = mapped_column(Text)
+    payment_method_brand: Mapped[str | None] = mapped_column(Text)
+    payment_method_last4: Mapped[str | None] = mapped_column(String(4))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    email: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    organization: Mapped[Organization] = relationship()
+
+    __table_args__ = (
+        Index("users_email_per_org", "organization_id", func.lower(email), unique=True),
+        CheckConstraint("role IN ('owner', 'buyer', 'member')", name="role_known"),
+    )
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    product: Mapped[str] = mapped_column(Text)
+    unit_amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    interval: Mapped[str] = mapped_column(Text)
+    current_period_start: Mapped[date] = mapped_column(Date)
+    renews_at: Mapped[date] = mapped_column(Date)
+    paid_seats: Mapped[int] = mapped_column(Integer)
+    active_seats: Mapped[int] = mapped_column(Integer)
+    charging_purchase_id: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    organization: Mapped[Organization] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("active_seats >= 1 AND active_seats <= paid_seats", name="seat_counts"),
+        CheckConstraint("unit_amount > 0", name="unit_amount_positive"),
+        CheckConstraint("renews_at > current_period_start", name="period_order"),
+        CheckConstraint("interval IN ('month', 'year')", name="interval_known"),
+    )
+
+
+class SeatChange(Base):
+    """Audit trail: every change of a seat count, who made it and why."""
+
+    __tablename__ = "seat_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"), index=True)
+    actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    purchase_id: Mapped[int | None] = mapped_column(ForeignKey("purchases.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    paid_before: Mapped[int] = mapped_column(Integer)
+    paid_after: Mapped[int] = mapped_column(Integer)
+    active_before: Mapped[int] = mapped_column(Integer)
+    active_after: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("purchase_id", "subscription_id", name="purchase_applied_once"),
+    )
+
+
+class CartItem(Base):
+    __tablename__ = "cart_items"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    active_seats: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    subscription: Mapped[Subscription] = relationship()
+
+    __table_args__ = (UniqueConstraint("user_id", "subscription_id", name="one_line_per_plan"),)
+
+
+class Purchase(Base):
+    __tablename__ = "purchases"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    idempotency_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    confirmed_amount: Mapped[int] = mapped_column(BigInteger)
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    payment_method_id: Mapped[str] = mapped_column(Text)
+    new_card: Mapped[bool]
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    client_secret: Mapped[str | None] = mapped_column(Text)
+    failure_code: Mapped[str | None] = mapped_column(Text)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    attention: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    items: Mapped[list[PurchaseItem]] = relationship(order_by="PurchaseItem.subscription_id")
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="one_purchase_per_key"),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'requires_action', 'succeeded', 'failed')",
+            name="status_known",
+        ),
+        CheckConstraint("amount_due >= 0 AND amount_due <= confirmed_amount", name="never_above"),
+    )
+
+
+class PurchaseItem(Base):
+    __tablename__ = "purchase_items"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    active_seats: Mapped[int] = mapped_column(Integer)
+    seats_to_buy: Mapped[int] = mapped_column(Integer)
+    subtotal: Mapped[int] = mapped_column(BigInteger)
+    proration_coupon: Mapped[int] = mapped_column(BigInteger)
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+
+    subscription: Mapped[Subscription] = relationship()
+
+
+class WebhookEvent(Base):
+    """A Stripe event, stored once by its id before anything acts on it."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text, index=True)
+    object_id: Mapped[str | None] = mapped_column(Text, index=True)
+    payload: Mapped[dict[str, object]] = mapped_column(JSONB)
+    source: Mapped[str] = mapped_column(Text, default="webhook")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str | None] = mapped_column(Text, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,90 @@
+"""The money rule (contract section 2): exact proration in integer minor units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from fractions import Fraction
+
+
+class RenewalPending(Exception):
+    """The period has ended and the renewal has not been processed yet."""
+
+
+def round_half_up(value: Fraction) -> int:
+    """Round a non-negative exact fraction to the nearest integer, halves up."""
+    if value < 0:
+        raise ValueError("amounts are never negative")
+    return int((value + Fraction(1, 2)).__floor__())
+
+
+def prorate(subtotal: int, remaining_days: int, period_days: int) -> int:
+    """What the customer pays for the days left: one rounding, on the exact fraction."""
+    if period_days <= 0:
+        raise ValueError("period_days must be positive")
+    if not 0 <= remaining_days <= period_days:
+        raise ValueError("remaining_days must be within the period")
+    if subtotal < 0:
+        raise ValueError("subtotal must not be negative")
+    return round_half_up(Fraction(subtotal * remaining_days, period_days))
+
+
+@dataclass(frozen=True)
+class Quote:
+    seats_to_buy: int
+    unit_amount: int
+    subtotal: int
+    proration_coupon: int
+    amount_due: int
+    currency: str
+    remaining_days: int
+    period_days: int
+    renews_at: date
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "seats_to_buy": self.seats_to_buy,
+            "unit_amount": self.unit_amount,
+            "subtotal": self.subtotal,
+            "proration_coupon": self.proration_coupon,
+            "amount_due": self.amount_due,
+            "currency": self.currency,
+            "remaining_days": self.remaining_days,
+            "period_days": self.period_days,
+            "renews_at": self.renews_at.isoformat(),
+        }
+
+
+def quote(
+    *,
+    target_seats: int,
+    paid_seats: int,
+    unit_amount: int,
+    currency: str,
+    current_period_start: date,
+    renews_at: date,
+    today: date,
+) -> Quote:
+    """Price raising a plan to `target_seats` on `today`.
+
+    A target at or below the paid count costs nothing. Before the period starts
+    the whole period remains, so the full price is due.
+    """
+    if today >= renews_at:
+        raise RenewalPending(f"the period ended on {renews_at.isoformat()}")
+    period_days = (renews_at - current_period_start).days
+    remaining_days = min((renews_at - today).days, period_days)
+    seats_to_buy = max(target_seats - paid_seats, 0)
+    subtotal = seats_to_buy * unit_amount
+    amount_due = prorate(subtotal, remaining_days, period_days)
+    return Quote(
+        seats_to_buy=seats_to_buy,
+        unit_amount=unit_amount,
+        subtotal=subtotal,
+        proration_coupon=subtotal - amount_due,
+        amount_due=amount_due,
+        currency=currency,
+        remaining_days=remaining_days,
+        period_days=period_days,
+        renews_at=renews_at,
+    )

@@ -1,0 +1,86 @@
+"""What the billing services need from a card processor, in domain terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Card:
+    id: str
+    brand: str | None
+    last4: str | None
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A payment attempt as the processor sees it (a Stripe PaymentIntent)."""
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    client_secret: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    purchase_id: int | None = None
+
+
+class PaymentRefused(Exception):
+    """The processor said no for good: a decline, an unknown card, an invalid amount."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class PaymentUnavailable(Exception):
+    """The processor could not answer now (network, rate limit, outage): try again later."""
+
+
+class PaymentGateway(Protocol):
+    def create_customer(self, organization_id: int, name: str) -> str: ...
+
+    def delete_customer(self, customer_id: str) -> None: ...
+
+    def attach_card(self, payment_method_id: str, customer_id: str) -> Card: ...
+
+    def create_payment(
+        self,
+        *,
+        purchase_id: int,
+        amount: int,
+        currency: str,
+        customer_id: str,
+        payment_method_id: str,
+    ) -> Payment: ...
+
+    def confirm_payment(self, payment_id: str, purchase_id: int) -> Payment: ...
+
+    def get_payment(self, payment_id: str) -> Payment: ...
+
+    def cancel_payment(self, payment_id: str) -> Payment: ...
+
+    def set_default_card(self, customer_id: str, payment_method_id: str) -> None: ...
+
+
+FRIENDLY = {
+    "card_declined": "Your card was declined. Try another card or contact your bank.",
+    "expired_card": "Your card has expired. Try another card.",
+    "incorrect_cvc": "The card's security code is incorrect.",
+    "insufficient_funds": "Your card has insufficient funds. Try another card.",
+    "processing_error": "The card could not be charged because of a processing error. Try again.",
+    "resource_missing": "We could not find this card. Enter the card again.",
+    "payment_method_unknown": "We could not find this card. Enter the card again.",
+    "authentication_required": "Your bank needs you to confirm this payment.",
+    "payment_intent_authentication_failure": "The card's 3-D Secure check failed. Try again.",
+    "amount_too_small": "The amount is below the card processor's minimum charge.",
+    "amount_too_large": "The amount is above the card processor's maximum charge.",
+}
+
+
+def friendly_message(code: str, fallback: str | None = None) -> str:
+    """A message a person understands, whatever the processor's wording."""
+    return FRIENDLY.get(code) or fallback or "The payment could not be completed."

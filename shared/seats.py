@@ -1,0 +1,128 @@
+"""Reading a plan, quoting extra seats and free seat changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from shared.access import Actor, subscription_for
+from shared.calendar import today_in
+from shared.db import UnitOfWork
+from shared.domain import SeatCounts, check_seat_count
+from shared.errors import Conflict
+from shared.models import Organization, SeatChange, Subscription
+from shared.money import Quote, RenewalPending, quote
+
+
+def subscription_view(subscription: Subscription, organization: Organization) -> dict[str, object]:
+    card = None
+    if organization.payment_method_id:
+        card = {
+            "id": organization.payment_method_id,
+            "brand": organization.payment_method_brand,
+            "last4": organization.payment_method_last4,
+        }
+    return {
+        "id": subscription.id,
+        "product": subscription.product,
+        "unit_amount": subscription.unit_amount,
+        "currency": subscription.currency,
+        "interval": subscription.interval,
+        "current_period_start": subscription.current_period_start.isoformat(),
+        "renews_at": subscription.renews_at.isoformat(),
+        "paid_seats": subscription.paid_seats,
+        "active_seats": subscription.active_seats,
+        "payment_method": card,
+    }
+
+
+def price(subscription: Subscription, target: int, now: datetime | None = None) -> Quote:
+    """Quote against the plan as it is now, on the organization's own calendar."""
+    try:
+        return quote(
+            target_seats=target,
+            paid_seats=subscription.paid_seats,
+            unit_amount=subscription.unit_amount,
+            currency=subscription.currency,
+            current_period_start=subscription.current_period_start,
+            renews_at=subscription.renews_at,
+            today=today_in(subscription.organization.timezone, now),
+        )
+    except RenewalPending as refusal:
+        raise Conflict(
+            f"this plan is due for renewal ({refusal}); seats can be bought after it renews",
+            "renewal_pending",
+        ) from refusal
+
+
+def record_change(
+    session: Session,
+    subscription: Subscription,
+    after: SeatCounts,
+    reason: str,
+    *,
+    actor_user_id: int | None = None,
+    purchase_id: int | None = None,
+) -> None:
+    """Change the counts and write the audit row in the same transaction."""
+    session.add(
+        SeatChange(
+            subscription_id=subscription.id,
+            actor_user_id=actor_user_id,
+            purchase_id=purchase_id,
+            reason=reason,
+            paid_before=subscription.paid_seats,
+            paid_after=after.paid_seats,
+            active_before=subscription.active_seats,
+            active_after=after.active_seats,
+        )
+    )
+    subscription.paid_seats = after.paid_seats
+    subscription.active_seats = after.active_seats
+
+
+def get_subscription(uow: UnitOfWork, actor: Actor, subscription_id: int) -> dict[str, object]:
+    with uow:
+        subscription = subscription_for(uow.session, actor, subscription_id, manage=False)
+        return subscription_view(subscription, subscription.organization)
+
+
+def quote_seats(
+    uow: UnitOfWork, actor: Actor, subscription_id: int, target: int, now: datetime | None = None
+) -> Quote:
+    check_seat_count(target)
+    with uow:
+        subscription = subscription_for(uow.session, actor, subscription_id, manage=False)
+        return price(subscription, target, now)
+
+
+def change_seats(
+    uow: UnitOfWork, actor: Actor, subscription_id: int, target: int, now: datetime | None = None
+) -> dict[str, object]:
+    """Free changes apply at once; above the paid count the caller gets the quote to confirm."""
+    check_seat_count(target)
+    with uow:
+        subscription = subscription_for(
+            uow.session, actor, subscription_id, manage=True, lock=True
+        )
+        counts = SeatCounts(subscription.paid_seats, subscription.active_seats)
+        if target > counts.paid_seats:
+            offer = price(subscription, target, now)
+            raise Conflict(
+                f"{target} seats is more than the {counts.paid_seats} already paid: "
+                f"confirm buying {offer.seats_to_buy} more",
+                "purchase_required",
+                quote=offer.as_dict(),
+            )
+        if target != counts.active_seats:
+            record_change(
+                uow.session,
+                subscription,
+                counts.free_change(target),
+                "free change",
+                actor_user_id=actor.user_id,
+            )
+        view = subscription_view(subscription, subscription.organization)
+        uow.commit()
+        return view

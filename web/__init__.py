@@ -1,0 +1,43 @@
+"""The Flask application factory: thin adapters over the services in `shared`."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask
+from prometheus_client import CollectorRegistry
+
+from shared import queues
+from shared.bootstrap import Runtime, build
+from shared.config import Settings
+from web import errors
+from web.api import api
+from web.health import health, install_metrics, observe
+from web.queue import Enqueuer
+
+MAX_BODY = 64 * 1024
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    runtime = runtime or build(settings)
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_BODY, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["seats"] = runtime
+    app.extensions["seats.queue"] = Enqueuer(settings.redis_url)
+    broker = redis.Redis.from_url(
+        settings.redis_url or queues.LOCAL_REDIS, socket_timeout=2, socket_connect_timeout=2
+    )
+    app.extensions["seats.redis"] = broker
+    registry = CollectorRegistry()
+    app.extensions["seats.metrics"] = registry
+    start, finish = observe(*install_metrics(registry, runtime, broker))
+    app.before_request(start)  # type: ignore[arg-type]
+    app.after_request(finish)  # type: ignore[arg-type]
+    errors.register(app)
+    app.register_blueprint(api)
+    app.register_blueprint(health)
+    logging.getLogger("seats").setLevel(logging.INFO)
+    return app

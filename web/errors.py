@@ -1,0 +1,56 @@
+"""Every error is JSON `{"error", "message"}`; no stack trace ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import Conflict, Forbidden, Invalid, NotFound, Refused
+
+log = logging.getLogger("seats.web")
+
+STATUS = {NotFound: 404, Forbidden: 403, Conflict: 409, Invalid: 422}
+
+
+class Malformed(Refused):
+    code = "malformed"
+
+
+class Unauthorized(Refused):
+    code = "unauthorized"
+
+
+def error_response(status: int, code: str, message: str, **details: object) -> Response:
+    response = jsonify({"error": code, "message": message, **details})
+    response.status_code = status
+    return response
+
+
+def refused(error: Refused) -> Response:
+    if isinstance(error, Malformed):
+        return error_response(400, error.code, error.message)
+    if isinstance(error, Unauthorized):
+        response = error_response(401, error.code, error.message)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="seats"'
+        return response
+    status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
+    return error_response(status, error.code, error.message, **error.details)
+
+
+def http_error(error: HTTPException) -> Response:
+    code = (error.name or "error").lower().replace(" ", "_")
+    status = error.code or 500
+    return error_response(status, code, error.description or error.name or "error")
+
+
+def unexpected(error: Exception) -> Response:
+    log.exception("unexpected error")
+    return error_response(500, "internal_error", "something went wrong on our side; try again")
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(Refused, refused)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected)

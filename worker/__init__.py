@@ -1,0 +1,1 @@
+"""Celery workers: charges, webhooks and periodic sweeps."""
