@@ -179,7 +179,7 @@ def test_purchase_statuses_match_the_contract() -> None:
         "failed",
     ]
     assert PurchaseStatus("requires_action") is PurchaseStatus.REQUIRES_ACTION
-    assert PurchaseStatus.SUCCEEDED == "succeeded"
+    assert str(PurchaseStatus.SUCCEEDED) == "succeeded"
 
 
 def test_only_succeeded_and_failed_are_terminal() -> None:
