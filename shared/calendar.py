@@ -28,7 +28,7 @@ def next_renewal(period_start: date, interval: str) -> date:
 def is_timezone(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
 

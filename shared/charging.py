@@ -247,8 +247,13 @@ def charge(
     *,
     now: datetime | None = None,
     checkpoint: Checkpoint = no_checkpoint,
+    action_ttl: float | None = None,
 ) -> Outcome:
-    """Take one purchase as far as it can go now. Safe to call any number of times."""
+    """Take one purchase as far as it can go now. Safe to call any number of times.
+
+    A payment still waiting for 3-D Secure `action_ttl` seconds after checkout
+    is canceled, which frees the plan for other buyers.
+    """
     with purchase_lock(engine, purchase_id) as mine:
         if not mine:
             return Outcome(Next.BUSY)
@@ -267,6 +272,7 @@ def charge(
             organization_id = purchase.organization_id
             amount, currency = purchase.amount_due, purchase.currency
             method, new_card = purchase.payment_method_id, purchase.new_card
+            age = ((now or datetime.now(timezone.utc)) - purchase.created_at).total_seconds()
 
         if intent_id is None and amount == 0:
             return _settle_free(uow, purchase_id)
@@ -286,6 +292,8 @@ def charge(
             payment = gateway.get_payment(intent_id)
             if payment.status == "requires_confirmation":
                 payment = gateway.confirm_payment(intent_id, purchase_id)
+            if payment.status == "requires_action" and action_ttl is not None and age > action_ttl:
+                payment = gateway.cancel_payment(intent_id)
             checkpoint("payment_confirmed")
         except PaymentRefused as refusal:
             return _refused(uow, purchase_id, refusal)

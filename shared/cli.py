@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
-from shared import provisioning
+from sqlalchemy.exc import OperationalError
+
+from shared import operations, provisioning, webhooks
 from shared.bootstrap import Runtime, build, database_url
 from shared.config import Settings
 from shared.db import upgrade
@@ -69,6 +71,50 @@ def subscription_create(
     return {"id": sub_id}, f"subscription {sub_id} created"
 
 
+def purchases_list(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    rows = operations.list_purchases(runtime(), args.status, args.parked)
+    text = "\n".join(
+        f"{r['id']}\t{r['status']}\t{r['amount_due']} {r['currency']}\t{r['attention'] or ''}"
+        for r in rows
+    )
+    return {"purchases": rows}, text or "no purchases"
+
+
+def purchases_retry(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    status = operations.retry_purchase(runtime(), args.id)
+    return {"id": args.id, "status": status}, f"purchase {args.id} is {status}"
+
+
+def webhooks_replay(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    if bool(args.event_id) == bool(args.failed):
+        raise Refused("give one EVENT_ID or --failed", "usage")
+    ids = webhooks.failed_events(runtime().uow()) if args.failed else [args.event_id]
+    outcomes = operations.replay_events(runtime(), ids)
+    text = "\n".join(f"{event_id}: {outcome}" for event_id, outcome in outcomes.items())
+    return {"events": outcomes}, text or "no failed events"
+
+
+def alerts_list(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    rows = operations.list_alerts(runtime(), args.all)
+    text = "\n".join(f"{r['id']}\t{r['kind']}\t{r['message']}" for r in rows)
+    return {"alerts": rows}, text or "no open alerts"
+
+
+def alerts_resolve(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    operations.resolve_alert(runtime(), args.id)
+    return {"id": args.id, "resolved": True}, f"alert {args.id} resolved"
+
+
 def up(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
     from shared.stack import run_stack
 
@@ -88,8 +134,13 @@ class Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    root = Parser(prog="seats", description="Seat billing: provision, migrate, run.", parents=[common])
+    # SUPPRESS: a subcommand must not reset a --json given before it (`seats --json org create`)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS,
+        help="print one JSON object on stdout",
+    )
+    root = Parser(prog="seats", description="Seat billing: provision, migrate, run.")
+    root.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     groups = root.add_subparsers(dest="group", required=True, parser_class=Parser)
 
     db = groups.add_parser("db", help="database schema").add_subparsers(dest="action", required=True, parser_class=Parser)
@@ -120,6 +171,33 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--renews-at", type=_date, default=None)
     create.set_defaults(run=subscription_create)
 
+    ops = groups.add_parser("purchases", help="operators: purchases").add_subparsers(
+        dest="action", required=True, parser_class=Parser)
+    listing = ops.add_parser("list", parents=[common], help="latest purchases")
+    listing.add_argument("--status", choices=["pending", "processing", "requires_action",
+                                              "succeeded", "failed"])
+    listing.add_argument("--parked", action="store_true", help="only those waiting for you")
+    listing.set_defaults(run=purchases_list)
+    retry = ops.add_parser("retry", parents=[common], help="un-park a purchase and charge it now")
+    retry.add_argument("id", type=_positive)
+    retry.set_defaults(run=purchases_retry)
+
+    hooks = groups.add_parser("webhooks", help="operators: Stripe events").add_subparsers(
+        dest="action", required=True, parser_class=Parser)
+    replay = hooks.add_parser("replay", parents=[common], help="process stored events again")
+    replay.add_argument("event_id", nargs="?")
+    replay.add_argument("--failed", action="store_true", help="every event whose processing failed")
+    replay.set_defaults(run=webhooks_replay)
+
+    alerts = groups.add_parser("alerts", help="operators: refunds, disputes").add_subparsers(
+        dest="action", required=True, parser_class=Parser)
+    listing = alerts.add_parser("list", parents=[common], help="open alerts")
+    listing.add_argument("--all", action="store_true", help="resolved ones too")
+    listing.set_defaults(run=alerts_list)
+    resolve = alerts.add_parser("resolve", parents=[common], help="mark an alert handled")
+    resolve.add_argument("id", type=_positive)
+    resolve.set_defaults(run=alerts_resolve)
+
     start = groups.add_parser("up", parents=[common], help="run web, worker and beat in the foreground")
     start.add_argument("--port", type=_positive, default=None)
     start.set_defaults(run=up)
@@ -137,11 +215,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         result, text = args.run(args, runtime)
-    except Refused as refusal:
+    except (Refused, OperationalError) as problem:
+        code, message = (
+            (problem.code, problem.message)
+            if isinstance(problem, Refused)
+            else ("database_unavailable", "cannot reach the database; check DATABASE_URL")
+        )
         if args.json:
-            print(json.dumps({"error": refusal.code, "message": refusal.message}))
+            print(json.dumps({"error": code, "message": message}))
         else:
-            print(f"seats: {refusal.message}", file=sys.stderr)
+            print(f"seats: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         for rt in built:

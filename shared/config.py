@@ -28,6 +28,7 @@ class Settings:
     secret_key: str
     port: int
     sweep_interval: float
+    reconcile_interval: float
     stuck_after: float
     charge_retries: int
     requires_action_ttl: float
@@ -49,6 +50,7 @@ class Settings:
             secret_key=env.get("SECRET_KEY") or secrets.token_hex(32),
             port=int(env.get("PORT") or 8000),
             sweep_interval=float(env.get("SEATS_SWEEP_INTERVAL") or 15),
+            reconcile_interval=float(env.get("SEATS_RECONCILE_INTERVAL") or 300),
             stuck_after=float(env.get("SEATS_STUCK_AFTER") or 60),
             charge_retries=int(env.get("SEATS_CHARGE_RETRIES") or 5),
             requires_action_ttl=float(env.get("SEATS_REQUIRES_ACTION_TTL") or 3600),

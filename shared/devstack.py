@@ -63,6 +63,7 @@ def start_redis(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
          "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL if log is None else log.open("ab"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_for_port(port)
     return process
@@ -73,6 +74,7 @@ def start_localstripe(port: int, log: Path | None = None) -> subprocess.Popen[by
         [sys.executable, "-m", "shared.devstack", "localstripe", "--port", str(port)],
         stdout=subprocess.DEVNULL if log is None else log.open("ab"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_for_port(port)
     return process

@@ -187,3 +187,32 @@ class WebhookEvent(Base):
     outcome: Mapped[str | None] = mapped_column(Text, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OperatorAlert(Base):
+    """Something a person must look at: money went back (refund, dispute) or work is stuck."""
+
+    __tablename__ = "operator_alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_events.id"), unique=True)
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"))
+    purchase_id: Mapped[int | None] = mapped_column(ForeignKey("purchases.id"))
+    stripe_object_id: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SyncCursor(Base):
+    """How far reconciliation has read Stripe's event list."""
+
+    __tablename__ = "sync_cursors"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,12 @@ class PaymentGateway(Protocol):
 
     def set_default_card(self, customer_id: str, payment_method_id: str) -> None: ...
 
+    def get_card(self, payment_method_id: str) -> Card: ...
+
+    def default_card(self, customer_id: str) -> Card | None: ...
+
+    def list_events(self, created_after: int) -> list[dict[str, Any]]: ...
+
 
 FRIENDLY = {
     "card_declined": "Your card was declined. Try another card or contact your bank.",
@@ -75,6 +81,8 @@ FRIENDLY = {
     "resource_missing": "We could not find this card. Enter the card again.",
     "payment_method_unknown": "We could not find this card. Enter the card again.",
     "authentication_required": "Your bank needs you to confirm this payment.",
+    "payment_canceled": "The payment was not confirmed with your bank in time, so it was "
+    "canceled and nothing was charged. Check out again to retry.",
     "payment_intent_authentication_failure": "The card's 3-D Secure check failed. Try again.",
     "amount_too_small": "The amount is below the card processor's minimum charge.",
     "amount_too_large": "The amount is above the card processor's maximum charge.",

@@ -27,7 +27,11 @@ def create_organization(uow: UnitOfWork, name: str, currency: str, timezone: str
     currency = currency.lower()
     if not CURRENCY.match(currency):
         raise Invalid("the currency must be a three-letter ISO code such as cad", "invalid_currency")
-    if not is_timezone(timezone):
+    try:
+        known = is_timezone(timezone)
+    except OSError:  # a tzdata folder such as "America" is a region, not a zone
+        known = False
+    if not known:
         raise Invalid(f"unknown time zone {timezone!r}", "invalid_timezone")
     with uow:
         organization = Organization(name=name, currency=currency, timezone=timezone)
@@ -89,7 +93,15 @@ def create_subscription(
         raise Invalid("the interval must be month or year", "invalid_interval")
     if not 1 <= seats <= MAX_SEATS:
         raise Invalid(f"seats must be between 1 and {MAX_SEATS}", "invalid_seats")
-    renews_at = renews_at or next_renewal(period_start, interval)
+    if renews_at is None:
+        try:
+            renews_at = next_renewal(period_start, interval)
+        except ValueError:  # one interval after late 9999 is past the last date
+            raise Invalid(
+                f"one {interval} after {period_start} is past the last supported date: "
+                "give the renewal date",
+                "invalid_period",
+            ) from None
     if renews_at <= period_start:
         raise Invalid("the renewal date must come after the period start", "invalid_period")
     with uow:

@@ -9,6 +9,7 @@ PROCESS_EVENT = "seats.process_event"
 SWEEP = "seats.sweep"
 RECONCILE = "seats.reconcile"
 
+
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 

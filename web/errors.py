@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, Refused
+from shared.webhooks import BadEvent
 
 log = logging.getLogger("seats.web")
 
@@ -29,7 +30,7 @@ def error_response(status: int, code: str, message: str, **details: object) -> R
 
 
 def refused(error: Refused) -> Response:
-    if isinstance(error, Malformed):
+    if isinstance(error, Malformed | BadEvent):
         return error_response(400, error.code, error.message)
     if isinstance(error, Unauthorized):
         response = error_response(401, error.code, error.message)
@@ -42,7 +43,11 @@ def refused(error: Refused) -> Response:
 def http_error(error: HTTPException) -> Response:
     code = (error.name or "error").lower().replace(" ", "_")
     status = error.code or 500
-    return error_response(status, code, error.description or error.name or "error")
+    response = error_response(status, code, error.description or error.name or "error")
+    for name, value in error.get_headers():  # e.g. Allow on a 405
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def unexpected(error: Exception) -> Response:

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.domain import MAX_SEATS
 from shared.errors import Invalid, NotFound
@@ -50,10 +51,16 @@ def _describe(error: ValidationError) -> str:
 
 def parse(model: type[Body]) -> Body:
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # a streamed (chunked) body is cut at the limit by Werkzeug, not refused: refuse it here
+        raise RequestEntityTooLarge()
     try:
         data = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError) as error:
         raise Malformed("the body is not valid JSON", "malformed_json") from error
+    except RecursionError as error:  # [[[[...]]]] within the size limit
+        raise Malformed("the body is nested too deeply", "malformed_json") from error
     if not isinstance(data, dict):
         raise Malformed("the body must be a JSON object", "malformed_json")
     try:

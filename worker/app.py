@@ -15,6 +15,7 @@ app = Celery("seats")
 app.conf.update(queues.celery_settings(settings.redis_url))
 app.conf.beat_schedule = {
     "sweep": {"task": queues.SWEEP, "schedule": settings.sweep_interval},
+    "reconcile": {"task": queues.RECONCILE, "schedule": settings.reconcile_interval},
 }
 app.conf.include = ["worker.tasks"]
 

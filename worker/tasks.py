@@ -8,7 +8,7 @@ import random
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from shared import charging, queues, sweep
+from shared import charging, queues, sweep, webhooks
 from shared.payments import PaymentUnavailable
 from worker.app import app, runtime, settings
 from worker.failpoints import checkpoint
@@ -31,7 +31,12 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
     rt = runtime()
     try:
         outcome = charging.charge(
-            rt.uow(), rt.engine, rt.gateway, purchase_id, checkpoint=checkpoint
+            rt.uow(),
+            rt.engine,
+            rt.gateway,
+            purchase_id,
+            checkpoint=checkpoint,
+            action_ttl=settings.requires_action_ttl,
         )
     except (PaymentUnavailable, OperationalError) as error:
         if self.request.retries >= settings.charge_retries:
@@ -43,8 +48,41 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
     return outcome.next.value
 
 
+@app.task(name=queues.PROCESS_EVENT, bind=True, max_retries=None)
+def process_event(self: Task, event_id: str) -> str:
+    """Failures retry with backoff; after the last one the event stays `failed` for an operator."""
+    rt = runtime()
+    try:
+        outcome, woken = webhooks.process_event(rt.uow(), rt.gateway, event_id)
+    except Exception as error:
+        if self.request.retries >= settings.charge_retries:
+            log.error("event %s parked after %s retries: %s", event_id, self.request.retries, error)
+            return "failed"
+        raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
+    wake(woken)
+    return outcome
+
+
+def enqueue_events(event_ids: list[str]) -> None:
+    for event_id in event_ids:
+        process_event.apply_async(args=[event_id], queue=queues.WEBHOOKS)
+
+
 @app.task(name=queues.SWEEP)
-def sweep_purchases() -> int:
-    due = sweep.due_purchases(runtime().uow(), settings.stuck_after)
+def sweep_work() -> int:
+    """Re-send what the database says is due: the broker may have lost it."""
+    rt = runtime()
+    due = sweep.due_purchases(rt.uow(), settings.stuck_after)
     wake(due)
-    return len(due)
+    events = webhooks.unprocessed_events(rt.uow(), settings.stuck_after)
+    enqueue_events(events)
+    return len(due) + len(events)
+
+
+@app.task(name=queues.RECONCILE)
+def reconcile() -> int:
+    """Store the Stripe events we never received, then handle them like any other."""
+    rt = runtime()
+    fresh = webhooks.backfill(rt.uow(), rt.gateway)
+    enqueue_events(fresh)
+    return len(fresh)

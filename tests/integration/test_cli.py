@@ -277,16 +277,22 @@ BAD: dict[str, tuple[list[str], str]] = {
 }
 
 
+# without --json the same refusal goes to stderr for people (a sample: each run costs a process)
+PLAIN = {"unknown org (user)", "huge org id", "duplicate email", "bad date", "unknown time zone",
+         "renewal past year 9999"}
+
+
 @pytest.fixture(scope="module")
 def bad_runs(seats_cli: Callable[..., Run], org: Org, engine: Engine) -> Iterator[dict[str, Any]]:
-    """Every bad command, each once with --json and once without, side by side."""
+    """Every bad command with --json, a sample without, side by side."""
     before = counts(engine)
     jobs = {
         (name, mode): [part.format(org=org.id) for part in argv] + (["--json"] if mode else [])
         for name, (argv, _) in BAD.items()
         for mode in (True, False)
+        if mode or name in PLAIN
     }
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {key: pool.submit(seats_cli, *argv) for key, argv in jobs.items()}
         runs = {key: future.result() for key, future in futures.items()}
     yield {"runs": runs, "before": before, "after": counts(engine)}
@@ -301,7 +307,8 @@ def test_bad_input_is_refused_clearly(bad_runs: dict[str, Any], case: str) -> No
     body = as_json.object()
     assert set(body) == {"error", "message"}, body
     assert keyword in body["message"].lower(), body
-
+    if case not in PLAIN:
+        return
     plain: Run = bad_runs["runs"][(case, False)]
     assert plain.code == as_json.code
     assert "Traceback" not in plain.stderr, plain.stderr

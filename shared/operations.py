@@ -1,0 +1,96 @@
+"""What an operator looks at and fixes: purchases, parked work, alerts, events."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from shared import charging, webhooks
+from shared.bootstrap import Runtime
+from shared.errors import Conflict, NotFound
+from shared.models import OperatorAlert, Purchase
+
+
+def list_purchases(rt: Runtime, status: str | None, parked: bool) -> list[dict[str, object]]:
+    query = select(Purchase).order_by(Purchase.id.desc()).limit(500)
+    if status:
+        query = query.where(Purchase.status == status)
+    if parked:
+        query = query.where(Purchase.attention.is_not(None))
+    with rt.uow() as uow:
+        return [
+            {
+                "id": p.id,
+                "organization_id": p.organization_id,
+                "status": p.status,
+                "amount_due": p.amount_due,
+                "currency": p.currency,
+                "payment_intent": p.stripe_payment_intent_id,
+                "attempts": p.attempts,
+                "attention": p.attention,
+                "failure_code": p.failure_code,
+                "updated_at": p.updated_at.isoformat(),
+            }
+            for p in uow.session.scalars(query)
+        ]
+
+
+def retry_purchase(rt: Runtime, purchase_id: int) -> str:
+    """Clear the parked reason and take the purchase as far as it goes now, here."""
+    with rt.uow() as uow:
+        purchase = uow.session.get(Purchase, purchase_id, with_for_update=True)
+        if purchase is None:
+            raise NotFound(f"no purchase {purchase_id}", "not_found")
+        purchase.attention = None
+        uow.commit()
+    charging.charge(rt.uow(), rt.engine, rt.gateway, purchase_id)
+    with rt.uow() as uow:
+        return uow.session.get_one(Purchase, purchase_id).status
+
+
+def replay_events(rt: Runtime, event_ids: list[str]) -> dict[str, str]:
+    """Handle stored events again; handlers only move state forward, so this is safe."""
+    outcomes = {}
+    for event_id in event_ids:
+        try:
+            outcomes[event_id], _ = webhooks.process_event(
+                rt.uow(), rt.gateway, event_id, again=True
+            )
+        except NotFound:
+            raise
+        except Exception as error:
+            outcomes[event_id] = f"failed: {error}"
+    return outcomes
+
+
+def list_alerts(rt: Runtime, include_resolved: bool) -> list[dict[str, object]]:
+    query = select(OperatorAlert).order_by(OperatorAlert.id)
+    if not include_resolved:
+        query = query.where(OperatorAlert.resolved_at.is_(None))
+    with rt.uow() as uow:
+        return [
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "organization_id": a.organization_id,
+                "purchase_id": a.purchase_id,
+                "stripe_object_id": a.stripe_object_id,
+                "amount": a.amount,
+                "message": a.message,
+                "created_at": a.created_at.isoformat(),
+                "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
+            }
+            for a in uow.session.scalars(query)
+        ]
+
+
+def resolve_alert(rt: Runtime, alert_id: int) -> None:
+    with rt.uow() as uow:
+        alert = uow.session.get(OperatorAlert, alert_id, with_for_update=True)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id}", "not_found")
+        if alert.resolved_at is not None:
+            raise Conflict(f"alert {alert_id} is already resolved", "already_resolved")
+        alert.resolved_at = datetime.now(timezone.utc)
+        uow.commit()

@@ -1,0 +1,30 @@
+"""Stripe's webhook endpoint: verify the raw body, store once, enqueue, answer fast."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from shared import webhooks
+from shared.bootstrap import Runtime
+from shared.stripe_gateway import verify_signature
+from web.errors import error_response
+from web.queue import Enqueuer
+
+stripe_webhooks = Blueprint("webhooks", __name__)
+
+
+@stripe_webhooks.post("/webhooks/stripe")
+def receive() -> Response:
+    request.max_content_length = webhooks.MAX_EVENT_BYTES
+    raw = request.get_data(cache=False)
+    runtime: Runtime = current_app.extensions["seats"]
+    secrets = current_app.extensions["seats.webhook_secrets"]
+    header = request.headers.get("Stripe-Signature")
+    if not verify_signature(raw, header, secrets, webhooks.TOLERANCE_SECONDS):
+        return error_response(400, "bad_signature", "missing, invalid or stale Stripe-Signature")
+    event = webhooks.parse_event(raw)
+    first = webhooks.store_event(runtime.uow(), event)
+    if first:
+        enqueuer: Enqueuer = current_app.extensions["seats.queue"]
+        enqueuer.process_event(event["id"])
+    return jsonify({"received": True, "duplicate": not first})
