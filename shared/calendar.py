@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 INTERVALS = ("month", "year")
@@ -35,7 +35,7 @@ def is_timezone(name: str) -> bool:
 
 def today_in(tz_name: str, now: datetime | None = None) -> date:
     """The organization's "today": the billing time zone, not the server's, decides."""
-    moment = now if now is not None else datetime.now(timezone.utc)
+    moment = now if now is not None else datetime.now(UTC)
     if moment.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     return moment.astimezone(ZoneInfo(tz_name)).date()

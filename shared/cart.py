@@ -23,7 +23,9 @@ def priced_lines(
     query = select(CartItem).where(CartItem.user_id == user_id).order_by(CartItem.id)
     if lock:
         query = query.with_for_update()
-    return [(item, price(item.subscription, item.active_seats, now)) for item in session.scalars(query)]
+    return [
+        (item, price(item.subscription, item.active_seats, now)) for item in session.scalars(query)
+    ]
 
 
 def cart_view(session: Session, actor: Actor, now: datetime | None) -> dict[str, object]:
@@ -89,7 +91,9 @@ def add_item(
         line = next((line for line in lines if line.subscription_id == subscription_id), None)
         if line is None:
             uow.session.add(
-                CartItem(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
+                CartItem(
+                    user_id=actor.user_id, subscription_id=subscription_id, active_seats=target
+                )
             )
         else:
             line.active_seats = target

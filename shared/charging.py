@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Engine, select, text, update
@@ -55,7 +55,9 @@ def purchase_lock(engine: Engine, purchase_id: int) -> Iterator[bool]:
             yield got
         finally:
             if got:
-                connection.execute(text("SELECT pg_advisory_unlock(7301, :id)"), {"id": purchase_id})
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(7301, :id)"), {"id": purchase_id}
+                )
             connection.commit()
 
 
@@ -69,7 +71,10 @@ def _locked_plans(session: Session, purchase: Purchase) -> list[Subscription]:
     ids = sorted(item.subscription_id for item in purchase.items)
     return list(
         session.scalars(
-            select(Subscription).where(Subscription.id.in_(ids)).order_by(Subscription.id).with_for_update()
+            select(Subscription)
+            .where(Subscription.id.in_(ids))
+            .order_by(Subscription.id)
+            .with_for_update()
         )
     )
 
@@ -101,7 +106,7 @@ def _fail(session: Session, purchase: Purchase, code: str, message: str) -> list
     purchase.failure_code = code
     purchase.failure_message = message
     purchase.client_secret = None
-    purchase.completed_at = datetime.now(timezone.utc)
+    purchase.completed_at = datetime.now(UTC)
     return _release(session, purchase)
 
 
@@ -212,7 +217,7 @@ def _apply_success(
     purchase.status = PurchaseStatus.SUCCEEDED
     purchase.amount_due = payment.amount
     purchase.client_secret = None
-    purchase.completed_at = datetime.now(timezone.utc)
+    purchase.completed_at = datetime.now(UTC)
     return _release(session, purchase)
 
 
@@ -225,11 +230,12 @@ def _customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) ->
         name = organization.name
     created = gateway.create_customer(organization_id, name)
     with uow:
-        won = uow.session.execute(
+        won = uow.session.scalar(
             update(Organization)
             .where(Organization.id == organization_id, Organization.stripe_customer_id.is_(None))
             .values(stripe_customer_id=created)
-        ).rowcount
+            .returning(Organization.id)
+        )
         uow.commit()
         if won:
             return created
@@ -272,7 +278,7 @@ def charge(
             organization_id = purchase.organization_id
             amount, currency = purchase.amount_due, purchase.currency
             method, new_card = purchase.payment_method_id, purchase.new_card
-            age = ((now or datetime.now(timezone.utc)) - purchase.created_at).total_seconds()
+            age = ((now or datetime.now(UTC)) - purchase.created_at).total_seconds()
 
         if intent_id is None and amount == 0:
             return _settle_free(uow, purchase_id)

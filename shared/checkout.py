@@ -21,11 +21,15 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 def check_idempotency_key(key: str | None) -> str:
     if not key:
-        raise Invalid("send an Idempotency-Key header so a retried checkout never pays twice",
-                      "idempotency_key_required")
+        raise Invalid(
+            "send an Idempotency-Key header so a retried checkout never pays twice",
+            "idempotency_key_required",
+        )
     if not IDEMPOTENCY_KEY.match(key):
-        raise Invalid("the Idempotency-Key must be 1 to 255 visible ASCII characters",
-                      "invalid_idempotency_key")
+        raise Invalid(
+            "the Idempotency-Key must be 1 to 255 visible ASCII characters",
+            "invalid_idempotency_key",
+        )
     return key
 
 
@@ -46,8 +50,9 @@ def checkout(
     require_manager(actor.role)
     key = check_idempotency_key(idempotency_key)
     if payment_method is not None and not PAYMENT_METHOD.match(payment_method):
-        raise Invalid("payment_method must be a Stripe PaymentMethod id (pm_...)",
-                      "invalid_payment_method")
+        raise Invalid(
+            "payment_method must be a Stripe PaymentMethod id (pm_...)", "invalid_payment_method"
+        )
     with uow:
         session = uow.session
         session.scalars(select(User).where(User.id == actor.user_id).with_for_update()).one()
@@ -57,7 +62,9 @@ def checkout(
         organization = organization_of(session, actor)
         method = payment_method or organization.payment_method_id
         if method is None:
-            raise Conflict("there is no saved card: give a payment_method", "payment_method_required")
+            raise Conflict(
+                "there is no saved card: give a payment_method", "payment_method_required"
+            )
         lines = priced_lines(session, actor.user_id, now, lock=True)
         buying = [(item, offer) for item, offer in lines if offer.seats_to_buy > 0]
         if not buying:

@@ -37,17 +37,25 @@ def _positive(value: str) -> int:
     return number
 
 
-def db_upgrade(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
+def db_upgrade(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
     upgrade(database_url(Settings.from_env()))
     return {"status": "ok", "revision": "head"}, "database schema is up to date"
 
 
-def org_create(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
-    org_id = provisioning.create_organization(runtime().uow(), args.name, args.currency, args.timezone)
+def org_create(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    org_id = provisioning.create_organization(
+        runtime().uow(), args.name, args.currency, args.timezone
+    )
     return {"id": org_id}, f"organization {org_id} created"
 
 
-def user_create(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
+def user_create(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
     user_id, token = provisioning.create_user(runtime().uow(), args.org, args.email, args.role)
     return (
         {"id": user_id, "token": token},
@@ -133,38 +141,50 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     # SUPPRESS: a subcommand must not reset a --json given before it (`seats --json org create`)
     common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS,
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="print one JSON object on stdout",
     )
     root = Parser(prog="seats", description="Seat billing: provision, migrate, run.")
     root.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     groups = root.add_subparsers(dest="group", required=True, parser_class=Parser)
 
-    db = groups.add_parser("db", help="database schema").add_subparsers(dest="action", required=True, parser_class=Parser)
+    db = groups.add_parser("db", help="database schema").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
     db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(run=db_upgrade)
 
-    org = groups.add_parser("org", help="organizations").add_subparsers(dest="action", required=True, parser_class=Parser)
+    org = groups.add_parser("org", help="organizations").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
     create = org.add_parser("create", parents=[common], help="create an organization")
     create.add_argument("--name", required=True)
     create.add_argument("--currency", default="cad")
     create.add_argument("--timezone", default="America/Toronto")
     create.set_defaults(run=org_create)
 
-    user = groups.add_parser("user", help="users").add_subparsers(dest="action", required=True, parser_class=Parser)
+    user = groups.add_parser("user", help="users").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
     create = user.add_parser("create", parents=[common], help="create a user and an API token")
     create.add_argument("--org", type=_positive, required=True)
     create.add_argument("--email", required=True)
     create.add_argument("--role", choices=["owner", "buyer", "member"], required=True)
     create.set_defaults(run=user_create)
 
-    sub = groups.add_parser("subscription", help="plans").add_subparsers(dest="action", required=True, parser_class=Parser)
+    sub = groups.add_parser("subscription", help="plans").add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
     create = sub.add_parser("create", parents=[common], help="create a plan")
     create.add_argument("--org", type=_positive, required=True)
     create.add_argument("--product", required=True)
-    create.add_argument("--unit-amount", type=_positive, required=True, help="per seat and period, in minor units")
+    create.add_argument(
+        "--unit-amount", type=_positive, required=True, help="per seat and period, in minor units"
+    )
     create.add_argument("--interval", choices=["month", "year"], required=True)
     create.add_argument("--seats", type=_positive, required=True)
     create.add_argument("--period-start", type=_date, required=True)
@@ -172,10 +192,12 @@ def parser() -> argparse.ArgumentParser:
     create.set_defaults(run=subscription_create)
 
     ops = groups.add_parser("purchases", help="operators: purchases").add_subparsers(
-        dest="action", required=True, parser_class=Parser)
+        dest="action", required=True, parser_class=Parser
+    )
     listing = ops.add_parser("list", parents=[common], help="latest purchases")
-    listing.add_argument("--status", choices=["pending", "processing", "requires_action",
-                                              "succeeded", "failed"])
+    listing.add_argument(
+        "--status", choices=["pending", "processing", "requires_action", "succeeded", "failed"]
+    )
     listing.add_argument("--parked", action="store_true", help="only those waiting for you")
     listing.set_defaults(run=purchases_list)
     retry = ops.add_parser("retry", parents=[common], help="un-park a purchase and charge it now")
@@ -183,14 +205,16 @@ def parser() -> argparse.ArgumentParser:
     retry.set_defaults(run=purchases_retry)
 
     hooks = groups.add_parser("webhooks", help="operators: Stripe events").add_subparsers(
-        dest="action", required=True, parser_class=Parser)
+        dest="action", required=True, parser_class=Parser
+    )
     replay = hooks.add_parser("replay", parents=[common], help="process stored events again")
     replay.add_argument("event_id", nargs="?")
     replay.add_argument("--failed", action="store_true", help="every event whose processing failed")
     replay.set_defaults(run=webhooks_replay)
 
     alerts = groups.add_parser("alerts", help="operators: refunds, disputes").add_subparsers(
-        dest="action", required=True, parser_class=Parser)
+        dest="action", required=True, parser_class=Parser
+    )
     listing = alerts.add_parser("list", parents=[common], help="open alerts")
     listing.add_argument("--all", action="store_true", help="resolved ones too")
     listing.set_defaults(run=alerts_list)
@@ -198,7 +222,9 @@ def parser() -> argparse.ArgumentParser:
     resolve.add_argument("id", type=_positive)
     resolve.set_defaults(run=alerts_resolve)
 
-    start = groups.add_parser("up", parents=[common], help="run web, worker and beat in the foreground")
+    start = groups.add_parser(
+        "up", parents=[common], help="run web, worker and beat in the foreground"
+    )
     start.add_argument("--port", type=_positive, default=None)
     start.set_defaults(run=up)
     return root

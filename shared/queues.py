@@ -36,7 +36,11 @@ def celery_settings(redis_url: str | None) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+        },
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_serializer": "json",

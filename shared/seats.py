@@ -103,9 +103,7 @@ def change_seats(
     """Free changes apply at once; above the paid count the caller gets the quote to confirm."""
     check_seat_count(target)
     with uow:
-        subscription = subscription_for(
-            uow.session, actor, subscription_id, manage=True, lock=True
-        )
+        subscription = subscription_for(uow.session, actor, subscription_id, manage=True, lock=True)
         counts = SeatCounts(subscription.paid_seats, subscription.active_seats)
         if target > counts.paid_seats:
             offer = price(subscription, target, now)

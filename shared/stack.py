@@ -6,6 +6,7 @@ then stop each group and wait, so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -44,13 +45,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def watch(self) -> int:
         """Run until interrupted or until a child dies; either way stop everything."""
+
         def interrupt(signum: int, frame: Any) -> None:
             self.stopping = True
 
@@ -90,7 +90,9 @@ def run_stack(port: int | None) -> int:
             lines.append("database: DATABASE_URL")
         else:
             env["DATABASE_URL"] = devstack.embedded_database_url()
-            lines.append(f"database: embedded PostgreSQL (pgserver) in {devstack.home() / 'postgres'}")
+            lines.append(
+                f"database: embedded PostgreSQL (pgserver) in {devstack.home() / 'postgres'}"
+            )
         if not settings.redis_url:
             redis_port = devstack.free_port()
             stack.adopt("redis", devstack.start_redis(redis_port, logs / "redis.log"))
@@ -102,7 +104,9 @@ def run_stack(port: int | None) -> int:
         stand_in = not settings.stripe_api_key
         if stand_in:
             stripe_port = devstack.free_port()
-            stack.adopt("localstripe", devstack.start_localstripe(stripe_port, logs / "localstripe.log"))
+            stack.adopt(
+                "localstripe", devstack.start_localstripe(stripe_port, logs / "localstripe.log")
+            )
             env["STRIPE_API_KEY"] = LOCALSTRIPE_KEY
             env["STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
             env.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_" + secrets.token_hex(16))
@@ -116,7 +120,9 @@ def run_stack(port: int | None) -> int:
                 "(no STRIPE_API_KEY set)"
             )
         else:
-            lines.append("stripe: STRIPE_API_KEY" + (" (test key)" if settings.stripe_test_mode else ""))
+            lines.append(
+                "stripe: STRIPE_API_KEY" + (" (test key)" if settings.stripe_test_mode else "")
+            )
             if not settings.stripe_test_mode and not os.environ.get("SECRET_KEY"):
                 print("seats: SECRET_KEY is required with a live Stripe key", file=sys.stderr)
                 stack.stop()
@@ -126,20 +132,46 @@ def run_stack(port: int | None) -> int:
         python_bin = Path(sys.executable).parent
         stack.spawn(
             "web",
-            [str(python_bin / "gunicorn"), "--bind", f"127.0.0.1:{web_port}", "--workers", "2",
-             "--access-logfile", "-", "web:create_app()"],
+            [
+                str(python_bin / "gunicorn"),
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
+                "web:create_app()",
+            ],
             env,
         )
         stack.spawn(
             "worker",
-            [str(python_bin / "celery"), "-A", "worker.app", "worker", "--loglevel", "INFO",
-             "-Q", "charges,webhooks,default", "--concurrency", "2"],
+            [
+                str(python_bin / "celery"),
+                "-A",
+                "worker.app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                "charges,webhooks,default",
+                "--concurrency",
+                "2",
+            ],
             env,
         )
         stack.spawn(
             "beat",
-            [str(python_bin / "celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
-             "--schedule", str(devstack.home() / "celerybeat-schedule")],
+            [
+                str(python_bin / "celery"),
+                "-A",
+                "worker.app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(devstack.home() / "celerybeat-schedule"),
+            ],
             env,
         )
         devstack.wait_for_port(web_port, timeout=30)
@@ -147,8 +179,12 @@ def run_stack(port: int | None) -> int:
         stack.stop()
         raise
     print("seats is running:", flush=True)
-    for line in [f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
-                 *lines, "worker: celery, queues charges, webhooks, default", "beat: celery beat (sweeps)",
-                 "press Ctrl-C to stop everything"]:
+    for line in [
+        f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
+        *lines,
+        "worker: celery, queues charges, webhooks, default",
+        "beat: celery beat (sweeps)",
+        "press Ctrl-C to stop everything",
+    ]:
         print(f"  {line}", flush=True)
     return stack.watch()

@@ -29,7 +29,9 @@ def _card(method: dict[str, Any]) -> Card:
     return Card(method["id"], card.get("brand"), card.get("last4"))
 
 
-def verify_signature(payload: bytes, header: str | None, secrets: list[str], tolerance: int) -> bool:
+def verify_signature(
+    payload: bytes, header: str | None, secrets: list[str], tolerance: int
+) -> bool:
     """Stripe's own check (any `v1` may match, stale timestamps refused), for each secret.
 
     Several secrets may be configured at once while an endpoint's secret is rolled.
@@ -65,10 +67,10 @@ class StripeGateway:
     """Idempotency keys come from our own ids, so a retried call is the same call."""
 
     def __init__(self, api_key: str, api_base: str | None = None, timeout: float = 20) -> None:
-        addresses = {"api": api_base} if api_base else None
+        addresses: Any = {"api": api_base} if api_base else {}
         self.client = stripe.StripeClient(
             api_key,
-            base_addresses=addresses or {},
+            base_addresses=addresses,
             max_network_retries=0,
             http_client=stripe.RequestsClient(timeout=timeout),
         )
@@ -185,7 +187,7 @@ class StripeGateway:
     def list_events(self, created_after: int) -> list[dict[str, Any]]:
         """Every event after a moment, oldest first, following Stripe's pages."""
         events: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"created": {"gt": created_after}, "limit": 100}
+        params: Any = {"created": {"gt": created_after}, "limit": 100}
         try:
             while True:
                 page = self.client.v1.events.list(params=params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select
 
@@ -13,7 +13,7 @@ from shared.models import Purchase
 
 def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = None) -> list[int]:
     """Pending or processing purchases nobody touched lately, and payments awaiting the bank."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     stale = now - timedelta(seconds=stuck_after)
     with uow:
         return list(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -132,10 +132,14 @@ def on_payment_intent(
         if payment.status != "succeeded":
             return "ignored", []
         _flag(
-            uow, "duplicate_payment", event_id,
+            uow,
+            "duplicate_payment",
+            event_id,
             f"{payment.id} paid {payment.amount} {payment.currency} for purchase {purchase_id}, "
             "which was paid by another intent: refund it",
-            purchase_id=purchase_id, stripe_object_id=payment.id, amount=payment.amount,
+            purchase_id=purchase_id,
+            stripe_object_id=payment.id,
+            amount=payment.amount,
         )
         return "processed", []
     card = None
@@ -172,7 +176,9 @@ def _alert(kind: str, verb: str) -> Handler:
         amount = obj.get("amount_refunded") if kind == "refund" else obj.get("amount")
         where = f"purchase {purchase_id}" if purchase_id else "no purchase of ours"
         _flag(
-            uow, kind, event_id,
+            uow,
+            kind,
+            event_id,
             f"{obj.get('id')} {verb} ({amount} {obj.get('currency')}) for {where}; "
             "seat counts were left as they are: review the plan",
             organization_id=organization_id,
@@ -249,7 +255,7 @@ def _finish(uow: UnitOfWork, event_id: str, outcome: str, error: str | None) -> 
         event = uow.session.get_one(WebhookEvent, event_id, with_for_update=True)
         event.outcome = outcome
         event.error = error
-        event.processed_at = datetime.now(timezone.utc)
+        event.processed_at = datetime.now(UTC)
         uow.commit()
 
 
@@ -301,7 +307,7 @@ def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None)
                 .values(name=CURSOR, value=newest)
                 .on_conflict_do_update(
                     index_elements=["name"],
-                    set_={"value": newest, "updated_at": datetime.now(timezone.utc)},
+                    set_={"value": newest, "updated_at": datetime.now(UTC)},
                     where=SyncCursor.value < newest,
                 )
             )
@@ -311,7 +317,7 @@ def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None)
 
 def unprocessed_events(uow: UnitOfWork, older_than: float) -> list[str]:
     """Stored but never handled (their wake-up call was lost)."""
-    cutoff = datetime.fromtimestamp(time.time() - older_than, timezone.utc)
+    cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
     with uow:
         return list(
             uow.session.scalars(

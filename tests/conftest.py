@@ -165,9 +165,18 @@ class Client:
 class Tenant:
     """One organization with a user per role and a plan, as `seats` would provision it."""
 
-    def __init__(self, runtime: Runtime, base: str, *, seats: int = 3, unit_amount: int = 50000,
-                 period_start: date | None = None, interval: str = "year",
-                 renews_at: date | None = None, timezone: str = "America/Toronto") -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        base: str,
+        *,
+        seats: int = 3,
+        unit_amount: int = 50000,
+        period_start: date | None = None,
+        interval: str = "year",
+        renews_at: date | None = None,
+        timezone: str = "America/Toronto",
+    ) -> None:
         self.runtime = runtime
         self.org = provisioning.create_organization(
             runtime.uow(), f"Org {secrets.token_hex(3)}", "cad", timezone
@@ -225,10 +234,29 @@ class Worker:
         env = {**self.env, **extra}
         schedule = self.log.with_suffix(f".{secrets.token_hex(3)}.schedule")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-B",
-             "--schedule", str(schedule), "-Q", "charges,webhooks,default",
-             "--concurrency", "2", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-            env=env, cwd=ROOT, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.app",
+                "worker",
+                "-B",
+                "--schedule",
+                str(schedule),
+                "-Q",
+                "charges,webhooks,default",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.wait_ready()
@@ -299,15 +327,19 @@ def stack_web(stack_runtime: Runtime, stripe_base: str) -> Iterator[Server]:
     from web import create_app
 
     server = Server(create_app(runtime=stack_runtime))
-    register_webhook(stripe_base, f"{server.url}/webhooks/stripe",
-                     str(stack_runtime.settings.stripe_webhook_secret))
+    register_webhook(
+        stripe_base,
+        f"{server.url}/webhooks/stripe",
+        str(stack_runtime.settings.stripe_webhook_secret),
+    )
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
-def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
-           redis_url: str) -> Iterator[Worker]:
+def worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[Worker]:
     """One worker per test module, so modules that kill workers start from a clean slate."""
     redis.Redis.from_url(redis_url).flushdb()
     process = Worker(worker_env, tmp_path_factory.mktemp("worker") / "worker.log")

@@ -24,7 +24,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     settings = settings or (runtime.settings if runtime else Settings.from_env())
     runtime = runtime or build(settings)
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_BODY, JSON_SORT_KEYS=False)
+    app.config.update(
+        SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_BODY, JSON_SORT_KEYS=False
+    )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["seats"] = runtime
     app.extensions["seats.queue"] = Enqueuer(settings.redis_url)
@@ -40,8 +42,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     registry = CollectorRegistry()
     app.extensions["seats.metrics"] = registry
     start, finish = observe(*install_metrics(registry, runtime, broker))
-    app.before_request(start)  # type: ignore[arg-type]
-    app.after_request(finish)  # type: ignore[arg-type]
+    app.before_request(start)
+    app.after_request(finish)
     errors.register(app)
     app.register_blueprint(api)
     app.register_blueprint(health)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
@@ -63,11 +69,15 @@ class StateCollector(Collector):
             "Purchases waiting for an operator",
             value=monitoring.parked_purchases(self.runtime.uow()),
         )
-        events = GaugeMetricFamily("seats_webhook_events", "Stored events by outcome", labels=["outcome"])
+        events = GaugeMetricFamily(
+            "seats_webhook_events", "Stored events by outcome", labels=["outcome"]
+        )
         for outcome, count in monitoring.event_counts(self.runtime.uow()).items():
             events.add_metric([outcome], count)
         yield events
-        depth = GaugeMetricFamily("seats_queue_depth", "Messages waiting per queue", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "seats_queue_depth", "Messages waiting per queue", labels=["queue"]
+        )
         for queue in (queues.CHARGES, queues.WEBHOOKS, queues.DEFAULT):
             try:
                 depth.add_metric([queue], int(self.broker.llen(queue)))
@@ -76,10 +86,15 @@ class StateCollector(Collector):
         yield depth
 
 
-def install_metrics(app_registry: CollectorRegistry, runtime: Runtime, broker: redis.Redis) -> tuple[Counter, Histogram]:
+def install_metrics(
+    app_registry: CollectorRegistry, runtime: Runtime, broker: redis.Redis
+) -> tuple[Counter, Histogram]:
     app_registry.register(StateCollector(runtime, broker))
     requests_total = Counter(
-        "seats_http_requests", "HTTP requests", ["method", "endpoint", "status"], registry=app_registry
+        "seats_http_requests",
+        "HTTP requests",
+        ["method", "endpoint", "status"],
+        registry=app_registry,
     )
     latency = Histogram(
         "seats_http_request_seconds", "HTTP request latency", ["endpoint"], registry=app_registry
@@ -93,7 +108,9 @@ def metrics() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def observe(requests_total: Counter, latency: Histogram) -> tuple[object, object]:
+def observe(
+    requests_total: Counter, latency: Histogram
+) -> tuple[Callable[[], None], Callable[[Response], Response]]:
     def start() -> None:
         g.started = time.perf_counter()
 

@@ -40,7 +40,9 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
         )
     except (PaymentUnavailable, OperationalError) as error:
         if self.request.retries >= settings.charge_retries:
-            log.error("purchase %s parked after %s retries: %s", purchase_id, self.request.retries, error)
+            log.error(
+                "purchase %s parked after %s retries: %s", purchase_id, self.request.retries, error
+            )
             charging.park(rt.uow(), purchase_id, f"payment processor unavailable: {error}")
             return "parked"
         raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error

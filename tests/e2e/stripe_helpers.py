@@ -23,8 +23,10 @@ def stripe_client(base: str) -> stripe.StripeClient:
 def new_card(base: str, number: str = GOOD) -> str:
     """A PaymentMethod as Stripe.js makes it from the card form: we never see the number."""
     method = stripe_client(base).v1.payment_methods.create(
-        params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034,
-                                         "cvc": "123"}}
+        params={
+            "type": "card",
+            "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
     )
     return str(method.id)
 
@@ -49,8 +51,12 @@ def succeeded_charges(base: str, customer: str) -> list[Any]:
     return [c for c in charges_of(base, customer) if c.status == "succeeded" and c.paid]
 
 
-def wait_for(client: Client, purchase_id: int, statuses: tuple[str, ...] = ("succeeded", "failed"),
-             timeout: float = 45) -> dict[str, Any]:
+def wait_for(
+    client: Client,
+    purchase_id: int,
+    statuses: tuple[str, ...] = ("succeeded", "failed"),
+    timeout: float = 45,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         body: dict[str, Any] = client.get(f"/api/purchases/{purchase_id}").json()
@@ -61,12 +67,14 @@ def wait_for(client: Client, purchase_id: int, statuses: tuple[str, ...] = ("suc
         time.sleep(0.1)
 
 
-def buy(client: Client, subscription_id: int, target: int, key: str,
-        payment_method: str | None = None) -> int:
+def buy(
+    client: Client, subscription_id: int, target: int, key: str, payment_method: str | None = None
+) -> int:
     """The help article's steps: confirm, cart, checkout. Returns the purchase id."""
-    added = client.post("/api/cart/items",
-                        json={"subscription_id": subscription_id, "active_seats": target,
-                              "confirm": True})
+    added = client.post(
+        "/api/cart/items",
+        json={"subscription_id": subscription_id, "active_seats": target, "confirm": True},
+    )
     assert added.status_code == 201, added.text
     body = {"payment_method": payment_method} if payment_method else {}
     answer = client.post("/api/checkout", json=body, headers={"Idempotency-Key": key})

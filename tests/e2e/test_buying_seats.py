@@ -52,14 +52,16 @@ def test_help_article_example(shop: Tenant, stack_runtime: Runtime, stripe_base:
     quote = asked.json()["quote"]
     assert quote["seats_to_buy"] == 2 and quote["subtotal"] == 100000
 
-    unconfirmed = buyer.post("/api/cart/items", json={"subscription_id": shop.sub,
-                                                        "active_seats": 5})
+    unconfirmed = buyer.post(
+        "/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 5}
+    )
     assert unconfirmed.status_code == 409
     assert unconfirmed.json()["error"] == "confirmation_required"
     assert buyer.get("/api/cart").json()["items"] == []
 
-    added = buyer.post("/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 5,
-                                                "confirm": True})
+    added = buyer.post(
+        "/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 5, "confirm": True}
+    )
     assert added.status_code == 201
     cart = buyer.get("/api/cart").json()
     assert cart["total_due"] == quote["amount_due"] and cart["currency"] == "cad"
@@ -67,8 +69,9 @@ def test_help_article_example(shop: Tenant, stack_runtime: Runtime, stripe_base:
     assert line["proration_coupon"] == quote["proration_coupon"] > 0
 
     card = new_card(stripe_base)
-    answer = buyer.post("/api/checkout", json={"payment_method": card},
-                        headers={"Idempotency-Key": "article-1"})
+    answer = buyer.post(
+        "/api/checkout", json={"payment_method": card}, headers={"Idempotency-Key": "article-1"}
+    )
     assert answer.status_code == 202 and answer.json()["status"] == "pending"
     done = wait_for(buyer, answer.json()["purchase_id"])
     assert done["status"] == "succeeded", done
@@ -87,8 +90,9 @@ def test_help_article_example(shop: Tenant, stack_runtime: Runtime, stripe_base:
     with stack_runtime.uow() as uow:
         audit = [
             (a.paid_after, a.active_after, a.purchase_id)
-            for a in uow.session.query(SeatChange).filter_by(subscription_id=shop.sub).order_by(
-                SeatChange.id)
+            for a in uow.session.query(SeatChange)
+            .filter_by(subscription_id=shop.sub)
+            .order_by(SeatChange.id)
         ]
     assert audit == [(3, 3, None), (3, 2, None), (3, 3, None), (5, 5, done["id"])]
 
@@ -103,8 +107,9 @@ def test_saved_card_is_used_when_none_is_given(shop: Tenant, stripe_base: str) -
     assert (plan["paid_seats"], plan["active_seats"]) == (6, 6)
 
 
-def test_declined_card_changes_nothing(shop: Tenant, stack_runtime: Runtime,
-                                       stripe_base: str) -> None:
+def test_declined_card_changes_nothing(
+    shop: Tenant, stack_runtime: Runtime, stripe_base: str
+) -> None:
     purchase = buy(shop.buyer, shop.sub, 5, "declined-1", new_card(stripe_base, DECLINED))
     done = wait_for(shop.buyer, purchase)
     assert done["status"] == "failed"
@@ -116,8 +121,9 @@ def test_declined_card_changes_nothing(shop: Tenant, stack_runtime: Runtime,
     assert succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org)) == []
 
 
-def test_three_d_secure_completes_after_authentication(shop: Tenant, stack_runtime: Runtime,
-                                                       stripe_base: str) -> None:
+def test_three_d_secure_completes_after_authentication(
+    shop: Tenant, stack_runtime: Runtime, stripe_base: str
+) -> None:
     purchase = buy(shop.buyer, shop.sub, 5, "3ds-1", new_card(stripe_base, THREE_D_SECURE))
     waiting = wait_for(shop.buyer, purchase, ("requires_action", "succeeded", "failed"))
     assert waiting["status"] == "requires_action"
@@ -139,21 +145,29 @@ def test_unknown_card_empty_cart_and_no_saved_card(shop: Tenant) -> None:
     buyer = shop.buyer
     empty = buyer.post("/api/checkout", json={}, headers={"Idempotency-Key": "empty-1"})
     assert empty.status_code == 409 and empty.json()["error"] == "payment_method_required"
-    empty = buyer.post("/api/checkout", json={"payment_method": "pm_abc"},
-                       headers={"Idempotency-Key": "empty-2"})
+    empty = buyer.post(
+        "/api/checkout", json={"payment_method": "pm_abc"}, headers={"Idempotency-Key": "empty-2"}
+    )
     assert empty.status_code == 409 and empty.json()["error"] == "cart_empty"
 
-    buyer.post("/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 4,
-                                        "confirm": True})
+    buyer.post(
+        "/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 4, "confirm": True}
+    )
     no_card = buyer.post("/api/checkout", json={}, headers={"Idempotency-Key": "nocard"})
     assert no_card.status_code == 409 and no_card.json()["error"] == "payment_method_required"
-    malformed = buyer.post("/api/checkout", json={"payment_method": "4242424242424242"},
-                           headers={"Idempotency-Key": "bad-card"})
+    malformed = buyer.post(
+        "/api/checkout",
+        json={"payment_method": "4242424242424242"},
+        headers={"Idempotency-Key": "bad-card"},
+    )
     assert malformed.status_code == 422
     assert len(buyer.get("/api/cart").json()["items"]) == 1
 
-    answer = buyer.post("/api/checkout", json={"payment_method": "pm_NoSuchCard123"},
-                        headers={"Idempotency-Key": "unknown-card"})
+    answer = buyer.post(
+        "/api/checkout",
+        json={"payment_method": "pm_NoSuchCard123"},
+        headers={"Idempotency-Key": "unknown-card"},
+    )
     assert answer.status_code == 202
     done = wait_for(buyer, answer.json()["purchase_id"])
     assert done["status"] == "failed" and done["failure_code"] == "payment_method_unknown"
@@ -161,9 +175,9 @@ def test_unknown_card_empty_cart_and_no_saved_card(shop: Tenant) -> None:
     assert (plan["paid_seats"], plan["active_seats"]) == (3, 3)
 
 
-def test_member_and_strangers_are_refused_at_every_step(shop: Tenant, stack_runtime: Runtime,
-                                                        stack_web: Server,
-                                                        stripe_base: str) -> None:
+def test_member_and_strangers_are_refused_at_every_step(
+    shop: Tenant, stack_runtime: Runtime, stack_web: Server, stripe_base: str
+) -> None:
     stranger = Tenant(stack_runtime, stack_web.url).owner
     body = {"subscription_id": shop.sub, "active_seats": 5, "confirm": True}
     assert shop.member.post("/api/cart/items", json=body).status_code == 403
@@ -173,8 +187,7 @@ def test_member_and_strangers_are_refused_at_every_step(shop: Tenant, stack_runt
     assert shop.member.delete(f"/api/cart/items/{item['id']}").status_code == 403
     assert stranger.delete(f"/api/cart/items/{item['id']}").status_code == 404
     assert shop.owner.delete(f"/api/cart/items/{item['id']}").status_code == 404
-    member_checkout = shop.member.post("/api/checkout", json={},
-                                       headers={"Idempotency-Key": "m-1"})
+    member_checkout = shop.member.post("/api/checkout", json={}, headers={"Idempotency-Key": "m-1"})
     assert member_checkout.status_code == 403
     assert stranger.get(f"/api/purchases/{purchase}").status_code == 404
     seen = shop.member.get(f"/api/purchases/{purchase}")
@@ -184,16 +197,19 @@ def test_member_and_strangers_are_refused_at_every_step(shop: Tenant, stack_runt
 
 
 def test_six_concurrent_checkouts_with_one_key_make_one_charge(
-        shop: Tenant, stack_runtime: Runtime, stripe_base: str) -> None:
-    shop.buyer.post("/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 5,
-                                             "confirm": True})
+    shop: Tenant, stack_runtime: Runtime, stripe_base: str
+) -> None:
+    shop.buyer.post(
+        "/api/cart/items", json={"subscription_id": shop.sub, "active_seats": 5, "confirm": True}
+    )
     card = new_card(stripe_base)
     barrier = threading.Barrier(6)
 
     def pay(_: int) -> Any:
         barrier.wait()
-        return shop.buyer.post("/api/checkout", json={"payment_method": card},
-                               headers={"Idempotency-Key": "same-key"})
+        return shop.buyer.post(
+            "/api/checkout", json={"payment_method": card}, headers={"Idempotency-Key": "same-key"}
+        )
 
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(pay, range(6)))
@@ -206,9 +222,11 @@ def test_six_concurrent_checkouts_with_one_key_make_one_charge(
 
 
 def test_eight_buyers_at_once_never_pay_a_seat_twice(
-        stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str) -> None:
-    org = Tenant(stack_runtime, stack_web.url, seats=3, unit_amount=50000,
-                 period_start=date.today())
+    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str
+) -> None:
+    org = Tenant(
+        stack_runtime, stack_web.url, seats=3, unit_amount=50000, period_start=date.today()
+    )
     buyers = [org.add_user("buyer", stack_web.url, name=f"buyer{i}") for i in range(8)]
     targets = [4, 5, 6, 7, 8, 9, 10, 11]
     barrier = threading.Barrier(8)
@@ -216,11 +234,16 @@ def test_eight_buyers_at_once_never_pay_a_seat_twice(
     def purchase(index: int) -> int:
         client = buyers[index]
         card = new_card(stripe_base)
-        client.post("/api/cart/items", json={"subscription_id": org.sub,
-                                             "active_seats": targets[index], "confirm": True})
+        client.post(
+            "/api/cart/items",
+            json={"subscription_id": org.sub, "active_seats": targets[index], "confirm": True},
+        )
         barrier.wait()
-        answer = client.post("/api/checkout", json={"payment_method": card},
-                             headers={"Idempotency-Key": secrets.token_hex(8)})
+        answer = client.post(
+            "/api/checkout",
+            json={"payment_method": card},
+            headers={"Idempotency-Key": secrets.token_hex(8)},
+        )
         assert answer.status_code == 202, answer.text
         return int(answer.json()["purchase_id"])
 

@@ -50,11 +50,18 @@ def wait_file(path: Path, timeout: float = 30) -> None:
 
 @pytest.mark.parametrize("step", ["payment_created", "payment_confirmed"])
 def test_worker_killed_mid_charge_resumes_with_one_charge(
-        step: str, stack_runtime: Runtime, stack_web: Server, worker_env: dict[str, str],
-        workers: list[Worker], tmp_path: Path, stripe_base: str) -> None:
+    step: str,
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    workers: list[Worker],
+    tmp_path: Path,
+    stripe_base: str,
+) -> None:
     marker = tmp_path / "reached"
-    doomed = new_worker(workers, worker_env, tmp_path, SEATS_FAILPOINT=step,
-                        SEATS_FAILPOINT_FILE=str(marker))
+    doomed = new_worker(
+        workers, worker_env, tmp_path, SEATS_FAILPOINT=step, SEATS_FAILPOINT_FILE=str(marker)
+    )
     shop = Tenant(stack_runtime, stack_web.url)
     purchase = buy(shop.buyer, shop.sub, 5, f"kill-{step}", new_card(stripe_base))
     wait_file(marker)
@@ -78,8 +85,14 @@ def test_worker_killed_mid_charge_resumes_with_one_charge(
 
 
 def test_flushed_broker_loses_no_purchase(
-        stack_runtime: Runtime, stack_web: Server, worker_env: dict[str, str],
-        workers: list[Worker], tmp_path: Path, stripe_base: str, redis_url: str) -> None:
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    workers: list[Worker],
+    tmp_path: Path,
+    stripe_base: str,
+    redis_url: str,
+) -> None:
     shop = Tenant(stack_runtime, stack_web.url)
     purchase = buy(shop.buyer, shop.sub, 4, "flushed", new_card(stripe_base))
     redis.Redis.from_url(redis_url).flushdb()
@@ -91,7 +104,8 @@ def test_flushed_broker_loses_no_purchase(
 
 
 def test_the_same_charge_run_concurrently_charges_once(
-        stack_runtime: Runtime, stack_web: Server, stripe_base: str, redis_url: str) -> None:
+    stack_runtime: Runtime, stack_web: Server, stripe_base: str, redis_url: str
+) -> None:
     shop = Tenant(stack_runtime, stack_web.url)
     purchase = buy(shop.buyer, shop.sub, 6, "twice", new_card(stripe_base))
     redis.Redis.from_url(redis_url).flushdb()
@@ -100,8 +114,9 @@ def test_the_same_charge_run_concurrently_charges_once(
 
     def run() -> None:
         barrier.wait()
-        result = charging.charge(stack_runtime.uow(), stack_runtime.engine, stack_runtime.gateway,
-                                 purchase)
+        result = charging.charge(
+            stack_runtime.uow(), stack_runtime.engine, stack_runtime.gateway, purchase
+        )
         outcomes.append(result.next.value)
 
     threads = [threading.Thread(target=run) for _ in range(4)]

@@ -49,8 +49,15 @@ def post_event(web: Server, body: bytes, header: str | None) -> requests.Respons
 
 def event_around(obj: dict[str, Any], kind: str, event_id: str) -> bytes:
     """A correctly shaped event built around a real object fetched from the stand-in."""
-    return json.dumps({"id": event_id, "object": "event", "type": kind,
-                       "created": int(time.time()), "data": {"object": obj}}).encode()
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": kind,
+            "created": int(time.time()),
+            "data": {"object": obj},
+        }
+    ).encode()
 
 
 def stored(runtime: Runtime, event_id: str) -> WebhookEvent | None:
@@ -80,9 +87,14 @@ def intent_of(runtime: Runtime, purchase_id: int) -> str:
 
 def audit_rows(runtime: Runtime, purchase_id: int) -> int:
     with runtime.uow() as uow:
-        return int(uow.session.scalar(
-            select(func.count()).select_from(SeatChange).where(SeatChange.purchase_id == purchase_id)
-        ) or 0)
+        return int(
+            uow.session.scalar(
+                select(func.count())
+                .select_from(SeatChange)
+                .where(SeatChange.purchase_id == purchase_id)
+            )
+            or 0
+        )
 
 
 @pytest.fixture
@@ -96,18 +108,20 @@ class TestSignature:
     def fresh(self) -> bytes:
         return self.body.replace(b"evt_sig", f"evt_sig{time.monotonic_ns()}".encode())
 
-    def test_good_signature_is_stored(self, stack_web: Server, stack_runtime: Runtime,
-                                      secret: str) -> None:
+    def test_good_signature_is_stored(
+        self, stack_web: Server, stack_runtime: Runtime, secret: str
+    ) -> None:
         body = self.fresh()
         answer = post_event(stack_web, body, sign(body, secret))
         assert answer.status_code == 200, answer.text
         assert stored(stack_runtime, json.loads(body)["id"]) is not None
 
-    @pytest.mark.parametrize("case", ["wrong_secret", "byte_changed", "stale", "missing",
-                                      "garbage_header"])
-    def test_bad_signatures_are_400_and_store_nothing(self, case: str, stack_web: Server,
-                                                       stack_runtime: Runtime,
-                                                       secret: str) -> None:
+    @pytest.mark.parametrize(
+        "case", ["wrong_secret", "byte_changed", "stale", "missing", "garbage_header"]
+    )
+    def test_bad_signatures_are_400_and_store_nothing(
+        self, case: str, stack_web: Server, stack_runtime: Runtime, secret: str
+    ) -> None:
         body = self.fresh()
         header: str | None = sign(body, secret)
         if case == "wrong_secret":
@@ -132,27 +146,36 @@ class TestSignature:
         header = f"{timestamp},v1={'0' * 64},{valid}"
         assert post_event(stack_web, body, header).status_code == 200
 
-    def test_signed_non_json_and_oversized_bodies_are_refused(self, stack_web: Server,
-                                                              secret: str) -> None:
+    def test_signed_non_json_and_oversized_bodies_are_refused(
+        self, stack_web: Server, secret: str
+    ) -> None:
         body = b"this is not json"
         answer = post_event(stack_web, body, sign(body, secret))
         assert answer.status_code == 400 and answer.json()["error"] == "malformed_event"
         shapeless = b'{"id": "evt_x", "type": "customer.created"}'
         assert post_event(stack_web, shapeless, sign(shapeless, secret)).status_code == 400
-        huge = event_around({"id": "cus_big", "pad": "x" * 300_000}, "customer.created",
-                            "evt_big")
+        huge = event_around({"id": "cus_big", "pad": "x" * 300_000}, "customer.created", "evt_big")
         answer = post_event(stack_web, huge, sign(huge, secret))
         assert answer.status_code == 413
 
 
 def test_five_parallel_deliveries_have_one_effect(
-        stack_runtime: Runtime, stack_web: Server, worker_env: dict[str, str], tmp_path: Path,
-        stripe_base: str, secret: str) -> None:
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    stripe_base: str,
+    secret: str,
+) -> None:
     """The charger is paused after Stripe confirmed: the webhook is what applies the purchase."""
     marker = tmp_path / "reached"
     paused = Worker(worker_env, tmp_path / "paused.log")
-    paused.start(SEATS_FAILPOINT="payment_confirmed", SEATS_FAILPOINT_FILE=str(marker),
-                 SEATS_SWEEP_INTERVAL="3600", SEATS_RECONCILE_INTERVAL="3600")
+    paused.start(
+        SEATS_FAILPOINT="payment_confirmed",
+        SEATS_FAILPOINT_FILE=str(marker),
+        SEATS_SWEEP_INTERVAL="3600",
+        SEATS_RECONCILE_INTERVAL="3600",
+    )
     try:
         shop = Tenant(stack_runtime, stack_web.url)
         purchase = buy(shop.buyer, shop.sub, 5, "five-times", new_card(stripe_base))
@@ -160,8 +183,11 @@ def test_five_parallel_deliveries_have_one_effect(
         while not marker.exists():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        intent = stripe_client(stripe_base).v1.payment_intents.retrieve(
-            intent_of(stack_runtime, purchase)).to_dict()
+        intent = (
+            stripe_client(stripe_base)
+            .v1.payment_intents.retrieve(intent_of(stack_runtime, purchase))
+            .to_dict()
+        )
         assert intent["status"] == "succeeded"
         body = event_around(intent, "payment_intent.succeeded", f"evt_five_{purchase}")
         barrier = threading.Barrier(5)
@@ -187,8 +213,13 @@ def test_five_parallel_deliveries_have_one_effect(
 
 
 def test_success_before_the_charger_recorded_the_intent(
-        stack_runtime: Runtime, stack_web: Server, stripe_base: str, secret: str,
-        worker: Worker, redis_url: str) -> None:
+    stack_runtime: Runtime,
+    stack_web: Server,
+    stripe_base: str,
+    secret: str,
+    worker: Worker,
+    redis_url: str,
+) -> None:
     """Stripe's success reaches us before our charge task has recorded (or even run).
 
     The charge message is lost with the broker, the payment is made for the
@@ -209,8 +240,13 @@ def test_success_before_the_charger_recorded_the_intent(
             uow.session.get_one(Organization, shop.org).stripe_customer_id = customer
             uow.commit()
         gateway.attach_card(card, customer)
-        created = gateway.create_payment(purchase_id=purchase, amount=amount, currency="cad",
-                                         customer_id=customer, payment_method_id=card)
+        created = gateway.create_payment(
+            purchase_id=purchase,
+            amount=amount,
+            currency="cad",
+            customer_id=customer,
+            payment_method_id=card,
+        )
         gateway.confirm_payment(created.id, purchase)
         intent = stripe_client(stripe_base).v1.payment_intents.retrieve(created.id).to_dict()
         body = event_around(intent, "payment_intent.succeeded", f"evt_early_{purchase}")
@@ -225,15 +261,21 @@ def test_success_before_the_charger_recorded_the_intent(
 
 
 def test_late_failure_never_undoes_a_success(
-        stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str,
-        secret: str) -> None:
+    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
+) -> None:
     shop = Tenant(stack_runtime, stack_web.url)
     purchase = buy(shop.buyer, shop.sub, 5, "late-failure", new_card(stripe_base))
     assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
-    intent = stripe_client(stripe_base).v1.payment_intents.retrieve(
-        intent_of(stack_runtime, purchase)).to_dict()
-    stale = {**intent, "status": "requires_payment_method",
-             "last_payment_error": {"code": "card_declined", "message": "declined"}}
+    intent = (
+        stripe_client(stripe_base)
+        .v1.payment_intents.retrieve(intent_of(stack_runtime, purchase))
+        .to_dict()
+    )
+    stale = {
+        **intent,
+        "status": "requires_payment_method",
+        "last_payment_error": {"code": "card_declined", "message": "declined"},
+    }
     body = event_around(stale, "payment_intent.payment_failed", f"evt_late_{purchase}")
     assert post_event(stack_web, body, sign(body, secret)).status_code == 200
     assert wait_processed(stack_runtime, f"evt_late_{purchase}").outcome == "processed"
@@ -244,8 +286,14 @@ def test_late_failure_never_undoes_a_success(
 
 
 def test_three_d_secure_completed_by_the_stand_ins_webhook(
-        stack_runtime: Runtime, stack_web: Server, worker_env: dict[str, str], tmp_path: Path,
-        stripe_base: str, worker: Worker, redis_url: str) -> None:
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    stripe_base: str,
+    worker: Worker,
+    redis_url: str,
+) -> None:
     """No sweep and no reconciliation here: only localstripe's signed event can finish it."""
     worker.stop()
     redis.Redis.from_url(redis_url).flushdb()
@@ -253,17 +301,21 @@ def test_three_d_secure_completed_by_the_stand_ins_webhook(
     quiet.start(SEATS_SWEEP_INTERVAL="3600", SEATS_RECONCILE_INTERVAL="3600")
     try:
         shop = Tenant(stack_runtime, stack_web.url)
-        purchase = buy(shop.buyer, shop.sub, 6, "3ds-webhook", new_card(stripe_base,
-                                                                          THREE_D_SECURE))
+        purchase = buy(
+            shop.buyer, shop.sub, 6, "3ds-webhook", new_card(stripe_base, THREE_D_SECURE)
+        )
         waiting = wait_for(shop.buyer, purchase, ("requires_action",))
         intent = intent_of(stack_runtime, purchase)
         authenticate(stripe_base, intent, waiting["client_secret"])
         done = wait_for(shop.buyer, purchase)
         assert done["status"] == "succeeded"
         with stack_runtime.uow() as uow:
-            events = uow.session.scalars(select(WebhookEvent).where(
-                WebhookEvent.object_id == intent,
-                WebhookEvent.type == "payment_intent.succeeded")).all()
+            events = uow.session.scalars(
+                select(WebhookEvent).where(
+                    WebhookEvent.object_id == intent,
+                    WebhookEvent.type == "payment_intent.succeeded",
+                )
+            ).all()
             assert [e.source for e in events] == ["webhook"]
             assert wait_processed(stack_runtime, events[0].id).outcome == "processed"
         plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
@@ -274,8 +326,8 @@ def test_three_d_secure_completed_by_the_stand_ins_webhook(
 
 
 def test_lost_webhooks_are_recovered_by_reconciliation(
-        stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str,
-        secret: str) -> None:
+    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
+) -> None:
     register_webhook(stripe_base, "http://127.0.0.1:9/webhooks/stripe", secret)
     try:
         shop = Tenant(stack_runtime, stack_web.url)
@@ -285,9 +337,12 @@ def test_lost_webhooks_are_recovered_by_reconciliation(
         deadline = time.monotonic() + 30
         while True:
             with stack_runtime.uow() as uow:
-                found = uow.session.scalars(select(WebhookEvent).where(
-                    WebhookEvent.object_id == intent,
-                    WebhookEvent.type == "payment_intent.succeeded")).all()
+                found = uow.session.scalars(
+                    select(WebhookEvent).where(
+                        WebhookEvent.object_id == intent,
+                        WebhookEvent.type == "payment_intent.succeeded",
+                    )
+                ).all()
                 rows = [(e.source, e.outcome) for e in found]
             if rows == [("reconcile", "processed")]:
                 break
@@ -299,8 +354,8 @@ def test_lost_webhooks_are_recovered_by_reconciliation(
 
 
 def test_refund_is_flagged_and_seats_stay(
-        stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str,
-        secret: str) -> None:
+    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
+) -> None:
     shop = Tenant(stack_runtime, stack_web.url)
     purchase = buy(shop.buyer, shop.sub, 5, "refund", new_card(stripe_base))
     assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
@@ -312,16 +367,17 @@ def test_refund_is_flagged_and_seats_stay(
     refund_event = wait_processed(stack_runtime, f"evt_refund_{purchase}")
     assert refund_event.outcome == "processed", refund_event.error
     with stack_runtime.uow() as uow:
-        alerts = uow.session.scalars(select(OperatorAlert).where(
-            OperatorAlert.purchase_id == purchase)).all()
+        alerts = uow.session.scalars(
+            select(OperatorAlert).where(OperatorAlert.purchase_id == purchase)
+        ).all()
         assert [(a.kind, a.amount) for a in alerts] == [("refund", charge.amount)]
     plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
     assert (plan["paid_seats"], plan["active_seats"]) == (5, 5)
 
 
 def test_saved_card_follows_stripe_default(
-        stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str,
-        secret: str) -> None:
+    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
+) -> None:
     shop = Tenant(stack_runtime, stack_web.url)
     first = new_card(stripe_base)
     purchase = buy(shop.buyer, shop.sub, 4, "card-sync", first)
@@ -330,8 +386,9 @@ def test_saved_card_follows_stripe_default(
     client = stripe_client(stripe_base)
     second = new_card(stripe_base, "5555555555554444")
     client.v1.payment_methods.attach(second, params={"customer": customer})
-    client.v1.customers.update(customer,
-                               params={"invoice_settings": {"default_payment_method": second}})
+    client.v1.customers.update(
+        customer, params={"invoice_settings": {"default_payment_method": second}}
+    )
     deadline = time.monotonic() + 30
     while shop.owner.get(f"/api/subscriptions/{shop.sub}").json()["payment_method"]["id"] != second:
         assert time.monotonic() < deadline, "customer.updated never moved our saved card"
@@ -345,13 +402,21 @@ def test_saved_card_follows_stripe_default(
 
 
 def test_replay_of_a_processed_event_changes_nothing(
-        stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str,
-        secret: str, worker_env: dict[str, str]) -> None:
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker: Worker,
+    stripe_base: str,
+    secret: str,
+    worker_env: dict[str, str],
+) -> None:
     shop = Tenant(stack_runtime, stack_web.url)
     purchase = buy(shop.buyer, shop.sub, 5, "replay", new_card(stripe_base))
     assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
-    intent = stripe_client(stripe_base).v1.payment_intents.retrieve(
-        intent_of(stack_runtime, purchase)).to_dict()
+    intent = (
+        stripe_client(stripe_base)
+        .v1.payment_intents.retrieve(intent_of(stack_runtime, purchase))
+        .to_dict()
+    )
     event_id = f"evt_replay_{purchase}"
     body = event_around(intent, "payment_intent.succeeded", event_id)
     assert post_event(stack_web, body, sign(body, secret)).status_code == 200
@@ -359,9 +424,15 @@ def test_replay_of_a_processed_event_changes_nothing(
     before = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
     env = {**worker_env, "PYTHONPATH": str(ROOT)}
     for _ in range(2):
-        result = subprocess.run([sys.executable, "-m", "shared.cli", "webhooks", "replay",
-                                 event_id, "--json"], env=env, cwd=ROOT, capture_output=True,
-                                text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "webhooks", "replay", event_id, "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == {"events": {event_id: "processed"}}
     assert shop.owner.get(f"/api/subscriptions/{shop.sub}").json() == before

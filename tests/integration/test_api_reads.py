@@ -18,8 +18,16 @@ def test_every_role_of_the_organization_reads_the_plan(tenant: Tenant) -> None:
         assert body["unit_amount"] == 50000 and body["currency"] == "cad"
         assert body["payment_method"] is None
         assert set(body) == {
-            "id", "product", "unit_amount", "currency", "interval", "current_period_start",
-            "renews_at", "paid_seats", "active_seats", "payment_method",
+            "id",
+            "product",
+            "unit_amount",
+            "currency",
+            "interval",
+            "current_period_start",
+            "renews_at",
+            "paid_seats",
+            "active_seats",
+            "payment_method",
         }
 
 
@@ -46,7 +54,9 @@ def test_no_token_or_a_wrong_one_is_401(tenant: Tenant) -> None:
     answer = forged.put(f"/api/subscriptions/{tenant.sub}/seats", json={"active_seats": 1})
     assert answer.status_code == 401
     assert answer.json()["error"] == "unauthorized"
-    basic = anonymous.get(f"/api/subscriptions/{tenant.sub}", headers={"Authorization": "Basic eDp5"})
+    basic = anonymous.get(
+        f"/api/subscriptions/{tenant.sub}", headers={"Authorization": "Basic eDp5"}
+    )
     assert basic.status_code == 401
 
 
@@ -84,9 +94,18 @@ def test_above_paid_is_purchase_required_with_the_quote(tenant: Tenant) -> None:
 def test_quote_is_the_money_rule(runtime: object, web: object) -> None:
     today = date.today()
     start = today - timedelta(days=10)
-    plan = Tenant(runtime, web.url, seats=3, unit_amount=50000, period_start=start,  # type: ignore[arg-type, attr-defined]
-                  interval="month", renews_at=start + timedelta(days=30))
-    quote = plan.member.post(f"/api/subscriptions/{plan.sub}/quote", json={"active_seats": 4}).json()
+    plan = Tenant(
+        runtime,
+        web.url,
+        seats=3,
+        unit_amount=50000,
+        period_start=start,  # type: ignore[arg-type, attr-defined]
+        interval="month",
+        renews_at=start + timedelta(days=30),
+    )
+    quote = plan.member.post(
+        f"/api/subscriptions/{plan.sub}/quote", json={"active_seats": 4}
+    ).json()
     assert quote["period_days"] == 30
     assert quote["remaining_days"] in (20, 21)  # the billing time zone may still be on yesterday
     expected = (50000 * quote["remaining_days"] * 2 + 30) // 60
@@ -96,8 +115,13 @@ def test_quote_is_the_money_rule(runtime: object, web: object) -> None:
 
 def test_renewal_pending_refuses_a_purchase(runtime: object, web: object) -> None:
     start = date.today() - timedelta(days=40)
-    plan = Tenant(runtime, web.url, period_start=start, interval="month",  # type: ignore[arg-type, attr-defined]
-                  renews_at=start + timedelta(days=30))
+    plan = Tenant(
+        runtime,
+        web.url,
+        period_start=start,
+        interval="month",  # type: ignore[arg-type, attr-defined]
+        renews_at=start + timedelta(days=30),
+    )
     answer = plan.owner.put(f"/api/subscriptions/{plan.sub}/seats", json={"active_seats": 9})
     assert answer.status_code == 409
     assert answer.json()["error"] == "renewal_pending"

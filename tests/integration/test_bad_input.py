@@ -20,12 +20,24 @@ MAX_BODY = 64 * 1024
 # (name, method, path for the tenant's plan, body around an active_seats value)
 Body = Callable[[Tenant, Any], dict[str, Any]]
 SEAT_ENDPOINTS: list[tuple[str, str, Callable[[Tenant], str], Body]] = [
-    ("seats", "PUT", lambda t: f"/api/subscriptions/{t.sub}/seats",
-     lambda t, v: {"active_seats": v}),
-    ("quote", "POST", lambda t: f"/api/subscriptions/{t.sub}/quote",
-     lambda t, v: {"active_seats": v}),
-    ("cart", "POST", lambda t: "/api/cart/items",
-     lambda t, v: {"subscription_id": t.sub, "active_seats": v, "confirm": True}),
+    (
+        "seats",
+        "PUT",
+        lambda t: f"/api/subscriptions/{t.sub}/seats",
+        lambda t, v: {"active_seats": v},
+    ),
+    (
+        "quote",
+        "POST",
+        lambda t: f"/api/subscriptions/{t.sub}/quote",
+        lambda t, v: {"active_seats": v},
+    ),
+    (
+        "cart",
+        "POST",
+        lambda t: "/api/cart/items",
+        lambda t, v: {"subscription_id": t.sub, "active_seats": v, "confirm": True},
+    ),
 ]
 ALL_ENDPOINTS = [(name, method, path) for name, method, path, _ in SEAT_ENDPOINTS] + [
     ("checkout", "POST", lambda t: "/api/checkout"),
@@ -34,14 +46,16 @@ SEAT_IDS = [name for name, *_ in SEAT_ENDPOINTS]
 ALL_IDS = [name for name, *_ in ALL_ENDPOINTS]
 
 
-def send(client: Client, method: str, path: str, raw: bytes | str | None = None,
-         **kwargs: Any) -> requests.Response:
+def send(
+    client: Client, method: str, path: str, raw: bytes | str | None = None, **kwargs: Any
+) -> requests.Response:
     headers = {**JSON_HEADERS, "Idempotency-Key": "bad-input-test", **kwargs.pop("headers", {})}
     return client.request(method, path, data=raw, headers=headers, **kwargs)
 
 
-def assert_error(answer: requests.Response, status: int, *, code: str | None = None,
-                 naming: str | None = None) -> dict[str, Any]:
+def assert_error(
+    answer: requests.Response, status: int, *, code: str | None = None, naming: str | None = None
+) -> dict[str, Any]:
     """What a client relies on: the status, a JSON {"error", "message"}, no stack trace."""
     assert "Traceback" not in answer.text, answer.text
     assert answer.status_code == status, (answer.status_code, answer.text)
@@ -90,15 +104,17 @@ MALFORMED = [
 
 @pytest.mark.parametrize(("name", "method", "path"), ALL_ENDPOINTS, ids=ALL_IDS)
 @pytest.mark.parametrize("raw", MALFORMED)
-def test_malformed_json_is_400(plan: Tenant, name: str, method: str,
-                               path: Callable[[Tenant], str], raw: bytes) -> None:
+def test_malformed_json_is_400(
+    plan: Tenant, name: str, method: str, path: Callable[[Tenant], str], raw: bytes
+) -> None:
     assert_error(send(plan.buyer, method, path(plan), raw), 400)
 
 
 @pytest.mark.parametrize(("name", "method", "path"), ALL_ENDPOINTS, ids=ALL_IDS)
 @pytest.mark.parametrize("value", [[], [{"active_seats": 2}], "active_seats", "5", 5, True, None])
-def test_json_that_is_not_an_object_is_400(plan: Tenant, name: str, method: str,
-                                           path: Callable[[Tenant], str], value: Any) -> None:
+def test_json_that_is_not_an_object_is_400(
+    plan: Tenant, name: str, method: str, path: Callable[[Tenant], str], value: Any
+) -> None:
     body = assert_error(send(plan.buyer, method, path(plan), json.dumps(value)), 400)
     assert "object" in body["message"]
 
@@ -147,14 +163,15 @@ def test_a_missing_active_seats_is_422_naming_the_field(
 def test_an_unknown_field_is_422_naming_it(
     plan: Tenant, name: str, method: str, path: Callable[[Tenant], str], body: Body
 ) -> None:
-    answer = send(plan.buyer, method, path(plan),
-                  json.dumps({**body(plan, 2), "paid_seats": 99}))
+    answer = send(plan.buyer, method, path(plan), json.dumps({**body(plan, 2), "paid_seats": 99}))
     assert_error(answer, 422, naming="paid_seats")
 
 
 def test_cart_needs_a_valid_subscription_id_and_a_real_confirm(plan: Tenant) -> None:
-    for bad in ({"active_seats": 5, "confirm": True},
-                {"subscription_id": str(plan.sub), "active_seats": 5, "confirm": True}):
+    for bad in (
+        {"active_seats": 5, "confirm": True},
+        {"subscription_id": str(plan.sub), "active_seats": 5, "confirm": True},
+    ):
         answer = send(plan.buyer, "POST", "/api/cart/items", json.dumps(bad))
         assert_error(answer, 422, naming="subscription_id")
     truthy = {"subscription_id": plan.sub, "active_seats": 5, "confirm": "yes"}
@@ -163,9 +180,11 @@ def test_cart_needs_a_valid_subscription_id_and_a_real_confirm(plan: Tenant) -> 
 
 
 def test_checkout_refuses_unknown_fields_and_wrong_types(plan: Tenant) -> None:
-    for body, field in (({"payment_method": 5}, "payment_method"),
-                        ({"payment_method": ["pm_card_visa"]}, "payment_method"),
-                        ({"card": "pm_card_visa"}, "card")):
+    for body, field in (
+        ({"payment_method": 5}, "payment_method"),
+        ({"payment_method": ["pm_card_visa"]}, "payment_method"),
+        ({"card": "pm_card_visa"}, "card"),
+    ):
         answer = send(plan.buyer, "POST", "/api/checkout", json.dumps(body))
         assert_error(answer, 422, naming=field)
 
@@ -202,27 +221,33 @@ def test_ids_out_of_range_are_404(plan: Tenant, method: str, route: str, ident: 
     assert_error(answer, 404)
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/api/nothing-here"),
-    ("GET", "/nothing-here"),
-    ("GET", "/api/subscriptions/abc"),
-    ("PUT", "/api/subscriptions/1.5/seats"),
-    ("POST", "/api/subscriptions/1/seats/extra"),
-    ("GET", "/api/subscriptions/%F0%9F%92%A5"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/nothing-here"),
+        ("GET", "/nothing-here"),
+        ("GET", "/api/subscriptions/abc"),
+        ("PUT", "/api/subscriptions/1.5/seats"),
+        ("POST", "/api/subscriptions/1/seats/extra"),
+        ("GET", "/api/subscriptions/%F0%9F%92%A5"),
+    ],
+)
 def test_unknown_routes_are_404_json(plan: Tenant, method: str, path: str) -> None:
     assert_error(send(plan.owner, method, path, "{}"), 404)
 
 
-@pytest.mark.parametrize(("method", "path", "allowed"), [
-    ("GET", "/api/checkout", "POST"),
-    ("PUT", "/api/checkout", "POST"),
-    ("DELETE", "/api/subscriptions/{sub}/seats", "PUT"),
-    ("POST", "/api/subscriptions/{sub}/seats", "PUT"),
-    ("GET", "/api/subscriptions/{sub}/quote", "POST"),
-    ("PATCH", "/api/subscriptions/{sub}", "GET"),
-    ("PUT", "/api/cart/items", "POST"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/api/checkout", "POST"),
+        ("PUT", "/api/checkout", "POST"),
+        ("DELETE", "/api/subscriptions/{sub}/seats", "PUT"),
+        ("POST", "/api/subscriptions/{sub}/seats", "PUT"),
+        ("GET", "/api/subscriptions/{sub}/quote", "POST"),
+        ("PATCH", "/api/subscriptions/{sub}", "GET"),
+        ("PUT", "/api/cart/items", "POST"),
+    ],
+)
 def test_a_wrong_method_is_405_json_saying_which_are_allowed(
     plan: Tenant, method: str, path: str, allowed: str
 ) -> None:
@@ -232,8 +257,9 @@ def test_a_wrong_method_is_405_json_saying_which_are_allowed(
 
 
 @pytest.mark.parametrize(("name", "method", "path"), ALL_ENDPOINTS, ids=ALL_IDS)
-def test_a_body_over_64_kib_is_413_json(plan: Tenant, name: str, method: str,
-                                        path: Callable[[Tenant], str]) -> None:
+def test_a_body_over_64_kib_is_413_json(
+    plan: Tenant, name: str, method: str, path: Callable[[Tenant], str]
+) -> None:
     raw = json.dumps({"active_seats": 1, "padding": "x" * (MAX_BODY + 10)})
     assert_error(send(plan.buyer, method, path(plan), raw), 413)
 
@@ -270,20 +296,27 @@ def test_a_body_just_under_the_limit_is_read(plan: Tenant) -> None:
 
 # --- any JSON at all: a known answer, never a 500 -----------------------------------------------
 
-SCALARS = (st.none() | st.booleans() | st.integers()
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 JSON_VALUES = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 BODIES = st.one_of(
     JSON_VALUES,
     st.fixed_dictionaries({"active_seats": JSON_VALUES}),
     st.fixed_dictionaries({"active_seats": st.integers(-3, 8)}),
-    st.fixed_dictionaries({"active_seats": st.integers(1, 6)},
-                          optional={"confirm": st.booleans(), "active": SCALARS}),
+    st.fixed_dictionaries(
+        {"active_seats": st.integers(1, 6)}, optional={"confirm": st.booleans(), "active": SCALARS}
+    ),
 )
 
 
@@ -299,11 +332,13 @@ def expected_status(body: Any) -> int:
     return 200 if value <= 3 else 409
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=BODIES)
-def test_any_json_body_to_put_seats_gets_a_known_answer(tenant: Tenant, web: Server,
-                                                        body: Any) -> None:
+def test_any_json_body_to_put_seats_gets_a_known_answer(
+    tenant: Tenant, web: Server, body: Any
+) -> None:
     answer = send(tenant.buyer, "PUT", f"/api/subscriptions/{tenant.sub}/seats", json.dumps(body))
     assert answer.status_code in {200, 400, 409, 422}, answer.text
     assert "Traceback" not in answer.text

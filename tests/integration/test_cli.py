@@ -41,7 +41,12 @@ def run_seats(database_url: str, *args: str, cwd: Path | None = None) -> Run:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SEATS_HOME")}
     env["DATABASE_URL"] = database_url
     done = subprocess.run(
-        [*COMMAND, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd,
+        [*COMMAND, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
         check=False,
     )
     return Run(list(args), done.returncode, done.stdout, done.stderr)
@@ -91,8 +96,11 @@ def org(seats_cli: Callable[..., Run], web: Server) -> Org:
     """An organization and its owner, both made with the command line."""
     org_id = ok(seats_cli("org", "create", "--name", "CLI Org", "--json"))["id"]
     email = "Owner@cli.example"
-    token = ok(seats_cli("user", "create", "--org", str(org_id), "--email", email,
-                         "--role", "owner", "--json"))["token"]
+    token = ok(
+        seats_cli(
+            "user", "create", "--org", str(org_id), "--email", email, "--role", "owner", "--json"
+        )
+    )["token"]
     return Org(org_id, email, Client(web.url, token))
 
 
@@ -104,8 +112,14 @@ def test_db_upgrade_builds_an_empty_database_and_is_repeatable(
     assert ok(first)["status"] == "ok"
     engine = create_engine(url)
     try:
-        assert {"organizations", "users", "subscriptions", "seat_changes", "purchases",
-                "alembic_version"} <= set(inspect(engine).get_table_names())
+        assert {
+            "organizations",
+            "users",
+            "subscriptions",
+            "seat_changes",
+            "purchases",
+            "alembic_version",
+        } <= set(inspect(engine).get_table_names())
         second = run_seats(url, "db", "upgrade", "--json")
         assert ok(second) == ok(first)
         with engine.connect() as connection:
@@ -115,8 +129,19 @@ def test_db_upgrade_builds_an_empty_database_and_is_repeatable(
 
 
 def test_org_create_prints_its_id(seats_cli: Callable[..., Run], engine: Engine) -> None:
-    body = ok(seats_cli("org", "create", "--name", "Tremblay & Fils", "--currency", "CAD",
-                        "--timezone", "America/Vancouver", "--json"))
+    body = ok(
+        seats_cli(
+            "org",
+            "create",
+            "--name",
+            "Tremblay & Fils",
+            "--currency",
+            "CAD",
+            "--timezone",
+            "America/Vancouver",
+            "--json",
+        )
+    )
     assert set(body) == {"id"} and isinstance(body["id"], int) and body["id"] > 0
     with engine.connect() as connection:
         row = connection.execute(
@@ -142,14 +167,41 @@ def test_without_json_the_output_is_for_people(seats_cli: Callable[..., Run]) ->
 def test_user_token_works_against_the_api_and_only_its_hash_is_stored(
     seats_cli: Callable[..., Run], engine: Engine, web: Server, org: Org
 ) -> None:
-    body = ok(seats_cli("user", "create", "--org", str(org.id), "--email", "buyer@cli.example",
-                        "--role", "buyer", "--json"))
+    body = ok(
+        seats_cli(
+            "user",
+            "create",
+            "--org",
+            str(org.id),
+            "--email",
+            "buyer@cli.example",
+            "--role",
+            "buyer",
+            "--json",
+        )
+    )
     assert set(body) == {"id", "token"}
     token = body["token"]
     assert isinstance(token, str) and len(token) >= 32
-    sub = ok(seats_cli("subscription", "create", "--org", str(org.id), "--product", "XLGL",
-                       "--unit-amount", "50000", "--interval", "year", "--seats", "3",
-                       "--period-start", "2026-01-01", "--json"))["id"]
+    sub = ok(
+        seats_cli(
+            "subscription",
+            "create",
+            "--org",
+            str(org.id),
+            "--product",
+            "XLGL",
+            "--unit-amount",
+            "50000",
+            "--interval",
+            "year",
+            "--seats",
+            "3",
+            "--period-start",
+            "2026-01-01",
+            "--json",
+        )
+    )["id"]
 
     buyer = Client(web.url, token)
     answer = buyer.get(f"/api/subscriptions/{sub}")
@@ -161,8 +213,11 @@ def test_user_token_works_against_the_api_and_only_its_hash_is_stored(
 
     with engine.connect() as connection:
         stored = connection.execute(
-            text("SELECT token_hash, row_to_json(users)::text AS everything FROM users "
-                 "WHERE id = :id"), {"id": body["id"]},
+            text(
+                "SELECT token_hash, row_to_json(users)::text AS everything FROM users "
+                "WHERE id = :id"
+            ),
+            {"id": body["id"]},
         ).one()
         anywhere = connection.execute(
             text("SELECT count(*) FROM users WHERE row_to_json(users)::text LIKE :t"),
@@ -175,8 +230,19 @@ def test_user_token_works_against_the_api_and_only_its_hash_is_stored(
 
 def test_each_user_gets_a_different_token(seats_cli: Callable[..., Run], org: Org) -> None:
     tokens = {
-        ok(seats_cli("user", "create", "--org", str(org.id), "--email", f"m{i}@cli.example",
-                     "--role", "member", "--json"))["token"]
+        ok(
+            seats_cli(
+                "user",
+                "create",
+                "--org",
+                str(org.id),
+                "--email",
+                f"m{i}@cli.example",
+                "--role",
+                "member",
+                "--json",
+            )
+        )["token"]
         for i in range(2)
     }
     assert len(tokens) == 2
@@ -195,9 +261,25 @@ def test_each_user_gets_a_different_token(seats_cli: Callable[..., Run], org: Or
 def test_renewal_defaults_to_one_interval_later(
     seats_cli: Callable[..., Run], org: Org, start: str, interval: str, renews: str
 ) -> None:
-    body = ok(seats_cli("subscription", "create", "--org", str(org.id), "--product", "XLGL",
-                        "--unit-amount", "1299", "--interval", interval, "--seats", "4",
-                        "--period-start", start, "--json"))
+    body = ok(
+        seats_cli(
+            "subscription",
+            "create",
+            "--org",
+            str(org.id),
+            "--product",
+            "XLGL",
+            "--unit-amount",
+            "1299",
+            "--interval",
+            interval,
+            "--seats",
+            "4",
+            "--period-start",
+            start,
+            "--json",
+        )
+    )
     assert set(body) == {"id"}
     plan = org.owner.get(f"/api/subscriptions/{body['id']}").json()
     assert (plan["current_period_start"], plan["renews_at"]) == (start, renews)
@@ -208,9 +290,27 @@ def test_renewal_defaults_to_one_interval_later(
 def test_an_explicit_renewal_date_is_kept(
     seats_cli: Callable[..., Run], org: Org, engine: Engine
 ) -> None:
-    body = ok(seats_cli("subscription", "create", "--org", str(org.id), "--product", "XLGL",
-                        "--unit-amount", "50000", "--interval", "month", "--seats", "2",
-                        "--period-start", "2026-01-10", "--renews-at", "2026-02-01", "--json"))
+    body = ok(
+        seats_cli(
+            "subscription",
+            "create",
+            "--org",
+            str(org.id),
+            "--product",
+            "XLGL",
+            "--unit-amount",
+            "50000",
+            "--interval",
+            "month",
+            "--seats",
+            "2",
+            "--period-start",
+            "2026-01-10",
+            "--renews-at",
+            "2026-02-01",
+            "--json",
+        )
+    )
     plan = org.owner.get(f"/api/subscriptions/{body['id']}").json()
     assert (plan["current_period_start"], plan["renews_at"]) == ("2026-01-10", "2026-02-01")
     with engine.connect() as connection:
@@ -226,60 +326,223 @@ def test_an_explicit_renewal_date_is_kept(
 MISSING = str(2**63 - 1)
 SUB = ["subscription", "create", "--product", "XLGL", "--interval", "month"]
 BAD: dict[str, tuple[list[str], str]] = {
-    "unknown org (user)": (["user", "create", "--org", MISSING, "--email", "x@cli.example",
-                            "--role", "owner"], "organization"),
-    "unknown org (plan)": ([*SUB, "--org", MISSING, "--unit-amount", "100", "--seats", "1",
-                            "--period-start", "2026-01-01"], "organization"),
-    "huge org id": (["user", "create", "--org", str(10**30), "--email", "x@cli.example",
-                     "--role", "owner"], "org"),
-    "org id not a number": (["user", "create", "--org", "acme", "--email", "x@cli.example",
-                             "--role", "owner"], "org"),
-    "bad email": (["user", "create", "--org", "{org}", "--email", "not-an-email",
-                   "--role", "owner"], "email"),
-    "email with a space": (["user", "create", "--org", "{org}", "--email", "a b@cli.example",
-                            "--role", "owner"], "email"),
-    "bad role": (["user", "create", "--org", "{org}", "--email", "x@cli.example",
-                  "--role", "admin"], "role"),
-    "duplicate email": (["user", "create", "--org", "{org}", "--email", "OWNER@CLI.EXAMPLE",
-                         "--role", "member"], "already"),
-    "zero seats": ([*SUB, "--org", "{org}", "--unit-amount", "100", "--seats", "0",
-                    "--period-start", "2026-01-01"], "seats"),
-    "negative seats": ([*SUB, "--org", "{org}", "--unit-amount", "100", "--seats", "-2",
-                        "--period-start", "2026-01-01"], "seats"),
-    "unit amount not a number": ([*SUB, "--org", "{org}", "--unit-amount", "abc", "--seats",
-                                  "1", "--period-start", "2026-01-01"], "unit-amount"),
-    "unit amount with decimals": ([*SUB, "--org", "{org}", "--unit-amount", "499.99",
-                                   "--seats", "1", "--period-start", "2026-01-01"],
-                                  "unit-amount"),
-    "zero unit amount": ([*SUB, "--org", "{org}", "--unit-amount", "0", "--seats", "1",
-                          "--period-start", "2026-01-01"], "unit-amount"),
-    "bad date": ([*SUB, "--org", "{org}", "--unit-amount", "100", "--seats", "1",
-                  "--period-start", "2026-02-30"], "date"),
-    "bad renewal date": ([*SUB, "--org", "{org}", "--unit-amount", "100", "--seats", "1",
-                          "--period-start", "2026-01-01", "--renews-at", "next week"], "date"),
-    "renewal before start": ([*SUB, "--org", "{org}", "--unit-amount", "100", "--seats", "1",
-                              "--period-start", "2026-01-01", "--renews-at", "2026-01-01"],
-                             "renewal"),
-    "renewal past year 9999": ([*SUB, "--org", "{org}", "--unit-amount", "100", "--seats", "1",
-                                "--period-start", "9999-12-15"], "renew"),
-    "bad interval": (["subscription", "create", "--org", "{org}", "--product", "XLGL",
-                      "--interval", "week", "--unit-amount", "100", "--seats", "1",
-                      "--period-start", "2026-01-01"], "interval"),
-    "unknown time zone": (["org", "create", "--name", "Bad TZ", "--timezone", "Mars/Olympus"],
-                          "time zone"),
-    "time zone region only": (["org", "create", "--name", "Bad TZ", "--timezone", "America"],
-                              "time zone"),
-    "bad currency": (["org", "create", "--name", "Bad Cur", "--currency", "dollars"],
-                     "currency"),
-    "currency with digits": (["org", "create", "--name", "Bad Cur", "--currency", "c4d"],
-                             "currency"),
+    "unknown org (user)": (
+        ["user", "create", "--org", MISSING, "--email", "x@cli.example", "--role", "owner"],
+        "organization",
+    ),
+    "unknown org (plan)": (
+        [
+            *SUB,
+            "--org",
+            MISSING,
+            "--unit-amount",
+            "100",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "organization",
+    ),
+    "huge org id": (
+        ["user", "create", "--org", str(10**30), "--email", "x@cli.example", "--role", "owner"],
+        "org",
+    ),
+    "org id not a number": (
+        ["user", "create", "--org", "acme", "--email", "x@cli.example", "--role", "owner"],
+        "org",
+    ),
+    "bad email": (
+        ["user", "create", "--org", "{org}", "--email", "not-an-email", "--role", "owner"],
+        "email",
+    ),
+    "email with a space": (
+        ["user", "create", "--org", "{org}", "--email", "a b@cli.example", "--role", "owner"],
+        "email",
+    ),
+    "bad role": (
+        ["user", "create", "--org", "{org}", "--email", "x@cli.example", "--role", "admin"],
+        "role",
+    ),
+    "duplicate email": (
+        ["user", "create", "--org", "{org}", "--email", "OWNER@CLI.EXAMPLE", "--role", "member"],
+        "already",
+    ),
+    "zero seats": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "0",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "seats",
+    ),
+    "negative seats": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "-2",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "seats",
+    ),
+    "unit amount not a number": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "abc",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "unit-amount",
+    ),
+    "unit amount with decimals": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "499.99",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "unit-amount",
+    ),
+    "zero unit amount": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "0",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "unit-amount",
+    ),
+    "bad date": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-02-30",
+        ],
+        "date",
+    ),
+    "bad renewal date": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+            "--renews-at",
+            "next week",
+        ],
+        "date",
+    ),
+    "renewal before start": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+            "--renews-at",
+            "2026-01-01",
+        ],
+        "renewal",
+    ),
+    "renewal past year 9999": (
+        [
+            *SUB,
+            "--org",
+            "{org}",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "1",
+            "--period-start",
+            "9999-12-15",
+        ],
+        "renew",
+    ),
+    "bad interval": (
+        [
+            "subscription",
+            "create",
+            "--org",
+            "{org}",
+            "--product",
+            "XLGL",
+            "--interval",
+            "week",
+            "--unit-amount",
+            "100",
+            "--seats",
+            "1",
+            "--period-start",
+            "2026-01-01",
+        ],
+        "interval",
+    ),
+    "unknown time zone": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "Mars/Olympus"],
+        "time zone",
+    ),
+    "time zone region only": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "America"],
+        "time zone",
+    ),
+    "bad currency": (["org", "create", "--name", "Bad Cur", "--currency", "dollars"], "currency"),
+    "currency with digits": (
+        ["org", "create", "--name", "Bad Cur", "--currency", "c4d"],
+        "currency",
+    ),
     "blank name": (["org", "create", "--name", "   "], "name"),
 }
 
 
 # without --json the same refusal goes to stderr for people (a sample: each run costs a process)
-PLAIN = {"unknown org (user)", "huge org id", "duplicate email", "bad date", "unknown time zone",
-         "renewal past year 9999"}
+PLAIN = {
+    "unknown org (user)",
+    "huge org id",
+    "duplicate email",
+    "bad date",
+    "unknown time zone",
+    "renewal past year 9999",
+}
 
 
 @pytest.fixture(scope="module")

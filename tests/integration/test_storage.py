@@ -93,17 +93,22 @@ def test_upgrading_twice_is_a_no_op_and_keeps_the_data(empty_engine: tuple[str, 
     before = schema_of(engine)
     with engine.begin() as connection:
         org = connection.execute(
-            text("INSERT INTO organizations (name, currency, timezone) "
-                 "VALUES ('Kept', 'cad', 'America/Toronto') RETURNING id")
+            text(
+                "INSERT INTO organizations (name, currency, timezone) "
+                "VALUES ('Kept', 'cad', 'America/Toronto') RETURNING id"
+            )
         ).scalar_one()
 
     upgrade(url)
 
     assert schema_of(engine) == before
     with engine.connect() as connection:
-        assert connection.execute(
-            text("SELECT name FROM organizations WHERE id = :id"), {"id": org}
-        ).scalar_one() == "Kept"
+        assert (
+            connection.execute(
+                text("SELECT name FROM organizations WHERE id = :id"), {"id": org}
+            ).scalar_one()
+            == "Kept"
+        )
         versions = connection.execute(VERSIONS).scalars().all()
     assert versions == [head_revision()]
 
@@ -120,8 +125,10 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 def insert_organization(connection: Connection, name: str = "Acme") -> int:
     value: int = connection.execute(
-        text("INSERT INTO organizations (name, currency, timezone) "
-             "VALUES (:name, 'cad', 'America/Toronto') RETURNING id"),
+        text(
+            "INSERT INTO organizations (name, currency, timezone) "
+            "VALUES (:name, 'cad', 'America/Toronto') RETURNING id"
+        ),
         {"name": name},
     ).scalar_one()
     return value
@@ -129,9 +136,11 @@ def insert_organization(connection: Connection, name: str = "Acme") -> int:
 
 def insert_user(connection: Connection, org: int, email: str, role: str = "member") -> int:
     value: int = connection.execute(
-        text("INSERT INTO users (organization_id, email, role, token_hash) "
-             "VALUES (:org, :email, :role, md5(random()::text) || md5(random()::text)) "
-             "RETURNING id"),
+        text(
+            "INSERT INTO users (organization_id, email, role, token_hash) "
+            "VALUES (:org, :email, :role, md5(random()::text) || md5(random()::text)) "
+            "RETURNING id"
+        ),
         {"org": org, "email": email, "role": role},
     ).scalar_one()
     return value
@@ -148,10 +157,12 @@ def insert_subscription(connection: Connection, org: int, **overrides: Any) -> i
         **overrides,
     }
     value: int = connection.execute(
-        text("INSERT INTO subscriptions (organization_id, product, unit_amount, currency, "
-             "interval, current_period_start, renews_at, paid_seats, active_seats) "
-             "VALUES (:org, 'XLGL', :unit_amount, 'cad', 'year', :start, :renews, :paid, :active) "
-             "RETURNING id"),
+        text(
+            "INSERT INTO subscriptions (organization_id, product, unit_amount, currency, "
+            "interval, current_period_start, renews_at, paid_seats, active_seats) "
+            "VALUES (:org, 'XLGL', :unit_amount, 'cad', 'year', :start, :renews, :paid, :active) "
+            "RETURNING id"
+        ),
         row,
     ).scalar_one()
     return value
@@ -229,11 +240,17 @@ def test_same_email_in_two_organizations_is_allowed(engine: Engine) -> None:
         b = insert_user(connection, second, "Shared@Example.com", "owner")
     assert a != b
     with engine.connect() as connection:
-        orgs = connection.execute(
-            text("SELECT organization_id FROM users WHERE lower(email) = 'shared@example.com' "
-                 "AND organization_id IN (:a, :b) ORDER BY organization_id"),
-            {"a": first, "b": second},
-        ).scalars().all()
+        orgs = (
+            connection.execute(
+                text(
+                    "SELECT organization_id FROM users WHERE lower(email) = 'shared@example.com' "
+                    "AND organization_id IN (:a, :b) ORDER BY organization_id"
+                ),
+                {"a": first, "b": second},
+            )
+            .scalars()
+            .all()
+        )
     assert orgs == [first, second]
 
 
@@ -246,9 +263,13 @@ def test_subscription_of_an_unknown_organization_is_refused(engine: Engine) -> N
         insert_subscription(connection, missing)
     assert constraint_of(caught.value) == "subscriptions_organization_id_fkey"
     with engine.connect() as connection:
-        assert connection.execute(
-            text("SELECT count(*) FROM subscriptions WHERE organization_id = :o"), {"o": missing}
-        ).scalar_one() == 0
+        assert (
+            connection.execute(
+                text("SELECT count(*) FROM subscriptions WHERE organization_id = :o"),
+                {"o": missing},
+            ).scalar_one()
+            == 0
+        )
 
 
 @pytest.mark.parametrize("amount", [0, -1])
@@ -317,8 +338,12 @@ def test_concurrent_free_changes_are_all_recorded_in_order(runtime: Runtime) -> 
         barrier = threading.Barrier(2)
         results: list[dict[str, object] | BaseException] = [RuntimeError("not run")] * 2
 
-        def change(index: int, targets: list[int] = targets, barrier: threading.Barrier = barrier,
-                   results: list[dict[str, object] | BaseException] = results) -> None:
+        def change(
+            index: int,
+            targets: list[int] = targets,
+            barrier: threading.Barrier = barrier,
+            results: list[dict[str, object] | BaseException] = results,
+        ) -> None:
             barrier.wait(timeout=10)
             try:
                 results[index] = seats.change_seats(
@@ -345,8 +370,10 @@ def test_concurrent_free_changes_are_all_recorded_in_order(runtime: Runtime) -> 
 
     with runtime.engine.connect() as connection:
         rows = connection.execute(
-            text("SELECT id, actor_user_id, paid_before, paid_after, active_before, active_after "
-                 "FROM seat_changes WHERE subscription_id = :id ORDER BY id"),
+            text(
+                "SELECT id, actor_user_id, paid_before, paid_after, active_before, active_after "
+                "FROM seat_changes WHERE subscription_id = :id ORDER BY id"
+            ),
             {"id": sub},
         ).all()
         final = connection.execute(
