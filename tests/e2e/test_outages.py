@@ -1,0 +1,184 @@
+"""Stripe unreachable: bounded retries, then parked for an operator, who fixes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from shared.bootstrap import Runtime
+from shared.devstack import free_port
+from shared.models import Purchase
+from shared.payments import PaymentRefused, PaymentUnavailable
+from shared.stripe_gateway import StripeGateway
+from tests.conftest import ROOT, Server, Tenant, Worker
+from tests.e2e.stripe_helpers import buy, new_card, stripe_client, succeeded_charges, wait_for
+from tests.e2e.test_buying_seats import customer_of
+from tests.e2e.test_webhooks import event_around, post_event, sign, wait_processed
+
+pytestmark = pytest.mark.e2e
+
+
+class Answer(BaseHTTPRequestHandler):
+    status = 500
+    body = b"{}"
+
+    def do_POST(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def fake_stripe() -> Iterator[tuple[str, type[Answer]]]:
+    handler = type("Scripted", (Answer,), {})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", handler
+    server.shutdown()
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_rate_limits_and_server_errors_are_transient(
+    fake_stripe: tuple[str, type[Answer]], status: int
+) -> None:
+    base, handler = fake_stripe
+    handler.status = status
+    handler.body = json.dumps({"error": {"type": "api_error", "message": "try later"}}).encode()
+    with pytest.raises(PaymentUnavailable):
+        StripeGateway("sk_test_x", base).get_payment("pi_123")
+
+
+def test_a_decline_is_final(fake_stripe: tuple[str, type[Answer]]) -> None:
+    base, handler = fake_stripe
+    handler.status = 402
+    handler.body = json.dumps(
+        {
+            "error": {
+                "type": "card_error",
+                "code": "card_declined",
+                "message": "Your card was declined.",
+            }
+        }
+    ).encode()
+    with pytest.raises(PaymentRefused) as refused:
+        StripeGateway("sk_test_x", base).attach_card("pm_1", "cus_1")
+    assert refused.value.code == "card_declined"
+
+
+def test_unreachable_stripe_is_transient() -> None:
+    with pytest.raises(PaymentUnavailable):
+        StripeGateway("sk_test_x", f"http://127.0.0.1:{free_port()}", timeout=2).get_payment("pi")
+
+
+def cli(env: dict[str, str], *args: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer: dict[str, object] = json.loads(result.stdout)
+    return answer
+
+
+def test_outage_parks_the_purchase_and_an_operator_retries_it(
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    stripe_base: str,
+) -> None:
+    down = {"STRIPE_API_BASE": f"http://127.0.0.1:{free_port()}", "SEATS_CHARGE_RETRIES": "2"}
+    outage = Worker(worker_env, tmp_path / "outage.log")
+    outage.start(**down)
+    try:
+        shop = Tenant(stack_runtime, stack_web.url)
+        purchase = buy(shop.buyer, shop.sub, 5, "outage", new_card(stripe_base))
+        deadline = time.monotonic() + 60
+        while True:
+            with stack_runtime.uow() as uow:
+                row = uow.session.get_one(Purchase, purchase)
+                attention, status, attempts = row.attention, row.status, row.attempts
+            if attention:
+                break
+            assert time.monotonic() < deadline, "the purchase was never parked"
+            time.sleep(0.2)
+        assert "unavailable" in attention
+        assert status in ("pending", "processing") and attempts == 3
+        parked = cli(worker_env, "purchases", "list", "--parked")["purchases"]
+        assert purchase in [p["id"] for p in parked]  # type: ignore[union-attr, index]
+        time.sleep(2)
+        with stack_runtime.uow() as uow:
+            assert uow.session.get_one(Purchase, purchase).attempts == 3, "parked means no retry"
+        plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
+        assert (plan["paid_seats"], plan["active_seats"]) == (3, 3)
+    finally:
+        outage.stop()
+    assert cli(worker_env, "purchases", "retry", str(purchase)) == {
+        "id": purchase,
+        "status": "succeeded",
+    }
+    done = wait_for(shop.buyer, purchase)
+    assert done["status"] == "succeeded"
+    assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
+
+
+def test_failed_event_is_parked_then_replayed(
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    stripe_base: str,
+) -> None:
+    healthy = Worker(worker_env, tmp_path / "healthy.log")
+    healthy.start()
+    shop = Tenant(stack_runtime, stack_web.url)
+    try:
+        purchase = buy(shop.buyer, shop.sub, 4, "event-outage", new_card(stripe_base))
+        assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
+    finally:
+        healthy.stop()
+    with stack_runtime.uow() as uow:
+        intent_id = uow.session.get_one(Purchase, purchase).stripe_payment_intent_id
+    intent = stripe_client(stripe_base).v1.payment_intents.retrieve(str(intent_id)).to_dict()
+    secret = str(stack_runtime.settings.stripe_webhook_secret)
+    event_id = f"evt_outage_{purchase}"
+    outage = Worker(worker_env, tmp_path / "outage.log")
+    outage.start(STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}", SEATS_CHARGE_RETRIES="1")
+    try:
+        body = event_around(intent, "payment_intent.succeeded", event_id)
+        assert post_event(stack_web, body, sign(body, secret)).status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            event = wait_processed(stack_runtime, event_id)
+            if event.outcome == "failed" and event.attempts == 2:
+                break
+            assert time.monotonic() < deadline, (event.outcome, event.attempts)
+            time.sleep(0.2)
+        assert "Unavailable" in str(event.error)
+    finally:
+        outage.stop()
+    replayed = cli(worker_env, "webhooks", "replay", "--failed")["events"]
+    assert replayed[event_id] == "processed"  # type: ignore[index]
+    assert set(replayed.values()) <= {"processed", "ignored"}  # type: ignore[union-attr]
+    assert cli(worker_env, "webhooks", "replay", "--failed") == {"events": {}}
+    assert wait_processed(stack_runtime, event_id).outcome == "processed"

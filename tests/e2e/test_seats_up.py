@@ -1,0 +1,141 @@
+"""The README run command with nothing configured: it all works, and Ctrl-C ends it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from shared.devstack import free_port
+from tests.conftest import ROOT, Client
+from tests.e2e.stripe_helpers import new_card, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def seats(env: dict[str, str], *args: str) -> dict[str, object]:
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer: dict[str, object] = json.loads(result.stdout)
+    return answer
+
+
+def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "STRIPE_API_KEY",
+            "STRIPE_API_BASE",
+            "STRIPE_WEBHOOK_SECRET",
+            "SECRET_KEY",
+        )
+        and not k.startswith("SEATS_")
+    }
+    port = free_port()
+    env.update(
+        SEATS_HOME=str(tmp_path / "home"),
+        PYTHONPATH=str(ROOT),
+        SEATS_SWEEP_INTERVAL="2",
+        SEATS_STUCK_AFTER="5",
+    )
+    log = tmp_path / "up.log"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while "press Ctrl-C" not in log.read_text(errors="replace"):
+            assert up.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "TEST MODE, localstripe stand-in" in text
+        assert "embedded PostgreSQL" in text and "embedded Redis" in text
+        assert f"http://127.0.0.1:{port}/" in text
+        stripe_base = re.search(r"stand-in at (http://\S+)", text).group(1)  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{port}"
+        health = requests.get(f"{base}/healthz", timeout=10)
+        assert health.status_code == 200, health.text
+
+        org = seats(env, "org", "create", "--name", "Newcomer")["id"]
+        token = seats(
+            env, "user", "create", "--org", str(org), "--email", "n@example.com", "--role", "owner"
+        )["token"]
+        sub = seats(
+            env,
+            "subscription",
+            "create",
+            "--org",
+            str(org),
+            "--product",
+            "XLGL",
+            "--unit-amount",
+            "50000",
+            "--interval",
+            "year",
+            "--seats",
+            "3",
+            "--period-start",
+            date.today().isoformat(),
+        )["id"]
+        owner = Client(base, str(token))
+        owner.post(
+            "/api/cart/items", json={"subscription_id": sub, "active_seats": 4, "confirm": True}
+        )
+        answer = owner.post(
+            "/api/checkout",
+            json={"payment_method": new_card(stripe_base)},
+            headers={"Idempotency-Key": "newcomer"},
+        )
+        assert answer.status_code == 202, answer.text
+        assert wait_for(owner, answer.json()["purchase_id"])["status"] == "succeeded"
+        plan = owner.get(f"/api/subscriptions/{sub}").json()
+        assert (plan["paid_seats"], plan["active_seats"]) == (4, 4)
+
+        family = {p.pid for p in psutil.Process(up.pid).children(recursive=True)}
+        family |= {
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if str(tmp_path / "home") in " ".join(p.info["cmdline"] or [])
+        }
+        assert len(family) >= 5
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    time.sleep(1)
+    alive = [
+        pid
+        for pid in family
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert alive == [], [psutil.Process(p).cmdline() for p in alive]
+    assert "seats: stopped" in log.read_text()
