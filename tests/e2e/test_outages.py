@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from shared.devstack import free_port
 from shared.models import Purchase
 from shared.payments import PaymentRefused, PaymentUnavailable
 from shared.stripe_gateway import StripeGateway
-from tests.conftest import ROOT, Server, Tenant, Worker
+from tests.conftest import Server, Tenant, Worker, seats_json
 from tests.e2e.stripe_helpers import buy, new_card, stripe_client, succeeded_charges, wait_for
 from tests.e2e.test_buying_seats import customer_of
 from tests.e2e.test_webhooks import event_around, post_event, sign, wait_processed
@@ -85,21 +83,6 @@ def test_unreachable_stripe_is_transient() -> None:
         StripeGateway("sk_test_x", f"http://127.0.0.1:{free_port()}", timeout=2).get_payment("pi")
 
 
-def cli(env: dict[str, str], *args: str) -> dict[str, object]:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args, "--json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    answer: dict[str, object] = json.loads(result.stdout)
-    return answer
-
-
 def test_outage_parks_the_purchase_and_an_operator_retries_it(
     stack_runtime: Runtime,
     stack_web: Server,
@@ -124,7 +107,7 @@ def test_outage_parks_the_purchase_and_an_operator_retries_it(
             time.sleep(0.2)
         assert "unavailable" in attention
         assert status in ("pending", "processing") and attempts == 3
-        parked = cli(worker_env, "purchases", "list", "--parked")["purchases"]
+        parked = seats_json(worker_env, "purchases", "list", "--parked")["purchases"]
         assert purchase in [p["id"] for p in parked]  # type: ignore[union-attr, index]
         time.sleep(2)
         with stack_runtime.uow() as uow:
@@ -133,7 +116,7 @@ def test_outage_parks_the_purchase_and_an_operator_retries_it(
         assert (plan["paid_seats"], plan["active_seats"]) == (3, 3)
     finally:
         outage.stop()
-    assert cli(worker_env, "purchases", "retry", str(purchase)) == {
+    assert seats_json(worker_env, "purchases", "retry", str(purchase)) == {
         "id": purchase,
         "status": "succeeded",
     }
@@ -177,8 +160,8 @@ def test_failed_event_is_parked_then_replayed(
         assert "Unavailable" in str(event.error)
     finally:
         outage.stop()
-    replayed = cli(worker_env, "webhooks", "replay", "--failed")["events"]
+    replayed = seats_json(worker_env, "webhooks", "replay", "--failed")["events"]
     assert replayed[event_id] == "processed"  # type: ignore[index]
     assert set(replayed.values()) <= {"processed", "ignored"}  # type: ignore[union-attr]
-    assert cli(worker_env, "webhooks", "replay", "--failed") == {"events": {}}
+    assert seats_json(worker_env, "webhooks", "replay", "--failed") == {"events": {}}
     assert wait_processed(stack_runtime, event_id).outcome == "processed"

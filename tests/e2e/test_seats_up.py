@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,25 +16,10 @@ import pytest
 import requests
 
 from shared.devstack import free_port
-from tests.conftest import ROOT, Client
+from tests.conftest import ROOT, Client, seats_json
 from tests.e2e.stripe_helpers import new_card, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def seats(env: dict[str, str], *args: str) -> dict[str, object]:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args, "--json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    answer: dict[str, object] = json.loads(result.stdout)
-    return answer
 
 
 def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
@@ -84,11 +68,11 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
         health = requests.get(f"{base}/healthz", timeout=10)
         assert health.status_code == 200, health.text
 
-        org = seats(env, "org", "create", "--name", "Newcomer")["id"]
-        token = seats(
+        org = seats_json(env, "org", "create", "--name", "Newcomer")["id"]
+        token = seats_json(
             env, "user", "create", "--org", str(org), "--email", "n@example.com", "--role", "owner"
         )["token"]
-        sub = seats(
+        sub = seats_json(
             env,
             "subscription",
             "create",
