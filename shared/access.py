@@ -36,7 +36,7 @@ def subscription_for(
         Subscription.organization_id == actor.organization_id,
     )
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     subscription = session.scalar(query)
     if subscription is None:
         raise NotFound("no such subscription", "not_found")

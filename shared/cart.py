@@ -22,7 +22,7 @@ def priced_lines(
     """Lines are priced when read, so the cart always shows today's prorated amount."""
     query = select(CartItem).where(CartItem.user_id == user_id).order_by(CartItem.id)
     if lock:
-        query = query.with_for_update()
+        query = query.with_for_update(key_share=True)
     return [
         (item, price(item.subscription, item.active_seats, now)) for item in session.scalars(query)
     ]
@@ -84,7 +84,9 @@ def add_item(
                 quote=offer.as_dict(),
             )
         lines = uow.session.scalars(
-            select(CartItem).where(CartItem.user_id == actor.user_id).with_for_update()
+            select(CartItem)
+            .where(CartItem.user_id == actor.user_id)
+            .with_for_update(key_share=True)
         ).all()
         if any(line.subscription.currency != subscription.currency for line in lines):
             raise Conflict("a cart holds plans of one currency only", "currency_mismatch")

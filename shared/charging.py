@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db import UnitOfWork
@@ -63,7 +63,7 @@ def purchase_lock(engine: Engine, purchase_id: int) -> Iterator[bool]:
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
     return session.scalars(
-        select(Purchase).where(Purchase.id == purchase_id).with_for_update()
+        select(Purchase).where(Purchase.id == purchase_id).with_for_update(key_share=True)
     ).one()
 
 
@@ -74,31 +74,37 @@ def _locked_plans(session: Session, purchase: Purchase) -> list[Subscription]:
             select(Subscription)
             .where(Subscription.id.in_(ids))
             .order_by(Subscription.id)
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
     )
 
 
+def _next_in_line(session: Session, plan_ids: list[int], before: int | None = None) -> list[int]:
+    """The oldest purchase still waiting for each plan: plans serve buyers in checkout order."""
+    query = (
+        select(func.min(Purchase.id))
+        .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
+        .where(
+            PurchaseItem.subscription_id.in_(plan_ids),
+            Purchase.status == PurchaseStatus.PENDING,
+            Purchase.attention.is_(None),
+        )
+        .group_by(PurchaseItem.subscription_id)
+    )
+    if before is not None:
+        query = query.where(Purchase.id < before)
+    return sorted(set(session.scalars(query)))
+
+
 def _release(session: Session, purchase: Purchase) -> list[int]:
-    """Free the plans this purchase held and name the purchases waiting for them."""
+    """Free the plans this purchase held and name the purchases next in line for them."""
     plan_ids = [item.subscription_id for item in purchase.items]
     session.execute(
         update(Subscription)
         .where(Subscription.id.in_(plan_ids), Subscription.charging_purchase_id == purchase.id)
         .values(charging_purchase_id=None)
     )
-    waiting = session.scalars(
-        select(Purchase.id)
-        .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
-        .where(
-            PurchaseItem.subscription_id.in_(plan_ids),
-            Purchase.status == PurchaseStatus.PENDING,
-            Purchase.id != purchase.id,
-        )
-        .order_by(Purchase.id)
-        .distinct()
-    )
-    return list(waiting)
+    return [waiting for waiting in _next_in_line(session, plan_ids) if waiting != purchase.id]
 
 
 def _fail(session: Session, purchase: Purchase, code: str, message: str) -> list[int]:
@@ -123,6 +129,9 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
             held = session.get(Purchase, holder)
             if held is not None and held.status not in TERMINAL:
                 return Outcome(Next.WAIT)
+    ahead = _next_in_line(session, list(plans), before=purchase.id)
+    if ahead:
+        return Outcome(Next.WAIT, ahead)
     total = 0
     buying = 0
     for item in purchase.items:
@@ -282,10 +291,12 @@ def charge(
 
         if intent_id is None and amount == 0:
             return _settle_free(uow, purchase_id)
+        card: Card | None = None
+        payment: Payment | None = None
         try:
             customer = _customer(uow, gateway, organization_id)
-            card = gateway.attach_card(method, customer) if new_card else None
             if intent_id is None:
+                card = gateway.attach_card(method, customer) if new_card else None
                 created = gateway.create_payment(
                     purchase_id=purchase_id,
                     amount=amount,
@@ -294,17 +305,20 @@ def charge(
                     payment_method_id=method,
                 )
                 intent_id = _record_intent(uow, purchase_id, created)
+                payment = created if created.id == intent_id else None
                 checkpoint("payment_created")
-            payment = gateway.get_payment(intent_id)
+            if payment is None:
+                payment = gateway.get_payment(intent_id)
             if payment.status == "requires_confirmation":
                 payment = gateway.confirm_payment(intent_id, purchase_id)
             if payment.status == "requires_action" and action_ttl is not None and age > action_ttl:
                 payment = gateway.cancel_payment(intent_id)
             checkpoint("payment_confirmed")
+            if payment.status == "succeeded" and new_card:
+                card = card or gateway.get_card(method)
+                gateway.set_default_card(customer, method)
         except PaymentRefused as refusal:
             return _refused(uow, purchase_id, refusal)
-        if payment.status == "succeeded" and new_card:
-            gateway.set_default_card(customer, method)
         return settle(uow, purchase_id, payment, card)
 
 

@@ -55,7 +55,9 @@ def checkout(
         )
     with uow:
         session = uow.session
-        session.scalars(select(User).where(User.id == actor.user_id).with_for_update()).one()
+        session.scalars(
+            select(User).where(User.id == actor.user_id).with_for_update(key_share=True)
+        ).one()
         existing = _existing(session, actor, key)
         if existing is not None:
             return existing.id, existing.status

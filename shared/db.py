@@ -30,7 +30,14 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 class UnitOfWork:
-    """One transaction: nothing is kept unless `commit` is called."""
+    """One transaction: nothing is kept unless `commit` is called.
+
+    Row locks are taken FOR NO KEY UPDATE (`key_share=True`) everywhere: we
+    never change keys, and inserts that merely reference a locked row (foreign
+    keys take KEY SHARE) then go on. Plain FOR UPDATE made checkout (locking
+    the buyer, inserting lines that reference the plan) and the charger
+    (locking the plan, inserting audit rows that reference the buyer) deadlock.
+    """
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._session_factory = session_factory

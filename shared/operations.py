@@ -39,7 +39,7 @@ def list_purchases(rt: Runtime, status: str | None, parked: bool) -> list[dict[s
 def retry_purchase(rt: Runtime, purchase_id: int) -> str:
     """Clear the parked reason and take the purchase as far as it goes now, here."""
     with rt.uow() as uow:
-        purchase = uow.session.get(Purchase, purchase_id, with_for_update=True)
+        purchase = uow.session.get(Purchase, purchase_id, with_for_update={"key_share": True})
         if purchase is None:
             raise NotFound(f"no purchase {purchase_id}", "not_found")
         purchase.attention = None
@@ -87,7 +87,7 @@ def list_alerts(rt: Runtime, include_resolved: bool) -> list[dict[str, object]]:
 
 def resolve_alert(rt: Runtime, alert_id: int) -> None:
     with rt.uow() as uow:
-        alert = uow.session.get(OperatorAlert, alert_id, with_for_update=True)
+        alert = uow.session.get(OperatorAlert, alert_id, with_for_update={"key_share": True})
         if alert is None:
             raise NotFound(f"no alert {alert_id}", "not_found")
         if alert.resolved_at is not None:

@@ -74,17 +74,20 @@ def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
+STORE = (
+    insert(WebhookEvent)
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(WebhookEvent.id)
+)
+"""One statement object, so SQLAlchemy compiles it once, not on every webhook."""
+
+
 def store_events(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> list[str]:
     """Insert in one statement; return the ids that were new (duplicates are no-ops)."""
     if not events:
         return []
     with uow:
-        inserted = uow.session.scalars(
-            insert(WebhookEvent)
-            .values([_row(event, source) for event in events])
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(WebhookEvent.id)
-        ).all()
+        inserted = uow.session.scalars(STORE, [_row(event, source) for event in events]).all()
         uow.commit()
         return list(inserted)
 
@@ -205,7 +208,7 @@ def _sync_saved_card(
     if card is not None and card.id == gone:
         card = None
     with uow:
-        organization = uow.session.get_one(Organization, known, with_for_update=True)
+        organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
         organization.payment_method_id = card.id if card else None
         organization.payment_method_brand = card.brand if card else None
         organization.payment_method_last4 = card.last4 if card else None
@@ -252,7 +255,7 @@ HANDLERS: dict[str, Handler] = {
 
 def _finish(uow: UnitOfWork, event_id: str, outcome: str, error: str | None) -> None:
     with uow:
-        event = uow.session.get_one(WebhookEvent, event_id, with_for_update=True)
+        event = uow.session.get_one(WebhookEvent, event_id, with_for_update={"key_share": True})
         event.outcome = outcome
         event.error = error
         event.processed_at = datetime.now(UTC)
@@ -264,7 +267,7 @@ def process_event(
 ) -> Handled:
     """Apply one stored event. Done events are skipped unless `again` (a replay)."""
     with uow:
-        event = uow.session.get(WebhookEvent, event_id, with_for_update=True)
+        event = uow.session.get(WebhookEvent, event_id, with_for_update={"key_share": True})
         if event is None:
             raise NotFound(f"no stored event {event_id}", "not_found")
         if event.outcome in ("processed", "ignored") and not again:
