@@ -273,12 +273,14 @@ def process_event(
         if event.outcome in ("processed", "ignored") and not again:
             return event.outcome, []
         event.attempts += 1
+        handler = HANDLERS.get(event.type)
+        if handler is None:
+            event.outcome, event.error = "ignored", None
+            event.processed_at = datetime.now(UTC)
         uow.commit()
-        kind, obj = event.type, event.payload["data"]["object"]
-    handler = HANDLERS.get(kind)
-    if handler is None:
-        _finish(uow, event_id, "ignored", None)
-        return "ignored", []
+        if handler is None:
+            return "ignored", []
+        obj = event.payload["data"]["object"]
     try:
         outcome, wake = handler(uow, gateway, obj, event_id)
     except Exception as error:
