@@ -14,7 +14,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    """No pre-ping: it costs a round trip on every request. A connection broken by a
+    database restart is discarded on its first error (the pool is invalidated) and
+    old ones are recycled."""
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -15,6 +15,9 @@ class Enqueuer:
     def __init__(self, redis_url: str | None) -> None:
         self.celery = Celery("seats-web")
         self.celery.conf.update(queues.celery_settings(redis_url))
+        # A "task-sent" event doubles the broker writes of every request; Flower
+        # and the exporter still see each task from the moment a worker takes it.
+        self.celery.conf.task_send_sent_event = False
 
     def _send(self, name: str, queue: str, *args: object) -> None:
         """A lost message loses nothing: the sweep re-sends what the database says is due."""
