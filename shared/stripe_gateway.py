@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
+import requests
 import stripe
 
 from shared.payments import Card, Payment, PaymentRefused, PaymentUnavailable, friendly_message
@@ -68,11 +70,16 @@ class StripeGateway:
 
     def __init__(self, api_key: str, api_base: str | None = None, timeout: float = 20) -> None:
         addresses: Any = {"api": api_base} if api_base else {}
+        # Proxy settings are read from the environment once here; left to requests,
+        # they would be re-read from os.environ on every call (a few ms per charge).
+        session = requests.Session()
+        session.trust_env = False
+        proxy = urllib.request.getproxies().get("https")
         self.client = stripe.StripeClient(
             api_key,
             base_addresses=addresses,
             max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=timeout),
+            http_client=stripe.RequestsClient(timeout=timeout, session=session, proxy=proxy),
         )
 
     def create_customer(self, organization_id: int, name: str) -> str:
