@@ -26,6 +26,7 @@ def next_renewal(period_start: date, interval: str) -> date:
 
 
 def is_timezone(name: str) -> bool:
+    """OSError too: a tzdata folder such as "America" is a region, not a zone."""
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

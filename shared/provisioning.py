@@ -29,11 +29,7 @@ def create_organization(uow: UnitOfWork, name: str, currency: str, timezone: str
         raise Invalid(
             "the currency must be a three-letter ISO code such as cad", "invalid_currency"
         )
-    try:
-        known = is_timezone(timezone)
-    except OSError:  # a tzdata folder such as "America" is a region, not a zone
-        known = False
-    if not known:
+    if not is_timezone(timezone):
         raise Invalid(f"unknown time zone {timezone!r}", "invalid_timezone")
     with uow:
         organization = Organization(name=name, currency=currency, timezone=timezone)
