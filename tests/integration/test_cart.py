@@ -1,0 +1,58 @@
+"""The cart over a real socket: confirmation, one line per plan, each buyer's own cart."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.conftest import Tenant
+
+
+def add(tenant: Tenant, role: str, seats: int, confirm: bool = True) -> requests.Response:
+    return tenant.clients[role].post(
+        "/api/cart/items",
+        json={"subscription_id": tenant.sub, "active_seats": seats, "confirm": confirm},
+    )
+
+
+def test_adding_again_replaces_the_line_and_each_buyer_has_a_cart(tenant: Tenant) -> None:
+    first = add(tenant, "buyer", 5)
+    assert first.status_code == 201
+    again = add(tenant, "buyer", 7).json()
+    [line] = again["items"]
+    assert line["active_seats"] == 7 and line["seats_to_buy"] == 4
+    assert line["subtotal"] == 4 * 50000
+    assert line["amount_due"] + line["proration_coupon"] == line["subtotal"]
+    assert again["total_due"] == line["amount_due"] and again["currency"] == "cad"
+    assert tenant.owner.get("/api/cart").json()["items"] == []
+    assert tenant.member.get("/api/cart").json() == {"items": [], "total_due": 0, "currency": "cad"}
+    assert tenant.owner.delete(f"/api/cart/items/{line['id']}").status_code == 404
+    assert tenant.buyer.delete(f"/api/cart/items/{line['id']}").status_code == 204
+    assert tenant.buyer.delete(f"/api/cart/items/{line['id']}").status_code == 404
+    assert tenant.buyer.get("/api/cart").json()["items"] == []
+
+
+def test_confirmation_is_required_and_shows_the_quote(tenant: Tenant) -> None:
+    answer = add(tenant, "owner", 6, confirm=False)
+    assert answer.status_code == 409
+    body = answer.json()
+    assert body["error"] == "confirmation_required"
+    quote = tenant.owner.post(
+        f"/api/subscriptions/{tenant.sub}/quote", json={"active_seats": 6}
+    ).json()
+    assert body["quote"] == quote
+    assert tenant.owner.get("/api/cart").json()["items"] == []
+
+
+def test_nothing_to_buy_at_or_below_the_paid_count(tenant: Tenant) -> None:
+    answer = add(tenant, "owner", 3)
+    assert answer.status_code == 409
+    assert answer.json()["error"] == "nothing_to_buy"
+    assert tenant.owner.get("/api/cart").json()["items"] == []
+
+
+def test_checkout_needs_an_idempotency_key(tenant: Tenant) -> None:
+    add(tenant, "buyer", 4)
+    missing = tenant.buyer.post("/api/checkout", json={"payment_method": "pm_abc"})
+    assert missing.status_code == 422
+    assert missing.json()["error"] == "idempotency_key_required"
+    assert len(tenant.buyer.get("/api/cart").json()["items"]) == 1
