@@ -21,6 +21,14 @@ def backoff(retries: int) -> float:
     return random.uniform(0, min(60.0, 2.0**retries))  # noqa: S311
 
 
+def _cause(error: Exception) -> str:
+    if isinstance(error, PaymentUnavailable):
+        return "payment processor unavailable"
+    if isinstance(error, OperationalError):
+        return "database unavailable"
+    return f"unexpected {type(error).__name__}"
+
+
 def wake(purchase_ids: list[int]) -> None:
     for purchase_id in purchase_ids:
         charge_purchase.apply_async(args=[purchase_id], queue=queues.CHARGES)
@@ -38,12 +46,12 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
             checkpoint=checkpoint,
             action_ttl=settings.requires_action_ttl,
         )
-    except (PaymentUnavailable, OperationalError) as error:
+    except Exception as error:
         if self.request.retries >= settings.charge_retries:
             log.error(
                 "purchase %s parked after %s retries: %s", purchase_id, self.request.retries, error
             )
-            charging.park(rt.uow(), purchase_id, f"payment processor unavailable: {error}")
+            charging.park(rt.uow(), purchase_id, f"{_cause(error)}: {error}")
             return "parked"
         raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
     wake(outcome.wake)
