@@ -94,6 +94,26 @@ def audit_rows(runtime: Runtime, purchase_id: int) -> int:
         )
 
 
+def intent_as_stripe_has_it(runtime: Runtime, stripe_base: str, purchase: int) -> dict[str, Any]:
+    """The real PaymentIntent of a purchase, fetched from the stand-in."""
+    intent: dict[str, Any] = (
+        stripe_client(stripe_base)
+        .v1.payment_intents.retrieve(intent_of(runtime, purchase))
+        .to_dict()
+    )
+    return intent
+
+
+def paid_purchase(
+    runtime: Runtime, web: Server, stripe_base: str, target: int, key: str
+) -> tuple[Tenant, int]:
+    """A fresh organization whose buyer bought seats with a new card, and the purchase."""
+    shop = Tenant(runtime, web.url)
+    purchase = buy(shop.buyer, shop.sub, target, key, new_card(stripe_base))
+    assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
+    return shop, purchase
+
+
 @pytest.fixture
 def secret(stack_runtime: Runtime) -> str:
     return str(stack_runtime.settings.stripe_webhook_secret)
@@ -180,11 +200,7 @@ def test_five_parallel_deliveries_have_one_effect(
         while not marker.exists():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        intent = (
-            stripe_client(stripe_base)
-            .v1.payment_intents.retrieve(intent_of(stack_runtime, purchase))
-            .to_dict()
-        )
+        intent = intent_as_stripe_has_it(stack_runtime, stripe_base, purchase)
         assert intent["status"] == "succeeded"
         body = event_around(intent, "payment_intent.succeeded", f"evt_five_{purchase}")
         barrier = threading.Barrier(5)
@@ -260,14 +276,8 @@ def test_success_before_the_charger_recorded_the_intent(
 def test_late_failure_never_undoes_a_success(
     stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
 ) -> None:
-    shop = Tenant(stack_runtime, stack_web.url)
-    purchase = buy(shop.buyer, shop.sub, 5, "late-failure", new_card(stripe_base))
-    assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
-    intent = (
-        stripe_client(stripe_base)
-        .v1.payment_intents.retrieve(intent_of(stack_runtime, purchase))
-        .to_dict()
-    )
+    shop, purchase = paid_purchase(stack_runtime, stack_web, stripe_base, 5, "late-failure")
+    intent = intent_as_stripe_has_it(stack_runtime, stripe_base, purchase)
     stale = {
         **intent,
         "status": "requires_payment_method",
@@ -327,9 +337,7 @@ def test_lost_webhooks_are_recovered_by_reconciliation(
 ) -> None:
     register_webhook(stripe_base, "http://127.0.0.1:9/webhooks/stripe", secret)
     try:
-        shop = Tenant(stack_runtime, stack_web.url)
-        purchase = buy(shop.buyer, shop.sub, 7, "lost-hook", new_card(stripe_base))
-        assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
+        _, purchase = paid_purchase(stack_runtime, stack_web, stripe_base, 7, "lost-hook")
         intent = intent_of(stack_runtime, purchase)
         deadline = time.monotonic() + 30
         while True:
@@ -353,9 +361,7 @@ def test_lost_webhooks_are_recovered_by_reconciliation(
 def test_refund_is_flagged_and_seats_stay(
     stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
 ) -> None:
-    shop = Tenant(stack_runtime, stack_web.url)
-    purchase = buy(shop.buyer, shop.sub, 5, "refund", new_card(stripe_base))
-    assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
+    shop, purchase = paid_purchase(stack_runtime, stack_web, stripe_base, 5, "refund")
     [charge] = succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))
     refunded = {**charge.to_dict(), "refunded": True, "amount_refunded": charge.amount}
     body = event_around(refunded, "charge.refunded", f"evt_refund_{purchase}")
@@ -406,14 +412,8 @@ def test_replay_of_a_processed_event_changes_nothing(
     secret: str,
     worker_env: dict[str, str],
 ) -> None:
-    shop = Tenant(stack_runtime, stack_web.url)
-    purchase = buy(shop.buyer, shop.sub, 5, "replay", new_card(stripe_base))
-    assert wait_for(shop.buyer, purchase)["status"] == "succeeded"
-    intent = (
-        stripe_client(stripe_base)
-        .v1.payment_intents.retrieve(intent_of(stack_runtime, purchase))
-        .to_dict()
-    )
+    shop, purchase = paid_purchase(stack_runtime, stack_web, stripe_base, 5, "replay")
+    intent = intent_as_stripe_has_it(stack_runtime, stripe_base, purchase)
     event_id = f"evt_replay_{purchase}"
     body = event_around(intent, "payment_intent.succeeded", event_id)
     assert post_event(stack_web, body, sign(body, secret)).status_code == 200
