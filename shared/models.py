@@ -140,6 +140,8 @@ class Purchase(Base):
     failure_message: Mapped[str | None] = mapped_column(Text)
     attention: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    request_fingerprint: Mapped[str | None] = mapped_column(Text)
+    card_sync_pending: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -169,6 +171,7 @@ class PurchaseItem(Base):
     subtotal: Mapped[int] = mapped_column(BigInteger)
     proration_coupon: Mapped[int] = mapped_column(BigInteger)
     amount_due: Mapped[int] = mapped_column(BigInteger)
+    renews_at: Mapped[date | None] = mapped_column(Date)
 
     subscription: Mapped[Subscription] = relationship()
 
@@ -205,6 +208,8 @@ class OperatorAlert(Base):
     stripe_object_id: Mapped[str | None] = mapped_column(Text)
     amount: Mapped[int | None] = mapped_column(BigInteger)
     message: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(Text, unique=True)
+    refund_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
