@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,38 +17,63 @@ from shared.money import Quote
 from shared.seats import price
 
 
+@dataclass(frozen=True)
+class Line:
+    """A cart line priced today, or the reason it cannot be bought today."""
+
+    item: CartItem
+    offer: Quote | None
+    problem: Conflict | None = None
+
+
 def priced_lines(
     session: Session, user_id: int, now: datetime | None, lock: bool = False
-) -> list[tuple[CartItem, Quote]]:
-    """Lines are priced when read, so the cart always shows today's prorated amount."""
+) -> list[Line]:
+    """Lines are priced when read, so the cart always shows today's prorated amount.
+
+    Each line is priced on its own: a plan due for renewal blocks its own line,
+    never the rest of the cart.
+    """
     query = select(CartItem).where(CartItem.user_id == user_id).order_by(CartItem.id)
     if lock:
         query = query.with_for_update(key_share=True)
-    return [
-        (item, price(item.subscription, item.active_seats, now)) for item in session.scalars(query)
-    ]
+    lines = []
+    for item in session.scalars(query):
+        try:
+            lines.append(Line(item, price(item.subscription, item.active_seats, now)))
+        except Conflict as problem:
+            lines.append(Line(item, None, problem))
+    return lines
+
+
+def _line_view(line: Line) -> dict[str, object]:
+    offer = line.offer
+    view: dict[str, object] = {
+        "id": line.item.id,
+        "subscription_id": line.item.subscription_id,
+        "active_seats": line.item.active_seats,
+        "seats_to_buy": offer.seats_to_buy if offer else 0,
+        "unit_amount": line.item.subscription.unit_amount,
+        "subtotal": offer.subtotal if offer else 0,
+        "proration_coupon": offer.proration_coupon if offer else 0,
+        "amount_due": offer.amount_due if offer else 0,
+        "remaining_days": offer.remaining_days if offer else 0,
+        "period_days": offer.period_days if offer else 0,
+    }
+    if line.problem is not None:
+        view["error"] = line.problem.code
+        view["message"] = line.problem.message
+    return view
 
 
 def cart_view(session: Session, actor: Actor, now: datetime | None) -> dict[str, object]:
     lines = priced_lines(session, actor.user_id, now)
-    currency = lines[0][1].currency if lines else organization_of(session, actor).currency
+    currency = (
+        lines[0].item.subscription.currency if lines else organization_of(session, actor).currency
+    )
     return {
-        "items": [
-            {
-                "id": item.id,
-                "subscription_id": item.subscription_id,
-                "active_seats": item.active_seats,
-                "seats_to_buy": offer.seats_to_buy,
-                "unit_amount": offer.unit_amount,
-                "subtotal": offer.subtotal,
-                "proration_coupon": offer.proration_coupon,
-                "amount_due": offer.amount_due,
-                "remaining_days": offer.remaining_days,
-                "period_days": offer.period_days,
-            }
-            for item, offer in lines
-        ],
-        "total_due": sum(offer.amount_due for _, offer in lines),
+        "items": [_line_view(line) for line in lines],
+        "total_due": sum(line.offer.amount_due for line in lines if line.offer),
         "currency": currency,
     }
 

@@ -1,13 +1,16 @@
-"""Charging a purchase: price again, claim the plans, pay once, apply once.
+"""Charging a purchase: price once, claim the plans, pay once, apply once.
 
 Every step is guarded so that running it twice, concurrently or after a crash
 ends the same way: the PaymentIntent id is recorded before it is confirmed,
 Stripe calls carry keys made from our ids, and seat counts change only in the
-transaction that marks the purchase succeeded.
+transaction that marks the purchase succeeded. Money that reaches Stripe is
+always matched by seats or by an operator alert (and, where it is clearly not
+owed, refunded automatically).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,14 +20,28 @@ from enum import StrEnum
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
+from shared.alerts import raise_alert
 from shared.db import UnitOfWork
 from shared.domain import TERMINAL, PurchaseStatus, SeatCounts
 from shared.errors import Conflict
-from shared.models import Organization, Purchase, PurchaseItem, Subscription
-from shared.payments import Card, Payment, PaymentGateway, PaymentRefused, friendly_message
+from shared.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
+from shared.money import plain_amount
+from shared.payments import (
+    Card,
+    Payment,
+    PaymentGateway,
+    PaymentRefused,
+    PaymentUnavailable,
+    friendly_message,
+)
 from shared.seats import price, record_change
 
+log = logging.getLogger("seats.charging")
+
 Checkpoint = Callable[[str], None]
+
+PAYABLE = frozenset({"requires_payment_method", "requires_confirmation", "requires_action"})
+"""Intent states in which someone holding the client secret could still pay."""
 
 
 def no_checkpoint(name: str) -> None:
@@ -42,6 +59,14 @@ class Next(StrEnum):
 class Outcome:
     next: Next
     wake: list[int] = field(default_factory=list)
+
+
+@dataclass
+class FollowUp:
+    """Stripe calls decided inside a transaction and made once it is committed."""
+
+    cancel: str | None = None
+    refund_alert: int | None = None
 
 
 @contextmanager
@@ -67,16 +92,15 @@ def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
     ).one()
 
 
-def _locked_plans(session: Session, purchase: Purchase) -> list[Subscription]:
+def _locked_plans(session: Session, purchase: Purchase) -> dict[int, Subscription]:
     ids = sorted(item.subscription_id for item in purchase.items)
-    return list(
-        session.scalars(
-            select(Subscription)
-            .where(Subscription.id.in_(ids))
-            .order_by(Subscription.id)
-            .with_for_update(key_share=True)
-        )
+    plans = session.scalars(
+        select(Subscription)
+        .where(Subscription.id.in_(ids))
+        .order_by(Subscription.id)
+        .with_for_update(key_share=True)
     )
+    return {plan.id: plan for plan in plans}
 
 
 def _next_in_line(session: Session, plan_ids: list[int], before: int | None = None) -> list[int]:
@@ -120,9 +144,11 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
     """Take the plans for this purchase and price it against them as they are now.
 
     Purchases of one plan are charged one after another, so the second buyer
-    pays only for seats the first did not already buy.
+    pays only for seats the first did not already buy. This runs once per
+    purchase: the price it sets is kept through crashes, and with it the key
+    of the PaymentIntent that charges it.
     """
-    plans = {plan.id: plan for plan in _locked_plans(session, purchase)}
+    plans = _locked_plans(session, purchase)
     for plan in plans.values():
         holder = plan.charging_purchase_id
         if holder not in (None, purchase.id):
@@ -132,82 +158,242 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
     ahead = _next_in_line(session, list(plans), before=purchase.id)
     if ahead:
         return Outcome(Next.WAIT, ahead)
-    total = 0
-    buying = 0
+    offers = []
     for item in purchase.items:
         try:
-            offer = price(plans[item.subscription_id], item.active_seats, now)
+            offers.append((item, price(plans[item.subscription_id], item.active_seats, now)))
         except Conflict as refusal:
             return Outcome(Next.DONE, _fail(session, purchase, refusal.code, refusal.message))
+    total = sum(offer.amount_due for _, offer in offers)
+    if total > purchase.confirmed_amount:
+        message = (
+            f"The price changed since you confirmed it ({plain_amount(total, purchase.currency)} "
+            f"instead of {plain_amount(purchase.confirmed_amount, purchase.currency)}), so "
+            "nothing was charged. Add the seats to your cart again to see the new price."
+        )
+        return Outcome(Next.DONE, _fail(session, purchase, "quote_expired", message))
+    for item, offer in offers:
         item.seats_to_buy = offer.seats_to_buy
         item.subtotal = offer.subtotal
         item.proration_coupon = offer.proration_coupon
         item.amount_due = offer.amount_due
-        total += offer.amount_due
-        buying += offer.seats_to_buy
-    if buying == 0:
+        item.renews_at = offer.renews_at
+    purchase.amount_due = total
+    if not any(offer.seats_to_buy for _, offer in offers):
         message = "These seats were already bought, so nothing was charged."
         return Outcome(Next.DONE, _fail(session, purchase, "already_paid", message))
-    if total > purchase.confirmed_amount:
-        message = (
-            "The price changed since you confirmed it, so nothing was charged. "
-            "Add the seats to your cart again to see the new price."
-        )
-        return Outcome(Next.DONE, _fail(session, purchase, "quote_expired", message))
     for plan in plans.values():
         plan.charging_purchase_id = purchase.id
-    purchase.amount_due = total
     purchase.status = PurchaseStatus.PROCESSING
     return None
 
 
+def _customer_of(session: Session, purchase: Purchase) -> str | None:
+    return session.scalar(
+        select(Organization.stripe_customer_id).where(Organization.id == purchase.organization_id)
+    )
+
+
+def _stray(session: Session, purchase: Purchase, payment: Payment, ours: bool) -> FollowUp:
+    """A payment naming this purchase that is not the one we made for it."""
+    if payment.status != "succeeded":
+        return FollowUp()
+    amount = plain_amount(payment.amount, payment.currency)
+    where = dict(
+        organization_id=purchase.organization_id,
+        purchase_id=purchase.id,
+        stripe_object_id=payment.id,
+        amount=payment.amount,
+        dedupe_key=f"payment:{payment.id}",
+    )
+    if ours:
+        paid_by = purchase.stripe_payment_intent_id or "no payment"
+        alert = raise_alert(
+            session,
+            kind="duplicate_payment",
+            message=f"{payment.id} took {amount} for purchase {purchase.id} "
+            f"({purchase.status}, paid by {paid_by}): a second payment is not owed, "
+            "so it is refunded automatically",
+            **where,
+        )
+        return FollowUp(refund_alert=alert.id if alert and alert.refund_id is None else None)
+    raise_alert(
+        session,
+        kind="foreign_payment",
+        message=f"{payment.id} took {amount} and names purchase {purchase.id}, but its amount, "
+        "currency or customer do not match that purchase: nothing was applied. "
+        "Find out whose money it is and refund it in Stripe if it is not owed",
+        **where,
+    )
+    return FollowUp()
+
+
+def _still_to_buy(purchase: Purchase, plans: dict[int, Subscription]) -> bool:
+    """Every line can still be given exactly as it was priced and paid."""
+    for item in purchase.items:
+        plan = plans[item.subscription_id]
+        if item.seats_to_buy <= 0:
+            continue
+        if plan.paid_seats + item.seats_to_buy != item.active_seats:
+            return False
+        if item.renews_at is not None and item.renews_at != plan.renews_at:
+            return False
+        if plan.charging_purchase_id not in (None, purchase.id):
+            return False
+    return any(item.seats_to_buy > 0 for item in purchase.items)
+
+
+def _late_payment(
+    session: Session, purchase: Purchase, payment: Payment, card: Card | None, ours: bool
+) -> tuple[Outcome, FollowUp]:
+    """Money arrived for a purchase that had failed: give the seats if they are still
+    there to give at that price, otherwise refund it and tell an operator."""
+    plans = _locked_plans(session, purchase)
+    if ours and payment.amount == purchase.amount_due and _still_to_buy(purchase, plans):
+        log.warning("purchase %s paid after it failed: seats applied", purchase.id)
+        purchase.failure_code = purchase.failure_message = None
+        return Outcome(Next.DONE, _apply_success(session, purchase, payment, card)), FollowUp()
+    alert = raise_alert(
+        session,
+        kind="late_payment",
+        message=f"{payment.id} took {plain_amount(payment.amount, payment.currency)} after "
+        f"purchase {purchase.id} had failed ({purchase.failure_code}); its seats can no longer "
+        "be given as priced, so the payment is refunded automatically",
+        organization_id=purchase.organization_id,
+        purchase_id=purchase.id,
+        stripe_object_id=payment.id,
+        amount=payment.amount,
+        dedupe_key=f"payment:{payment.id}",
+    )
+    refund = alert.id if alert and alert.refund_id is None else None
+    return Outcome(Next.DONE), FollowUp(refund_alert=refund)
+
+
+def _settle(
+    session: Session, purchase_id: int, payment: Payment, card: Card | None
+) -> tuple[Outcome, FollowUp]:
+    purchase = _locked_purchase(session, purchase_id)
+    customer = _customer_of(session, purchase)
+    ours = (
+        customer is not None
+        and payment.customer_id == customer
+        and payment.currency == purchase.currency
+        and payment.purchase_id == purchase.id
+    )
+    if (
+        purchase.stripe_payment_intent_id is None
+        and ours
+        and payment.amount == purchase.amount_due
+        and purchase.status == PurchaseStatus.PROCESSING
+    ):
+        # ours, made by a charger that stopped before it could record it
+        purchase.stripe_payment_intent_id = payment.id
+    if purchase.stripe_payment_intent_id != payment.id:
+        return Outcome(Next.DONE), _stray(session, purchase, payment, ours)
+    if purchase.status == PurchaseStatus.SUCCEEDED:
+        return Outcome(Next.DONE), FollowUp()
+    if purchase.status == PurchaseStatus.FAILED:
+        if payment.status == "succeeded":
+            return _late_payment(session, purchase, payment, card, ours)
+        return Outcome(Next.DONE), FollowUp(
+            cancel=payment.id if payment.status in PAYABLE else None
+        )
+    if payment.status == "succeeded":
+        return Outcome(Next.DONE, _apply_success(session, purchase, payment, card)), FollowUp()
+    if payment.status in ("requires_payment_method", "canceled"):
+        code = payment.failure_code or (
+            "payment_canceled" if payment.status == "canceled" else "payment_failed"
+        )
+        message = payment.failure_message or friendly_message(code)
+        wake = _fail(session, purchase, code, message)
+        cancel = payment.id if payment.status in PAYABLE else None
+        return Outcome(Next.DONE, wake), FollowUp(cancel=cancel)
+    if payment.status == "requires_action":
+        purchase.status = PurchaseStatus.REQUIRES_ACTION
+        purchase.client_secret = payment.client_secret
+        return Outcome(Next.POLL), FollowUp()
+    if payment.status == "processing":
+        return Outcome(Next.POLL), FollowUp()
+    return Outcome(Next.BUSY), FollowUp()
+
+
 def settle(
-    uow: UnitOfWork, purchase_id: int, payment: Payment, card: Card | None = None
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    purchase_id: int,
+    payment: Payment,
+    card: Card | None = None,
 ) -> Outcome:
-    """Bring the purchase in line with what the processor says happened to its payment.
+    """Bring the purchase in line with what the processor says happened to a payment.
 
     Only forward moves: a late failure never undoes a success, and a success
     is applied once, whoever reports it first (charger, webhook or sweep). A
-    payment made for this purchase that arrives before the charger recorded
-    it is adopted, since only a recorded payment is ever confirmed by us.
+    failed purchase's intent is canceled so nobody can pay it later; if money
+    arrives for it anyway, it is applied or refunded, never ignored.
     """
     with uow:
-        session = uow.session
-        purchase = _locked_purchase(session, purchase_id)
-        if purchase.status in TERMINAL:
-            return Outcome(Next.DONE)
-        if purchase.stripe_payment_intent_id is None and payment.purchase_id == purchase.id:
-            purchase.stripe_payment_intent_id = payment.id
-        if purchase.stripe_payment_intent_id != payment.id:
-            return Outcome(Next.DONE)
-        if payment.status == "succeeded":
-            wake = _apply_success(session, purchase, payment, card)
-            uow.commit()
-            return Outcome(Next.DONE, wake)
-        if payment.status in ("requires_payment_method", "canceled"):
-            code = payment.failure_code or (
-                "payment_canceled" if payment.status == "canceled" else "payment_failed"
+        outcome, follow = _settle(uow.session, purchase_id, payment, card)
+        uow.commit()
+    if follow.cancel is not None:
+        try:
+            after = gateway.cancel_payment(follow.cancel)
+        except (PaymentUnavailable, PaymentRefused) as error:
+            log.warning(
+                "could not cancel %s of failed purchase %s: %s", follow.cancel, purchase_id, error
             )
-            wake = _fail(session, purchase, code, payment.failure_message or friendly_message(code))
+        else:
+            if after.status == "succeeded":  # paid in the meantime: apply or refund it
+                return settle(uow, gateway, purchase_id, after, card)
+    if follow.refund_alert is not None:
+        refund(uow, gateway, follow.refund_alert)
+    return outcome
+
+
+def refund(uow: UnitOfWork, gateway: PaymentGateway, alert_id: int) -> None:
+    """Give back the payment an alert is about, once, and note it on the alert."""
+    with uow:
+        alert = uow.session.get_one(OperatorAlert, alert_id)
+        if alert.refund_id is not None or alert.stripe_object_id is None:
+            return
+        payment_id = alert.stripe_object_id
+    try:
+        refund_id = gateway.refund_payment(payment_id)
+    except PaymentRefused as refusal:
+        with uow:
+            alert = uow.session.get_one(OperatorAlert, alert_id, with_for_update=True)
+            alert.message += (
+                f". The automatic refund was refused ({refusal.code}): refund it by hand"
+            )
             uow.commit()
-            return Outcome(Next.DONE, wake)
-        if payment.status == "requires_action":
-            purchase.status = PurchaseStatus.REQUIRES_ACTION
-            purchase.client_secret = payment.client_secret
-            uow.commit()
-            return Outcome(Next.POLL)
-        if payment.status == "processing":
-            return Outcome(Next.POLL)
-        return Outcome(Next.BUSY)
+        return
+    with uow:
+        alert = uow.session.get_one(OperatorAlert, alert_id, with_for_update=True)
+        alert.refund_id = refund_id
+        uow.commit()
 
 
 def _apply_success(
     session: Session, purchase: Purchase, payment: Payment, card: Card | None
 ) -> list[int]:
-    plans = {plan.id: plan for plan in _locked_plans(session, purchase)}
+    plans = _locked_plans(session, purchase)
     for item in purchase.items:
         plan = plans[item.subscription_id]
-        if item.seats_to_buy <= 0 or item.active_seats <= plan.paid_seats:
+        if item.seats_to_buy <= 0:
+            continue
+        if item.active_seats <= plan.paid_seats:
+            raise_alert(
+                session,
+                kind="seats_not_applied",
+                message=f"purchase {purchase.id} was paid, but plan {plan.id} already had "
+                f"{plan.paid_seats} paid seats, so its line ({item.active_seats} seats, "
+                f"{plain_amount(item.amount_due, purchase.currency)}) changed nothing: "
+                "refund that line or give the seats",
+                organization_id=purchase.organization_id,
+                purchase_id=purchase.id,
+                stripe_object_id=payment.id or None,
+                amount=item.amount_due,
+                dedupe_key=f"line:{purchase.id}:{plan.id}",
+            )
             continue
         counts = SeatCounts(plan.paid_seats, plan.active_seats).after_purchase(item.active_seats)
         record_change(
@@ -219,10 +405,13 @@ def _apply_success(
             purchase_id=purchase.id,
         )
     if purchase.new_card:
-        organization = session.get_one(Organization, purchase.organization_id)
+        organization = session.get_one(
+            Organization, purchase.organization_id, with_for_update={"key_share": True}
+        )
         organization.payment_method_id = purchase.payment_method_id
         organization.payment_method_brand = card.brand if card else None
         organization.payment_method_last4 = card.last4 if card else None
+        purchase.card_sync_pending = True
     purchase.status = PurchaseStatus.SUCCEEDED
     purchase.amount_due = payment.amount
     purchase.client_secret = None
@@ -230,28 +419,69 @@ def _apply_success(
     return _release(session, purchase)
 
 
-def _customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) -> str:
-    """One Stripe customer per organization, even when two chargers race to make it."""
+def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> None:
+    """After a new card paid, make it Stripe's default for renewals and learn its brand.
+
+    Seats never wait for this: it runs after the purchase succeeded and is
+    retried by the sweep until Stripe answers. Only the organization's current
+    card is pushed, so a late run never brings back an older card.
+    """
     with uow:
-        organization = uow.session.get_one(Organization, organization_id)
+        purchase = uow.session.get_one(Purchase, purchase_id)
+        if not purchase.card_sync_pending:
+            return
+        organization = uow.session.get_one(Organization, purchase.organization_id)
+        method = purchase.payment_method_id
+        customer = organization.stripe_customer_id
+        current = organization.payment_method_id == method
+    card = None
+    if current and customer:
+        gateway.set_default_card(customer, method)
+        card = gateway.get_card(method)
+    with uow:
+        purchase = _locked_purchase(uow.session, purchase_id)
+        purchase.card_sync_pending = False
+        organization = uow.session.get_one(
+            Organization, purchase.organization_id, with_for_update={"key_share": True}
+        )
+        if card is not None and organization.payment_method_id == method:
+            organization.payment_method_brand = card.brand
+            organization.payment_method_last4 = card.last4
+        uow.commit()
+
+
+def save_card_later(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> None:
+    """Try now; if Stripe is away the sweep tries again, and the purchase is already done."""
+    try:
+        save_card(uow, gateway, purchase_id)
+    except (PaymentUnavailable, PaymentRefused) as error:
+        log.warning("saving the card of purchase %s failed, will retry: %s", purchase_id, error)
+
+
+def _customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) -> str:
+    """One Stripe customer per organization, even when two chargers race to make it.
+
+    The organization's row is locked while the customer is created, so a
+    second charger waits and then reads the first one's customer; a customer
+    is never deleted (with Stripe's idempotency key both calls may return the
+    same one).
+    """
+    with uow:
+        existing = uow.session.scalar(
+            select(Organization.stripe_customer_id).where(Organization.id == organization_id)
+        )
+        if existing:
+            return existing
+    with uow:
+        organization = uow.session.get_one(
+            Organization, organization_id, with_for_update={"key_share": True}
+        )
         if organization.stripe_customer_id:
             return organization.stripe_customer_id
-        name = organization.name
-    created = gateway.create_customer(organization_id, name)
-    with uow:
-        won = uow.session.scalar(
-            update(Organization)
-            .where(Organization.id == organization_id, Organization.stripe_customer_id.is_(None))
-            .values(stripe_customer_id=created)
-            .returning(Organization.id)
-        )
+        created = gateway.create_customer(organization_id, organization.name)
+        organization.stripe_customer_id = created
         uow.commit()
-        if won:
-            return created
-        winner = uow.session.get_one(Organization, organization_id, populate_existing=True)
-    gateway.delete_customer(created)
-    assert winner.stripe_customer_id is not None
-    return winner.stripe_customer_id
+        return created
 
 
 def charge(
@@ -274,20 +504,27 @@ def charge(
             return Outcome(Next.BUSY)
         with uow:
             purchase = _locked_purchase(uow.session, purchase_id)
+            card_pending = purchase.card_sync_pending
             if purchase.status in TERMINAL or purchase.attention:
-                return Outcome(Next.DONE)
-            if purchase.stripe_payment_intent_id is None:
-                stopped = _claim_and_price(uow.session, purchase, now)
-                if stopped is not None:
-                    uow.commit()
-                    return stopped
-            purchase.attempts += 1
-            uow.commit()
-            intent_id = purchase.stripe_payment_intent_id
-            organization_id = purchase.organization_id
-            amount, currency = purchase.amount_due, purchase.currency
-            method, new_card = purchase.payment_method_id, purchase.new_card
-            age = ((now or datetime.now(UTC)) - purchase.created_at).total_seconds()
+                finished = True
+            else:
+                finished = False
+                if purchase.status == PurchaseStatus.PENDING:
+                    stopped = _claim_and_price(uow.session, purchase, now)
+                    if stopped is not None:
+                        uow.commit()
+                        return stopped
+                purchase.attempts += 1
+                uow.commit()
+                intent_id = purchase.stripe_payment_intent_id
+                organization_id = purchase.organization_id
+                amount, currency = purchase.amount_due, purchase.currency
+                method, new_card = purchase.payment_method_id, purchase.new_card
+                age = ((now or datetime.now(UTC)) - purchase.created_at).total_seconds()
+        if finished:
+            if card_pending:
+                save_card(uow, gateway, purchase_id)
+            return Outcome(Next.DONE)
 
         if intent_id is None and amount == 0:
             return _settle_free(uow, purchase_id)
@@ -304,22 +541,23 @@ def charge(
                     customer_id=customer,
                     payment_method_id=method,
                 )
+                checkpoint("payment_unrecorded")
                 intent_id = _record_intent(uow, purchase_id, created)
                 payment = created if created.id == intent_id else None
                 checkpoint("payment_created")
             if payment is None:
                 payment = gateway.get_payment(intent_id)
             if payment.status == "requires_confirmation":
-                payment = gateway.confirm_payment(intent_id, purchase_id)
+                payment = gateway.confirm_payment(intent_id)
             if payment.status == "requires_action" and action_ttl is not None and age > action_ttl:
                 payment = gateway.cancel_payment(intent_id)
             checkpoint("payment_confirmed")
-            if payment.status == "succeeded" and new_card:
-                card = card or gateway.get_card(method)
-                gateway.set_default_card(customer, method)
         except PaymentRefused as refusal:
-            return _refused(uow, purchase_id, refusal)
-        return settle(uow, purchase_id, payment, card)
+            return _refused(uow, gateway, purchase_id, refusal)
+        outcome = settle(uow, gateway, purchase_id, payment, card)
+        if new_card:
+            save_card_later(uow, gateway, purchase_id)
+        return outcome
 
 
 def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str:
@@ -333,14 +571,22 @@ def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str:
         return purchase.stripe_payment_intent_id
 
 
-def _refused(uow: UnitOfWork, purchase_id: int, refusal: PaymentRefused) -> Outcome:
+def _refused(
+    uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int, refusal: PaymentRefused
+) -> Outcome:
     with uow:
         purchase = _locked_purchase(uow.session, purchase_id)
         if purchase.status in TERMINAL:
             return Outcome(Next.DONE)
         wake = _fail(uow.session, purchase, refusal.code, refusal.message)
+        intent = purchase.stripe_payment_intent_id
         uow.commit()
-        return Outcome(Next.DONE, wake)
+    if intent is not None:
+        try:
+            gateway.cancel_payment(intent)
+        except (PaymentUnavailable, PaymentRefused) as error:
+            log.warning("could not cancel %s of failed purchase %s: %s", intent, purchase_id, error)
+    return Outcome(Next.DONE, wake)
 
 
 def _settle_free(uow: UnitOfWork, purchase_id: int) -> Outcome:
@@ -356,10 +602,22 @@ def _settle_free(uow: UnitOfWork, purchase_id: int) -> Outcome:
         return Outcome(Next.DONE, wake)
 
 
-def park(uow: UnitOfWork, purchase_id: int, reason: str) -> None:
-    """Stop retrying and show the purchase to an operator; nothing is applied or undone."""
+def park(uow: UnitOfWork, purchase_id: int, reason: str) -> list[int]:
+    """Stop retrying and show the purchase to an operator; nothing is applied or undone.
+
+    A purchase parked before any PaymentIntent exists goes back to `pending`
+    and lets go of its plans, so other buyers are not held up; it is priced
+    again when an operator retries it. One with an intent keeps its plans,
+    since money may be on its way. Returns the purchases to wake.
+    """
     with uow:
         purchase = _locked_purchase(uow.session, purchase_id)
-        if purchase.status not in TERMINAL:
-            purchase.attention = reason[:500]
-            uow.commit()
+        if purchase.status in TERMINAL:
+            return []
+        purchase.attention = reason[:500]
+        wake: list[int] = []
+        if purchase.stripe_payment_intent_id is None:
+            purchase.status = PurchaseStatus.PENDING
+            wake = _release(uow.session, purchase)
+        uow.commit()
+        return wake

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.access import Actor, organization_of
@@ -13,7 +13,7 @@ from shared.cart import priced_lines
 from shared.db import UnitOfWork
 from shared.domain import PurchaseStatus, require_manager
 from shared.errors import Conflict, Invalid, NotFound
-from shared.models import Purchase, PurchaseItem, User
+from shared.models import Purchase, PurchaseItem, Subscription, User
 
 PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -68,49 +68,108 @@ def checkout(
                 "there is no saved card: give a payment_method", "payment_method_required"
             )
         lines = priced_lines(session, actor.user_id, now, lock=True)
-        buying = [(item, offer) for item, offer in lines if offer.seats_to_buy > 0]
+        buying = [line for line in lines if line.offer and line.offer.seats_to_buy > 0]
+        blocked = [line for line in lines if line.problem is not None]
+        for line in lines:
+            if line.offer is not None and line.offer.seats_to_buy == 0:
+                session.delete(line.item)  # bought meanwhile: nothing left to pay for
         if not buying:
-            for item, _ in lines:
-                session.delete(item)
             uow.commit()
+            problem = blocked[0].problem if blocked else None
+            if problem is not None:
+                items = [line.item.id for line in blocked]
+                raise Conflict(problem.message, problem.code, items=items)
             raise Conflict("your cart is empty: add seats before checking out", "cart_empty")
         purchase = Purchase(
             organization_id=actor.organization_id,
             user_id=actor.user_id,
             idempotency_key=key,
             status=PurchaseStatus.PENDING,
-            currency=buying[0][1].currency,
-            confirmed_amount=sum(offer.amount_due for _, offer in buying),
-            amount_due=sum(offer.amount_due for _, offer in buying),
+            currency=buying[0].item.subscription.currency,
+            confirmed_amount=sum(line.offer.amount_due for line in buying if line.offer),
+            amount_due=sum(line.offer.amount_due for line in buying if line.offer),
             payment_method_id=method,
             new_card=method != organization.payment_method_id,
             attempts=0,
         )
         session.add(purchase)
         session.flush()
-        for item, offer in buying:
+        for line in buying:
+            assert line.offer is not None
             session.add(
                 PurchaseItem(
                     purchase_id=purchase.id,
-                    subscription_id=item.subscription_id,
-                    active_seats=item.active_seats,
-                    seats_to_buy=offer.seats_to_buy,
-                    subtotal=offer.subtotal,
-                    proration_coupon=offer.proration_coupon,
-                    amount_due=offer.amount_due,
+                    subscription_id=line.item.subscription_id,
+                    active_seats=line.item.active_seats,
+                    seats_to_buy=line.offer.seats_to_buy,
+                    subtotal=line.offer.subtotal,
+                    proration_coupon=line.offer.proration_coupon,
+                    amount_due=line.offer.amount_due,
+                    renews_at=line.offer.renews_at,
                 )
             )
-        for item, _ in lines:
-            session.delete(item)
+            session.delete(line.item)
         uow.commit()
         return purchase.id, purchase.status
 
 
-def purchase_view(purchase: Purchase, show_secret: bool) -> dict[str, object]:
+WAITING = {
+    "parked": "Charging this purchase is paused after repeated errors reaching the card "
+    "processor. Our team has been told and will retry it; nothing was charged yet.",
+    "behind_authentication": "Another purchase of the same plan is waiting for its buyer to "
+    "confirm the payment with their bank. Yours is priced and charged right after it, for the "
+    "seats still to buy (never more than you confirmed).",
+    "behind_parked": "Another purchase of the same plan is held up by errors reaching the card "
+    "processor, and our team has been told. Yours is priced and charged right after it.",
+    "plan_busy": "Another purchase of the same plan is being charged. Yours is priced and "
+    "charged right after it, for the seats still to buy (never more than you confirmed).",
+}
+
+
+def _waiting(session: Session, purchase: Purchase) -> dict[str, str] | None:
+    """Why a purchase is still `pending`, in words a buyer understands."""
+    if purchase.status != PurchaseStatus.PENDING:
+        return None
+    if purchase.attention:
+        code = "parked"
+    else:
+        plan_ids = [item.subscription_id for item in purchase.items]
+        holders = list(
+            session.scalars(
+                select(Purchase)
+                .join(Subscription, Subscription.charging_purchase_id == Purchase.id)
+                .where(Subscription.id.in_(plan_ids), Purchase.id != purchase.id)
+            )
+        )
+        ahead = session.scalar(
+            select(func.count(Purchase.id))
+            .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
+            .where(
+                PurchaseItem.subscription_id.in_(plan_ids),
+                Purchase.status == PurchaseStatus.PENDING,
+                Purchase.attention.is_(None),
+                Purchase.id < purchase.id,
+            )
+        )
+        if any(h.status == PurchaseStatus.REQUIRES_ACTION for h in holders):
+            code = "behind_authentication"
+        elif any(h.attention for h in holders):
+            code = "behind_parked"
+        elif holders or ahead:
+            code = "plan_busy"
+        else:
+            return None
+    return {"code": code, "message": WAITING[code]}
+
+
+def purchase_view(
+    purchase: Purchase, show_secret: bool, waiting: dict[str, str] | None = None
+) -> dict[str, object]:
     view: dict[str, object] = {
         "id": purchase.id,
         "status": purchase.status,
         "amount_due": purchase.amount_due,
+        "confirmed_amount": purchase.confirmed_amount,
         "currency": purchase.currency,
         "items": [
             {
@@ -130,6 +189,8 @@ def purchase_view(purchase: Purchase, show_secret: bool) -> dict[str, object]:
         view["failure_message"] = purchase.failure_message
     if purchase.client_secret and show_secret:
         view["client_secret"] = purchase.client_secret
+    if waiting is not None:
+        view["waiting"] = waiting
     return view
 
 
@@ -142,4 +203,8 @@ def get_purchase(uow: UnitOfWork, actor: Actor, purchase_id: int) -> dict[str, o
         )
         if purchase is None:
             raise NotFound("no such purchase", "not_found")
-        return purchase_view(purchase, show_secret=actor.user_id == purchase.user_id)
+        return purchase_view(
+            purchase,
+            show_secret=actor.user_id == purchase.user_id,
+            waiting=_waiting(uow.session, purchase),
+        )

@@ -6,6 +6,43 @@ from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
 
+ZERO_DECIMAL = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+
+def minor_digits(currency: str) -> int:
+    """How many digits of an amount are below the unit (2 for CAD: 50000 = 500.00)."""
+    code = currency.lower()
+    return 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+
+
+def plain_amount(amount: int, currency: str) -> str:
+    """A locale-neutral rendering for logs and operator messages: `576.00 CAD`."""
+    digits = minor_digits(currency)
+    sign = "-" if amount < 0 else ""
+    whole, part = divmod(abs(amount), 10**digits)
+    text = f"{whole:,}" + (f".{part:0{digits}d}" if digits else "")
+    return f"{sign}{text} {currency.upper()}"
+
 
 class RenewalPending(Exception):
     """The period has ended and the renewal has not been processed yet."""

@@ -21,6 +21,7 @@ class Payment:
     status: str
     amount: int
     currency: str
+    customer_id: str | None = None
     client_secret: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
@@ -37,13 +38,12 @@ class PaymentRefused(Exception):
 
 
 class PaymentUnavailable(Exception):
-    """The processor could not answer now (network, rate limit, outage): try again later."""
+    """The processor could not answer now (network, rate limit, outage, or the same
+    idempotency key still in flight): try again later."""
 
 
 class PaymentGateway(Protocol):
     def create_customer(self, organization_id: int, name: str) -> str: ...
-
-    def delete_customer(self, customer_id: str) -> None: ...
 
     def attach_card(self, payment_method_id: str, customer_id: str) -> Card: ...
 
@@ -57,11 +57,15 @@ class PaymentGateway(Protocol):
         payment_method_id: str,
     ) -> Payment: ...
 
-    def confirm_payment(self, payment_id: str, purchase_id: int) -> Payment: ...
+    def confirm_payment(self, payment_id: str) -> Payment: ...
 
     def get_payment(self, payment_id: str) -> Payment: ...
 
     def cancel_payment(self, payment_id: str) -> Payment: ...
+
+    def refund_payment(self, payment_id: str) -> str:
+        """Give the whole payment back once, however often it is asked; return the refund id."""
+        ...
 
     def set_default_card(self, customer_id: str, payment_method_id: str) -> None: ...
 

@@ -16,6 +16,8 @@ TRANSIENT = (
     stripe.APIError,
     stripe.AuthenticationError,
     stripe.PermissionError,
+    # the same key still in flight, or reused with other parameters: never a card refusal
+    stripe.IdempotencyError,
 )
 
 
@@ -47,6 +49,13 @@ def verify_signature(
     return False
 
 
+def _id_of(value: Any) -> str | None:
+    """An expandable field: an id, an expanded object, or nothing."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else None
+
+
 def _payment(resource: Any) -> Payment:
     intent = resource.to_dict()
     failure = intent.get("last_payment_error") or {}
@@ -58,6 +67,7 @@ def _payment(resource: Any) -> Payment:
         status=intent["status"],
         amount=int(intent["amount"]),
         currency=intent["currency"],
+        customer_id=_id_of(intent.get("customer")),
         client_secret=intent.get("client_secret"),
         failure_code=code,
         failure_message=friendly_message(code, failure.get("message")) if code else None,
@@ -92,12 +102,6 @@ class StripeGateway:
             raise _translate(error) from error
         return str(customer.id)
 
-    def delete_customer(self, customer_id: str) -> None:
-        try:
-            self.client.v1.customers.delete(customer_id)
-        except stripe.StripeError as error:
-            raise _translate(error) from error
-
     def attach_card(self, payment_method_id: str, customer_id: str) -> Card:
         try:
             method = self.client.v1.payment_methods.attach(
@@ -131,17 +135,19 @@ class StripeGateway:
                     "payment_method": payment_method_id,
                     "metadata": {"purchase_id": str(purchase_id)},
                 },
-                options={"idempotency_key": f"purchase-{purchase_id}-intent"},
+                # the amount is part of the key: a purchase priced again after it was
+                # parked gets a new intent, never Stripe's idempotency error
+                options={"idempotency_key": f"purchase-{purchase_id}-intent-{amount}"},
             )
         except stripe.StripeError as error:
             raise _translate(error) from error
         return _payment(intent)
 
-    def confirm_payment(self, payment_id: str, purchase_id: int) -> Payment:
+    def confirm_payment(self, payment_id: str) -> Payment:
         """A decline is an outcome, not an error: the intent then says why."""
         try:
             intent = self.client.v1.payment_intents.confirm(
-                payment_id, options={"idempotency_key": f"purchase-{purchase_id}-confirm"}
+                payment_id, options={"idempotency_key": f"{payment_id}-confirm"}
             )
         except (stripe.CardError, stripe.InvalidRequestError):
             return self.get_payment(payment_id)
@@ -162,6 +168,23 @@ class StripeGateway:
             return self.get_payment(payment_id)
         except stripe.StripeError as error:
             raise _translate(error) from error
+
+    def refund_payment(self, payment_id: str) -> str:
+        """Stripe honours the key, but a stand-in may not: look for our refund first."""
+        try:
+            existing = self.client.v1.refunds.list(
+                params={"payment_intent": payment_id, "limit": 100}
+            )
+            for refund in existing.data:
+                if refund.status in ("succeeded", "pending"):
+                    return str(refund.id)
+            refund = self.client.v1.refunds.create(
+                params={"payment_intent": payment_id},
+                options={"idempotency_key": f"refund-{payment_id}"},
+            )
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        return str(refund.id)
 
     def set_default_card(self, customer_id: str, payment_method_id: str) -> None:
         try:

@@ -10,9 +10,16 @@ from shared.db import UnitOfWork
 from shared.domain import PurchaseStatus
 from shared.models import Purchase
 
+BATCH = 1000
+
 
 def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = None) -> list[int]:
-    """Pending or processing purchases nobody touched lately, and payments awaiting the bank."""
+    """Pending or processing purchases nobody touched lately, payments awaiting the bank,
+    and paid purchases whose new card Stripe has not yet made the default.
+
+    Least recently touched first: every charge attempt touches its purchase, so
+    a long list of 3-D Secure payments takes turns instead of starving the rest.
+    """
     now = now or datetime.now(UTC)
     stale = now - timedelta(seconds=stuck_after)
     with uow:
@@ -29,9 +36,10 @@ def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = No
                             Purchase.updated_at < stale,
                         ),
                         Purchase.status == PurchaseStatus.REQUIRES_ACTION,
+                        and_(Purchase.card_sync_pending, Purchase.updated_at < stale),
                     ),
                 )
-                .order_by(Purchase.id)
-                .limit(1000)
+                .order_by(Purchase.updated_at, Purchase.id)
+                .limit(BATCH)
             )
         )

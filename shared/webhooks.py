@@ -18,7 +18,6 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared import charging
 from shared.db import UnitOfWork
-from shared.domain import TERMINAL
 from shared.errors import NotFound, Refused
 from shared.models import OperatorAlert, Organization, Purchase, SyncCursor, WebhookEvent
 from shared.payments import PaymentGateway
@@ -95,21 +94,22 @@ def store_event(uow: UnitOfWork, event: dict[str, Any], source: str = "webhook")
     return bool(store_events(uow, [event], source))
 
 
-def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> tuple[int | None, bool]:
-    """The purchase this payment is for, and whether it is a second payment for it."""
+def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
+    """The purchase this payment was made for, or that it names in its metadata.
+
+    Whether a naming intent really is ours (customer, amount, currency) is
+    for `charging.settle` to decide: it adopts it, refunds it or raises an alert.
+    """
     with uow:
         found = uow.session.scalar(
             select(Purchase.id).where(Purchase.stripe_payment_intent_id == intent["id"])
         )
         if found is not None:
-            return found, False
+            return found
         claimed = str((intent.get("metadata") or {}).get("purchase_id") or "")
         if not claimed.isdigit() or int(claimed) > 2**63 - 1:
-            return None, False
-        purchase = uow.session.get(Purchase, int(claimed))
-        if purchase is None:
-            return None, False
-        return purchase.id, purchase.stripe_payment_intent_id not in (None, intent["id"])
+            return None
+        return uow.session.scalar(select(Purchase.id).where(Purchase.id == int(claimed)))
 
 
 def _flag(uow: UnitOfWork, kind: str, event_id: str, message: str, **fields: Any) -> None:
@@ -125,36 +125,14 @@ def _flag(uow: UnitOfWork, kind: str, event_id: str, message: str, **fields: Any
 def on_payment_intent(
     uow: UnitOfWork, gateway: PaymentGateway, intent: dict[str, Any], event_id: str
 ) -> Handled:
-    purchase_id, second = _purchase_for_intent(uow, intent)
+    """Settle from the intent as Stripe has it now; the seats never wait for the card."""
+    purchase_id = _purchase_for_intent(uow, intent)
     if purchase_id is None:
         return "ignored", []
     payment = gateway.get_payment(intent["id"])
-    if second:
-        if payment.status != "succeeded":
-            return "ignored", []
-        _flag(
-            uow,
-            "duplicate_payment",
-            event_id,
-            f"{payment.id} paid {payment.amount} {payment.currency} for purchase {purchase_id}, "
-            "which was paid by another intent: refund it",
-            purchase_id=purchase_id,
-            stripe_object_id=payment.id,
-            amount=payment.amount,
-        )
-        return "processed", []
-    card = None
-    if payment.status == "succeeded":
-        with uow:
-            purchase = uow.session.get_one(Purchase, purchase_id)
-            organization = uow.session.get_one(Organization, purchase.organization_id)
-            new_card, method = purchase.new_card, purchase.payment_method_id
-            customer = organization.stripe_customer_id
-            settled = purchase.status in TERMINAL
-        if new_card and customer and not settled:
-            gateway.set_default_card(customer, method)
-            card = gateway.get_card(method)
-    return "processed", charging.settle(uow, purchase_id, payment, card).wake
+    outcome = charging.settle(uow, gateway, purchase_id, payment)
+    charging.save_card_later(uow, gateway, purchase_id)
+    return "processed", outcome.wake
 
 
 def _alert(kind: str, verb: str) -> Handler:

@@ -51,7 +51,7 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
             log.error(
                 "purchase %s parked after %s retries: %s", purchase_id, self.request.retries, error
             )
-            charging.park(rt.uow(), purchase_id, f"{_cause(error)}: {error}")
+            wake(charging.park(rt.uow(), purchase_id, f"{_cause(error)}: {error}"))
             return "parked"
         raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
     wake(outcome.wake)

@@ -165,3 +165,49 @@ def test_failed_event_is_parked_then_replayed(
     assert set(replayed.values()) <= {"processed", "ignored"}  # type: ignore[union-attr]
     assert seats_json(worker_env, "webhooks", "replay", "--failed") == {"events": {}}
     assert wait_processed(stack_runtime, event_id).outcome == "processed"
+
+
+def test_a_parked_purchase_does_not_hold_up_other_buyers(
+    stack_runtime: Runtime,
+    stack_web: Server,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    stripe_base: str,
+) -> None:
+    """Issue 7, item 4: parked before any intent, it lets go of the plan."""
+    outage = Worker(worker_env, tmp_path / "outage.log")
+    outage.start(STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}", SEATS_CHARGE_RETRIES="1")
+    shop = Tenant(stack_runtime, stack_web.url)
+    try:
+        first = buy(shop.buyer, shop.sub, 5, "parked-first", new_card(stripe_base))
+        deadline = time.monotonic() + 60
+        while True:
+            with stack_runtime.uow() as uow:
+                parked = uow.session.get_one(Purchase, first)
+                attention, status = parked.attention, parked.status
+            if attention:
+                break
+            assert time.monotonic() < deadline, "the purchase was never parked"
+            time.sleep(0.2)
+        assert status == "pending"
+    finally:
+        outage.stop()
+    second = buy(shop.owner, shop.sub, 6, "parked-second", new_card(stripe_base))
+    healthy = Worker(worker_env, tmp_path / "healthy.log")
+    healthy.start()
+    try:
+        done = wait_for(shop.owner, second)
+    finally:
+        healthy.stop()
+    assert done["status"] == "succeeded", done
+    plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
+    assert (plan["paid_seats"], plan["active_seats"]) == (6, 6)
+    waiting = shop.buyer.get(f"/api/purchases/{first}").json()
+    assert waiting["status"] == "pending" and waiting["waiting"]["code"] == "parked"
+    assert seats_json(worker_env, "purchases", "retry", str(first)) == {
+        "id": first,
+        "status": "failed",
+    }
+    assert shop.buyer.get(f"/api/purchases/{first}").json()["failure_code"] == "already_paid"
+    charged = succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))
+    assert [c.amount for c in charged] == [done["amount_due"]]

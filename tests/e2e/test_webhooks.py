@@ -225,7 +225,7 @@ def test_five_parallel_deliveries_have_one_effect(
     assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
 
 
-def test_success_before_the_charger_recorded_the_intent(
+def test_a_payment_made_before_the_purchase_was_charged_is_refunded(
     stack_runtime: Runtime,
     stack_web: Server,
     stripe_base: str,
@@ -233,11 +233,11 @@ def test_success_before_the_charger_recorded_the_intent(
     worker: Worker,
     redis_url: str,
 ) -> None:
-    """Stripe's success reaches us before our charge task has recorded (or even run).
+    """A succeeded intent naming a purchase that our charger never priced or claimed.
 
-    The charge message is lost with the broker, the payment is made for the
-    purchase, and its event arrives first: the event settles the purchase and
-    the charge task, resent by the sweep, finds it done and charges nothing.
+    Our own charger only pays a purchase after claiming its plans, so this money
+    is not owed: it is refunded with an alert, and the purchase is charged once
+    by its own intent when the (lost, then swept) charge task runs.
     """
     worker.stop()
     try:
@@ -260,7 +260,7 @@ def test_success_before_the_charger_recorded_the_intent(
             customer_id=customer,
             payment_method_id=card,
         )
-        gateway.confirm_payment(created.id, purchase)
+        gateway.confirm_payment(created.id)
         intent = stripe_client(stripe_base).v1.payment_intents.retrieve(created.id).to_dict()
         body = event_around(intent, "payment_intent.succeeded", f"evt_early_{purchase}")
         assert post_event(stack_web, body, sign(body, secret)).status_code == 200
@@ -268,9 +268,16 @@ def test_success_before_the_charger_recorded_the_intent(
         worker.start()
     done = wait_for(shop.buyer, purchase)
     assert done["status"] == "succeeded"
-    assert intent_of(stack_runtime, purchase) == created.id
-    assert len(succeeded_charges(stripe_base, customer)) == 1
+    assert intent_of(stack_runtime, purchase) != created.id
     assert audit_rows(stack_runtime, purchase) == 1
+    with stack_runtime.uow() as uow:
+        alert = uow.session.scalars(
+            select(OperatorAlert).where(OperatorAlert.stripe_object_id == created.id)
+        ).one()
+        assert (alert.kind, alert.purchase_id) == ("duplicate_payment", purchase)
+        assert alert.refund_id is not None
+    kept = [c for c in succeeded_charges(stripe_base, customer) if not c.refunded]
+    assert [c.payment_intent for c in kept] == [intent_of(stack_runtime, purchase)]
 
 
 def test_late_failure_never_undoes_a_success(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import requests
 
-from tests.conftest import Tenant
+from shared import provisioning
+from shared.bootstrap import Runtime
+from shared.calendar import today_in
+from shared.models import CartItem
+from tests.conftest import Server, Tenant
 
 
 def add(tenant: Tenant, role: str, seats: int, confirm: bool = True) -> requests.Response:
@@ -56,3 +62,44 @@ def test_checkout_needs_an_idempotency_key(tenant: Tenant) -> None:
     assert missing.status_code == 422
     assert missing.json()["error"] == "idempotency_key_required"
     assert len(tenant.buyer.get("/api/cart").json()["items"]) == 1
+
+
+def test_a_plan_due_for_renewal_blocks_only_its_own_line(runtime: Runtime, web: Server) -> None:
+    """Issue 7, item 5: one line whose plan reached `renews_at` used to lock the whole cart."""
+    today = today_in("America/Toronto")
+    shop = Tenant(runtime, web.url, period_start=today - timedelta(days=365), renews_at=today)
+    other_plan = provisioning.create_subscription(
+        runtime.uow(), shop.org, "XLGL", 1000, "month", 1, today - timedelta(days=3)
+    )
+    with runtime.uow() as uow:  # put in the cart yesterday, before the period ended
+        uow.session.add(
+            CartItem(user_id=shop.user_ids["buyer"], subscription_id=shop.sub, active_seats=5)
+        )
+        uow.commit()
+    cart = shop.buyer.get("/api/cart")
+    assert cart.status_code == 200, cart.text
+    [due] = cart.json()["items"]
+    assert (due["subscription_id"], due["error"]) == (shop.sub, "renewal_pending")
+    assert due["amount_due"] == 0 and cart.json()["total_due"] == 0
+
+    added = shop.buyer.post(
+        "/api/cart/items", json={"subscription_id": other_plan, "active_seats": 2, "confirm": True}
+    )
+    assert added.status_code == 201, added.text
+    lines = {line["subscription_id"]: line for line in added.json()["items"]}
+    assert lines[other_plan]["seats_to_buy"] == 1 and "error" not in lines[other_plan]
+    assert added.json()["total_due"] == lines[other_plan]["amount_due"]
+
+    paid = shop.buyer.post(
+        "/api/checkout", json={"payment_method": "pm_x"}, headers={"Idempotency-Key": "due-1"}
+    )
+    assert paid.status_code == 202, paid.text
+    purchase = shop.buyer.get(f"/api/purchases/{paid.json()['purchase_id']}").json()
+    assert [item["subscription_id"] for item in purchase["items"]] == [other_plan]
+    [left] = shop.buyer.get("/api/cart").json()["items"]
+    assert left["id"] == due["id"]
+    blocked = shop.buyer.post(
+        "/api/checkout", json={"payment_method": "pm_x"}, headers={"Idempotency-Key": "due-2"}
+    )
+    assert blocked.status_code == 409
+    assert blocked.json()["error"] == "renewal_pending" and blocked.json()["items"] == [due["id"]]

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from shared import cart, charging, checkout, provisioning
 from shared.access import Actor
 from shared.bootstrap import Runtime
+from shared.fake_gateway import FakeStripe
 from shared.models import Purchase, SeatChange
 from shared.payments import Payment
 
@@ -54,7 +55,7 @@ def test_checkout_and_settlement_of_the_same_buyer_never_deadlock(runtime: Runti
             paid: int = paid, payment: Payment = payment, barrier: threading.Barrier = barrier
         ) -> None:
             barrier.wait()
-            charging.settle(runtime.uow(), paid, payment)
+            charging.settle(runtime.uow(), FakeStripe(), paid, payment)
             settled.append(paid)
 
         def check_out(round_: int = round_, barrier: threading.Barrier = barrier) -> None:

@@ -1,0 +1,108 @@
+"""Service tests: the real PostgreSQL and the in-memory Stripe, one test per branch."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from shared import cart, charging, checkout, provisioning
+from shared.access import Actor
+from shared.bootstrap import Runtime
+from shared.charging import Outcome
+from shared.fake_gateway import FakeStripe
+from shared.models import OperatorAlert, Organization, Purchase, Subscription
+
+
+@pytest.fixture
+def fake() -> FakeStripe:
+    return FakeStripe()
+
+
+@dataclass
+class Shop:
+    """One organization with a buyer and a plan, driven through the services."""
+
+    rt: Runtime
+    fake: FakeStripe
+    org: int
+    plan: int
+    buyer: Actor
+
+    def another_buyer(self) -> Actor:
+        user, _ = provisioning.create_user(
+            self.rt.uow(), self.org, f"b-{secrets.token_hex(4)}@example.com", "buyer"
+        )
+        return Actor(user, self.org, "buyer")
+
+    def checkout(
+        self,
+        target: int,
+        card: str | None = None,
+        buyer: Actor | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        who = buyer or self.buyer
+        cart.add_item(self.rt.uow(), who, self.plan, target, True, now)
+        purchase, _ = checkout.checkout(
+            self.rt.uow(), who, secrets.token_hex(8), card or self.fake.card(), now
+        )
+        return purchase
+
+    def charge(self, purchase: int, **options: object) -> Outcome:
+        return charging.charge(self.rt.uow(), self.rt.engine, self.fake, purchase, **options)  # type: ignore[arg-type]
+
+    def purchase(self, purchase: int) -> Purchase:
+        with self.rt.uow() as uow:
+            found = uow.session.get_one(Purchase, purchase)
+            for item in found.items:
+                uow.session.expunge(item)
+            uow.session.expunge(found)
+            return found
+
+    def counts(self) -> tuple[int, int]:
+        with self.rt.uow() as uow:
+            plan = uow.session.get_one(Subscription, self.plan)
+            return plan.paid_seats, plan.active_seats
+
+    def organization(self) -> Organization:
+        with self.rt.uow() as uow:
+            found = uow.session.get_one(Organization, self.org)
+            uow.session.expunge(found)
+            return found
+
+    def alerts(self) -> list[OperatorAlert]:
+        with self.rt.uow() as uow:
+            found = list(
+                uow.session.query(OperatorAlert)
+                .filter(OperatorAlert.organization_id == self.org)
+                .order_by(OperatorAlert.id)
+            )
+            for alert in found:
+                uow.session.expunge(alert)
+            return found
+
+    def kept_money(self) -> int:
+        """What Stripe holds for this organization: succeeded and not refunded."""
+        customer = self.organization().stripe_customer_id
+        return sum(p.amount for p in self.fake.succeeded(customer)) if customer else 0
+
+
+@pytest.fixture
+def shop(runtime: Runtime, fake: FakeStripe) -> Shop:
+    org = provisioning.create_organization(
+        runtime.uow(), f"Shop {secrets.token_hex(3)}", "cad", "America/Toronto"
+    )
+    user, _ = provisioning.create_user(
+        runtime.uow(), org, f"buyer-{secrets.token_hex(3)}@example.com", "buyer"
+    )
+    plan = provisioning.create_subscription(
+        runtime.uow(), org, "XLGL", 36500, "year", 3, date.today() - timedelta(days=100)
+    )
+    return Shop(runtime, fake, org, plan, Actor(user, org, "buyer"))
+
+
+def later(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
