@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import requests
 
 from tests.conftest import Tenant
@@ -56,3 +58,18 @@ def test_checkout_needs_an_idempotency_key(tenant: Tenant) -> None:
     assert missing.status_code == 422
     assert missing.json()["error"] == "idempotency_key_required"
     assert len(tenant.buyer.get("/api/cart").json()["items"]) == 1
+
+
+def test_parallel_first_adds_of_a_line_all_succeed_and_leave_one_line(tenant: Tenant) -> None:
+    """Eight tabs saying yes at once: each gets 201, the cart keeps one line per plan."""
+    for round_ in range(5):
+        target = 4 + round_
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda seats: add(tenant, "buyer", seats), [target] * 8))
+        assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
+        lines = tenant.buyer.get("/api/cart").json()["items"]
+        assert [(line["subscription_id"], line["active_seats"]) for line in lines] == [
+            (tenant.sub, target)
+        ]
+        if round_ < 4:  # the next round is a first add again
+            assert tenant.buyer.delete(f"/api/cart/items/{lines[0]['id']}").status_code == 204
