@@ -106,12 +106,13 @@ def add_item(
 
 
 def remove_item(uow: UnitOfWork, actor: Actor, item_id: int) -> None:
-    require_manager(actor.role)
+    """Tenant before role, as everywhere: another's line or none at all is a 404, not a 403."""
     with uow:
         item = uow.session.scalar(
             select(CartItem).where(CartItem.id == item_id, CartItem.user_id == actor.user_id)
         )
         if item is None:
             raise NotFound("no such item in your cart", "not_found")
+        require_manager(actor.role)
         uow.session.delete(item)
         uow.commit()
