@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
+from shared import provisioning
+from shared.bootstrap import Runtime
 from tests.conftest import Client, Server
 
 SCRIPT = Path(sys.executable).with_name("seats")
@@ -149,6 +151,12 @@ def test_org_create_prints_its_id(seats_cli: Callable[..., Run], engine: Engine)
             {"id": body["id"]},
         ).one()
     assert tuple(row) == ("Tremblay & Fils", "cad", "America/Vancouver")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "US/Eastern", "Etc/GMT+5"])
+def test_iana_zone_names_and_links_are_accepted(runtime: Runtime, zone: str) -> None:
+    """Provisioning directly: a process per zone would cost a second each for the same check."""
+    assert provisioning.create_organization(runtime.uow(), "Zoned", "cad", zone) > 0
 
 
 def test_json_before_the_command_is_honoured_too(seats_cli: Callable[..., Run]) -> None:
@@ -523,6 +531,20 @@ BAD: dict[str, tuple[list[str], str]] = {
     ),
     "time zone region only": (
         ["org", "create", "--name", "Bad TZ", "--timezone", "America"],
+        "time zone",
+    ),
+    # names the system folder has but IANA does not: the machine's own zone, a tz build file, and
+    # tz's placeholder for "not set"; billing days must not depend on where the server runs
+    "time zone localtime": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "localtime"],
+        "time zone",
+    ),
+    "time zone posixrules": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "posixrules"],
+        "time zone",
+    ),
+    "time zone Factory": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "Factory"],
         "time zone",
     ),
     "bad currency": (["org", "create", "--name", "Bad Cur", "--currency", "dollars"], "currency"),
