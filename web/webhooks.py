@@ -23,8 +23,8 @@ def receive() -> Response:
     if not verify_signature(raw, header, secrets, webhooks.TOLERANCE_SECONDS):
         return error_response(400, "bad_signature", "missing, invalid or stale Stripe-Signature")
     event = webhooks.parse_event(raw)
-    first = webhooks.store_event(runtime.uow(), event)
-    if first:
+    stored = webhooks.store_event(runtime.uow(), event)
+    if stored == "new":  # an `invalid` one is done already: nothing for a worker to do
         enqueuer: Enqueuer = current_app.extensions["seats.queue"]
         enqueuer.process_event(event["id"])
-    return jsonify({"received": True, "duplicate": not first})
+    return jsonify({"received": True, "duplicate": stored == "duplicate"})
