@@ -241,3 +241,37 @@ def test_the_largest_amount_we_hold_is_still_a_refund(
     assert post(web, body, sign(body, secret)).status_code == 200
     assert webhooks.process_event(runtime.uow(), runtime.gateway, event_id) == ("processed", [])
     assert alerts(runtime, event_id) == [("refund", 2**63 - 1)]
+
+
+# --- size: 413 past 256 KiB, also when the body is streamed (chunked) ---------------------------
+
+
+def padded(event_id: str, size: int) -> bytes:
+    """A valid event of exactly `size` bytes."""
+    empty = json.dumps(event(event_id, {"id": "cus_pad", "pad": ""})).encode()
+    body = json.dumps(event(event_id, {"id": "cus_pad", "pad": "x" * (size - len(empty))}))
+    assert len(body) == size
+    return body.encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_256_kib_is_413(
+    web: Server, runtime: Runtime, secret: str, chunked: bool
+) -> None:
+    for size in (LIMIT + 1, 300 * 1024):
+        event_id = new_id()
+        body = padded(event_id, size)
+        assert_refused(post(web, body, sign(body, secret), chunked=chunked), 413)
+        assert stored(runtime, event_id) is None
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_of_up_to_256_kib_is_read(
+    web: Server, runtime: Runtime, secret: str, chunked: bool
+) -> None:
+    for size in (200, LIMIT):
+        event_id = new_id()
+        body = padded(event_id, size)
+        answer = post(web, body, sign(body, secret), chunked=chunked)
+        assert answer.status_code == 200, (size, answer.text)
+        assert stored(runtime, event_id) is not None
