@@ -55,6 +55,26 @@ class InvalidEvent(Exception):
     it is recorded `invalid` with an operator alert instead of failing and retrying forever."""
 
 
+def signed_in_future(header: str | None, now: float | None = None) -> bool:
+    """Stripe's check refuses stale timestamps only; a signature dated ahead would stay
+    replayable until then. Any `t=` more than the tolerance ahead is refused (parsed as
+    Stripe parses it, so the value checked is the value that is verified)."""
+    if not header:
+        return False
+    limit = (time.time() if now is None else now) + TOLERANCE_SECONDS
+    for item in header.split(","):
+        parts = item.split("=", 2)
+        if parts[0] != "t" or len(parts) < 2:
+            continue
+        try:
+            stamp = int(parts[1])
+        except ValueError:
+            continue  # not a timestamp: the signature check refuses it
+        if stamp > limit:
+            return True
+    return False
+
+
 def _well_formed(event: Any) -> bool:
     """Only the shape we rely on is checked; the rest is kept as Stripe sent it."""
     if not isinstance(event, dict):

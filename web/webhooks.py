@@ -25,8 +25,12 @@ def receive() -> Response:
     runtime: Runtime = current_app.extensions["seats"]
     secrets = current_app.extensions["seats.webhook_secrets"]
     header = request.headers.get("Stripe-Signature")
-    if not verify_signature(raw, header, secrets, webhooks.TOLERANCE_SECONDS):
-        return error_response(400, "bad_signature", "missing, invalid or stale Stripe-Signature")
+    if webhooks.signed_in_future(header) or not verify_signature(
+        raw, header, secrets, webhooks.TOLERANCE_SECONDS
+    ):
+        return error_response(
+            400, "bad_signature", "missing, invalid, stale or future-dated Stripe-Signature"
+        )
     event = webhooks.parse_event(raw)
     stored = webhooks.store_event(runtime.uow(), event)
     if stored == "new":  # an `invalid` one is done already: nothing for a worker to do

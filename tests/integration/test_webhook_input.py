@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -275,3 +276,38 @@ def test_a_body_of_up_to_256_kib_is_read(
         answer = post(web, body, sign(body, secret), chunked=chunked)
         assert answer.status_code == 200, (size, answer.text)
         assert stored(runtime, event_id) is not None
+
+
+# --- a signature from the future is as bad as a stale one ---------------------------------------
+
+
+@pytest.mark.parametrize("ahead", [3600, 400, 10**12])
+def test_a_signature_timestamp_far_in_the_future_is_400(
+    web: Server, runtime: Runtime, secret: str, ahead: int
+) -> None:
+    event_id = new_id()
+    body = json.dumps(event(event_id, {"id": "cus_1"})).encode()
+    answer = post(web, body, sign(body, secret, int(time.time()) + ahead))
+    assert_refused(answer, 400, "bad_signature")
+    assert stored(runtime, event_id) is None
+
+
+def test_a_signature_timestamp_a_little_ahead_is_accepted(
+    web: Server, runtime: Runtime, secret: str
+) -> None:
+    """Clocks drift: within the same 5 minutes either way, Stripe's time is fine."""
+    event_id = new_id()
+    body = json.dumps(event(event_id, {"id": "cus_1"})).encode()
+    answer = post(web, body, sign(body, secret, int(time.time()) + 60))
+    assert answer.status_code == 200, answer.text
+    assert stored(runtime, event_id) is not None
+
+
+def test_a_second_timestamp_from_the_future_is_refused_too(
+    web: Server, runtime: Runtime, secret: str
+) -> None:
+    event_id = new_id()
+    body = json.dumps(event(event_id, {"id": "cus_1"})).encode()
+    header = sign(body, secret) + f",t={int(time.time()) + 3600}"
+    assert_refused(post(web, body, header), 400, "bad_signature")
+    assert stored(runtime, event_id) is None
