@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -488,12 +488,22 @@ def unprocessed_events(uow: UnitOfWork, older_than: float) -> list[str]:
         )
 
 
-def failed_events(uow: UnitOfWork) -> list[str]:
+EventKey = tuple[datetime, str]
+
+
+def failed_events(
+    uow: UnitOfWork, after: EventKey | None = None, limit: int = 100
+) -> list[EventKey]:
+    """One page of failed events as (received_at, id), in that order; pass the last key of a
+    page as `after` for the next. A keyset cursor: an event that fails again when replayed
+    stays behind it, so walking the pages always ends."""
+    query = (
+        select(WebhookEvent.received_at, WebhookEvent.id)
+        .where(WebhookEvent.outcome == "failed")
+        .order_by(WebhookEvent.received_at, WebhookEvent.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(tuple_(WebhookEvent.received_at, WebhookEvent.id) > tuple_(*after))
     with uow:
-        return list(
-            uow.session.scalars(
-                select(WebhookEvent.id)
-                .where(WebhookEvent.outcome == "failed")
-                .order_by(WebhookEvent.received_at)
-            )
-        )
+        return [(received_at, event_id) for received_at, event_id in uow.session.execute(query)]
