@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import calendar
 from datetime import UTC, date, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 INTERVALS = ("month", "year")
 
@@ -25,13 +26,20 @@ def next_renewal(period_start: date, interval: str) -> date:
     raise ValueError(f"interval must be one of {', '.join(INTERVALS)}")
 
 
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Files a system's zoneinfo folder may hold that name no place: `localtime` is whatever zone
+the server runs in, `posixrules` a tz build detail, `Factory` tz's placeholder for "not set"."""
+
+
+@cache
+def zone_names() -> frozenset[str]:
+    """IANA names (links such as US/Eastern included); read once, the folder walk is slow."""
+    return frozenset(available_timezones()) - NOT_ZONES
+
+
 def is_timezone(name: str) -> bool:
-    """OSError too: a tzdata folder such as "America" is a region, not a zone."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return False
-    return True
+    """Only listed names: opening the file would also take "localtime" or a region folder."""
+    return name in zone_names()
 
 
 def today_in(tz_name: str, now: datetime | None = None) -> date:

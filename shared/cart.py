@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.access import Actor, organization_of, subscription_for
@@ -116,28 +117,28 @@ def add_item(
         ).all()
         if any(line.subscription.currency != subscription.currency for line in lines):
             raise Conflict("a cart holds plans of one currency only", "currency_mismatch")
-        line = next((line for line in lines if line.subscription_id == subscription_id), None)
-        if line is None:
-            uow.session.add(
-                CartItem(
-                    user_id=actor.user_id, subscription_id=subscription_id, active_seats=target
-                )
+        # One statement: two first adds at once both land on the same line (no unique violation)
+        uow.session.execute(
+            insert(CartItem)
+            .values(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
+            .on_conflict_do_update(
+                index_elements=["user_id", "subscription_id"], set_={"active_seats": target}
             )
-        else:
-            line.active_seats = target
-        uow.session.flush()
+        )
+        uow.session.expire_all()  # lines loaded above may hold the count before the upsert
         view = cart_view(uow.session, actor, now)
         uow.commit()
         return view
 
 
 def remove_item(uow: UnitOfWork, actor: Actor, item_id: int) -> None:
-    require_manager(actor.role)
+    """Tenant before role, as everywhere: another's line or none at all is a 404, not a 403."""
     with uow:
         item = uow.session.scalar(
             select(CartItem).where(CartItem.id == item_id, CartItem.user_id == actor.user_id)
         )
         if item is None:
             raise NotFound("no such item in your cart", "not_found")
+        require_manager(actor.role)
         uow.session.delete(item)
         uow.commit()

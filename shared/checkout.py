@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import datetime
 
@@ -13,7 +15,7 @@ from shared.cart import priced_lines
 from shared.db import UnitOfWork
 from shared.domain import PurchaseStatus, require_manager
 from shared.errors import Conflict, Invalid, NotFound
-from shared.models import Purchase, PurchaseItem, Subscription, User
+from shared.models import CartItem, Purchase, PurchaseItem, Subscription, User
 
 PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -39,6 +41,37 @@ def _existing(session: Session, actor: Actor, key: str) -> Purchase | None:
     )
 
 
+def request_fingerprint(payment_method: str | None) -> str:
+    """What of the body decides the purchase (the card; null for the saved one), canonically."""
+    canonical = json.dumps(
+        {"payment_method": payment_method}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_same_request(
+    session: Session, actor: Actor, purchase: Purchase, fingerprint: str
+) -> None:
+    """Like Stripe: a key names one request; another body under it is a client bug, not a retry.
+
+    An empty cart is the normal retry (the first call emptied it); a cart that holds other lines
+    means the caller is buying something else. NULL fingerprints predate the check: they match.
+    """
+    reused = Conflict(
+        "this Idempotency-Key was used for another request: use a new key for a new checkout",
+        "idempotency_key_reused",
+    )
+    if purchase.request_fingerprint not in (None, fingerprint):
+        raise reused
+    in_cart = {
+        (item.subscription_id, item.active_seats)
+        for item in session.scalars(select(CartItem).where(CartItem.user_id == actor.user_id))
+    }
+    bought = {(item.subscription_id, item.active_seats) for item in purchase.items}
+    if in_cart and in_cart != bought:
+        raise reused
+
+
 def checkout(
     uow: UnitOfWork,
     actor: Actor,
@@ -58,8 +91,10 @@ def checkout(
         session.scalars(
             select(User).where(User.id == actor.user_id).with_for_update(key_share=True)
         ).one()
+        fingerprint = request_fingerprint(payment_method)
         existing = _existing(session, actor, key)
         if existing is not None:
+            _check_same_request(session, actor, existing, fingerprint)
             return existing.id, existing.status
         organization = organization_of(session, actor)
         method = payment_method or organization.payment_method_id
@@ -91,6 +126,7 @@ def checkout(
             payment_method_id=method,
             new_card=method != organization.payment_method_id,
             attempts=0,
+            request_fingerprint=fingerprint,
         )
         session.add(purchase)
         session.flush()

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from shared import operations, provisioning, webhooks
+from shared import operations, provisioning
 from shared.bootstrap import Runtime, build, database_url
 from shared.config import Settings
 from shared.db import upgrade
@@ -34,6 +34,13 @@ def _positive(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 1 or number > 2**63 - 1:
         raise argparse.ArgumentTypeError(f"{value} is out of range") from None
+    return number
+
+
+def _page_size(value: str) -> int:
+    number = _positive(value)
+    if number > operations.MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"{value} is more than {operations.MAX_PAGE}")
     return number
 
 
@@ -102,8 +109,10 @@ def webhooks_replay(
 ) -> tuple[dict[str, Any], str]:
     if bool(args.event_id) == bool(args.failed):
         raise Refused("give one EVENT_ID or --failed", "usage")
-    ids = webhooks.failed_events(runtime().uow()) if args.failed else [args.event_id]
-    outcomes = operations.replay_events(runtime(), ids)
+    if args.failed:
+        outcomes = operations.replay_failed_events(runtime())
+    else:
+        outcomes = operations.replay_events(runtime(), [args.event_id])
     text = "\n".join(f"{event_id}: {outcome}" for event_id, outcome in outcomes.items())
     return {"events": outcomes}, text or "no failed events"
 
@@ -111,9 +120,11 @@ def webhooks_replay(
 def alerts_list(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
-    rows = operations.list_alerts(runtime(), args.all)
+    rows, next_after = operations.list_alerts(runtime(), args.all, args.after, args.limit)
     text = "\n".join(f"{r['id']}\t{r['kind']}\t{r['message']}" for r in rows)
-    return {"alerts": rows}, text or "no open alerts"
+    if next_after is not None:
+        text += f"\nmore: seats alerts list --after {next_after}"
+    return {"alerts": rows, "next_after": next_after}, text or "no open alerts"
 
 
 def alerts_resolve(
@@ -217,6 +228,15 @@ def parser() -> argparse.ArgumentParser:
     )
     listing = alerts.add_parser("list", parents=[common], help="open alerts")
     listing.add_argument("--all", action="store_true", help="resolved ones too")
+    listing.add_argument(
+        "--limit",
+        type=_page_size,
+        default=operations.PAGE,
+        help=f"at most this many (default {operations.PAGE}, at most {operations.MAX_PAGE})",
+    )
+    listing.add_argument(
+        "--after", type=_positive, default=None, help="those after this id (the next_after shown)"
+    )
     listing.set_defaults(run=alerts_list)
     resolve = alerts.add_parser("resolve", parents=[common], help="mark an alert handled")
     resolve.add_argument("id", type=_positive)

@@ -11,6 +11,9 @@ from shared.bootstrap import Runtime
 from shared.errors import Conflict, NotFound
 from shared.models import OperatorAlert, Purchase
 
+PAGE = 100
+MAX_PAGE = 1000
+
 
 def list_purchases(rt: Runtime, status: str | None, parked: bool) -> list[dict[str, object]]:
     query = select(Purchase).order_by(Purchase.id.desc()).limit(500)
@@ -64,12 +67,29 @@ def replay_events(rt: Runtime, event_ids: list[str]) -> dict[str, str]:
     return outcomes
 
 
-def list_alerts(rt: Runtime, include_resolved: bool) -> list[dict[str, object]]:
-    query = select(OperatorAlert).order_by(OperatorAlert.id)
+def replay_failed_events(rt: Runtime) -> dict[str, str]:
+    """Every failed event, a page at a time; the cursor moves past those that fail again."""
+    outcomes: dict[str, str] = {}
+    after = None
+    while page := webhooks.failed_events(rt.uow(), after, PAGE):
+        outcomes.update(replay_events(rt, [event_id for _, event_id in page]))
+        after = page[-1]
+    return outcomes
+
+
+def list_alerts(
+    rt: Runtime, include_resolved: bool, after: int | None = None, limit: int = PAGE
+) -> tuple[list[dict[str, object]], int | None]:
+    """One page by id, and the id to pass as `after` for the next (None: this was the last)."""
+    query = select(OperatorAlert).order_by(OperatorAlert.id).limit(limit + 1)
     if not include_resolved:
         query = query.where(OperatorAlert.resolved_at.is_(None))
+    if after is not None:
+        query = query.where(OperatorAlert.id > after)
     with rt.uow() as uow:
-        return [
+        found = list(uow.session.scalars(query))
+        page = found[:limit]
+        rows: list[dict[str, object]] = [
             {
                 "id": a.id,
                 "kind": a.kind,
@@ -81,8 +101,9 @@ def list_alerts(rt: Runtime, include_resolved: bool) -> list[dict[str, object]]:
                 "created_at": a.created_at.isoformat(),
                 "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
             }
-            for a in uow.session.scalars(query)
+            for a in page
         ]
+        return rows, (page[-1].id if len(found) > limit else None)
 
 
 def resolve_alert(rt: Runtime, alert_id: int) -> None:

@@ -8,13 +8,16 @@ reordering and replays all end the same way.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from shared import charging
 from shared.db import UnitOfWork
@@ -23,6 +26,8 @@ from shared.models import OperatorAlert, Organization, Purchase, SyncCursor, Web
 from shared.payments import PaymentGateway
 
 MAX_EVENT_BYTES = 256 * 1024
+MAX_DEPTH = 64
+MAX_AMOUNT = 2**63 - 1
 TOLERANCE_SECONDS = 300
 BACKFILL_WINDOW = 3 * 24 * 3600
 CURSOR = "stripe_events"
@@ -31,8 +36,42 @@ Handled = tuple[str, list[int]]
 Handler = Callable[[UnitOfWork, PaymentGateway, dict[str, Any], str], Handled]
 
 
+EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,250}")
+EVENT_TYPE = re.compile(r"[a-z0-9_.]{1,250}")
+# A string token, its closing quote optional so that an unterminated one is still one match
+# (no rescans: the scan stays linear), or a bracket.
+TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+"""What PostgreSQL cannot hold in a JSONB string (NUL) or in UTF-8 at all (lone surrogates)."""
+
+
 class BadEvent(Refused):
     code = "bad_event"
+
+
+class InvalidEvent(Exception):
+    """A handler's word that an event can never be applied (an amount past what we hold):
+    it is recorded `invalid` with an operator alert instead of failing and retrying forever."""
+
+
+def signed_in_future(header: str | None, now: float | None = None) -> bool:
+    """Stripe's check refuses stale timestamps only; a signature dated ahead would stay
+    replayable until then. Any `t=` more than the tolerance ahead is refused (parsed as
+    Stripe parses it, so the value checked is the value that is verified)."""
+    if not header:
+        return False
+    limit = (time.time() if now is None else now) + TOLERANCE_SECONDS
+    for item in header.split(","):
+        parts = item.split("=", 2)
+        if parts[0] != "t" or len(parts) < 2:
+            continue
+        try:
+            stamp = int(parts[1])
+        except ValueError:
+            continue  # not a timestamp: the signature check refuses it
+        if stamp > limit:
+            return True
+    return False
 
 
 def _well_formed(event: Any) -> bool:
@@ -42,26 +81,81 @@ def _well_formed(event: Any) -> bool:
     data = event.get("data")
     return (
         isinstance(event.get("id"), str)
-        and event["id"].startswith("evt_")
-        and len(event["id"]) <= 255
+        and EVENT_ID.fullmatch(event["id"]) is not None
         and isinstance(event.get("type"), str)
-        and len(event["type"]) <= 255
+        and EVENT_TYPE.fullmatch(event["type"]) is not None
         and isinstance(data, dict)
         and isinstance(data.get("object"), dict)
     )
 
 
+def _too_deep(text: str) -> bool:
+    """Counted on the text, before parsing: a parser would recurse once per level."""
+    depth = 0
+    for token in TOKENS.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif token in ("]", "}"):
+            depth -= 1
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: JSON allows the text, nothing can hold the number
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def parse_event(raw: bytes) -> dict[str, Any]:
+    """RFC 8259 JSON only (no NaN or Infinity), at most MAX_DEPTH levels, in Stripe's shape."""
     try:
-        event = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadEvent("the body is not UTF-8 JSON", "malformed_event") from error
+    if _too_deep(text):
+        raise BadEvent(f"the body is nested deeper than {MAX_DEPTH} levels", "malformed_event")
+    try:
+        event = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as error:
         raise BadEvent("the body is not JSON", "malformed_event") from error
     if not _well_formed(event):
         raise BadEvent("an event is a JSON object with id, type and data.object", "malformed_event")
     return dict(event)
 
 
+def _unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_unstorable(key) or _unstorable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
+def _sanitized(value: Any) -> Any:
+    if isinstance(value, str):
+        return UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_sanitized(key): _sanitized(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_sanitized(item) for item in value]
+    return value
+
+
 def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
+    """A well-formed event our database cannot hold as sent is kept with U+FFFD in place of
+    those characters and is done at once (`invalid`): it can never be applied as Stripe meant."""
+    invalid = _unstorable(event)
+    if invalid:
+        event = _sanitized(event)
     obj = event["data"]["object"]
     return {
         "id": event["id"],
@@ -70,28 +164,58 @@ def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
         "payload": event,
         "source": source,
         "attempts": 0,
+        "outcome": "invalid" if invalid else None,
+        "error": "NUL or lone surrogate characters, replaced by U+FFFD" if invalid else None,
+        "processed_at": datetime.now(UTC) if invalid else None,
     }
 
 
 EVENTS = cast(Table, WebhookEvent.__table__)
-STORE = insert(EVENTS).on_conflict_do_nothing(index_elements=["id"]).returning(EVENTS.c.id)
+STORE = (
+    insert(EVENTS)
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(EVENTS.c.id, EVENTS.c.outcome)
+)
 """One Core statement, compiled once and run without the ORM's bulk machinery: it is
 the hot path of every webhook."""
 
 
-def store_events(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> list[str]:
-    """Insert in one statement; return the ids that were new (duplicates are no-ops)."""
+def _stored(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> dict[str, str | None]:
+    """Insert in one statement; the new ids and their outcome (None: to be handled)."""
     if not events:
-        return []
+        return {}
     with uow:
-        inserted = uow.session.scalars(STORE, [_row(event, source) for event in events]).all()
+        inserted = {
+            row.id: row.outcome
+            for row in uow.session.execute(STORE, [_row(event, source) for event in events])
+        }
+        for event_id, outcome in inserted.items():
+            if outcome == "invalid":
+                _flag_in(
+                    uow.session,
+                    "invalid_event",
+                    event_id,
+                    f"event {event_id} holds characters our database cannot store (NUL or lone "
+                    "surrogates); it was kept with U+FFFD in their place and not applied: "
+                    "look at it in Stripe",
+                )
         uow.commit()
-        return list(inserted)
+        return inserted
 
 
-def store_event(uow: UnitOfWork, event: dict[str, Any], source: str = "webhook") -> bool:
-    """True when this delivery is the first; later ones are no-ops."""
-    return bool(store_events(uow, [event], source))
+def store_events(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> list[str]:
+    """Return the new ids to handle; duplicates are no-ops, `invalid` ones are done already."""
+    return [
+        event_id for event_id, outcome in _stored(uow, events, source).items() if outcome is None
+    ]
+
+
+def store_event(uow: UnitOfWork, event: dict[str, Any], source: str = "webhook") -> str:
+    """`new` (to handle), `invalid` (stored done, with an alert) or `duplicate` (a no-op)."""
+    stored = _stored(uow, [event], source)
+    if not stored:
+        return "duplicate"
+    return "invalid" if stored[event["id"]] == "invalid" else "new"
 
 
 def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
@@ -112,14 +236,27 @@ def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
         return uow.session.scalar(select(Purchase.id).where(Purchase.id == int(claimed)))
 
 
+def _flag_in(session: Session, kind: str, event_id: str, message: str, **fields: Any) -> None:
+    """One alert per event, in the caller's transaction."""
+    session.execute(
+        insert(OperatorAlert)
+        .values(kind=kind, event_id=event_id, message=message, **fields)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
+
+
 def _flag(uow: UnitOfWork, kind: str, event_id: str, message: str, **fields: Any) -> None:
     with uow:
-        uow.session.execute(
-            insert(OperatorAlert)
-            .values(kind=kind, event_id=event_id, message=message, **fields)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-        )
+        _flag_in(uow.session, kind, event_id, message, **fields)
         uow.commit()
+
+
+def _amount(obj: dict[str, Any], field: str) -> int:
+    """An amount we can hold (bigint, never negative); anything else can never be recorded."""
+    value = obj.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+        raise InvalidEvent(f"{field} is {value!r}, not a whole number from 0 to {MAX_AMOUNT}")
+    return value
 
 
 def on_payment_intent(
@@ -152,7 +289,7 @@ def _alert(kind: str, verb: str) -> Handler:
             )
             organization_id = purchase.organization_id if purchase else None
             purchase_id = purchase.id if purchase else None
-        amount = obj.get("amount_refunded") if kind == "refund" else obj.get("amount")
+        amount = _amount(obj, "amount_refunded" if kind == "refund" else "amount")
         where = f"purchase {purchase_id}" if purchase_id else "no purchase of ours"
         _flag(
             uow,
@@ -163,7 +300,7 @@ def _alert(kind: str, verb: str) -> Handler:
             organization_id=organization_id,
             purchase_id=purchase_id,
             stripe_object_id=obj.get("id"),
-            amount=amount if isinstance(amount, int) else None,
+            amount=amount,
         )
         return "processed", []
 
@@ -229,12 +366,21 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def _finish(uow: UnitOfWork, event_id: str, outcome: str, error: str | None) -> None:
+DONE = frozenset({"processed", "ignored", "invalid"})
+"""Outcomes that end an event; only a replay (`again`) handles one of these again."""
+
+
+def _finish(
+    uow: UnitOfWork, event_id: str, outcome: str, error: str | None, alert: str | None = None
+) -> None:
+    """Record the outcome; an `invalid` one raises its operator alert in the same transaction."""
     with uow:
         event = uow.session.get_one(WebhookEvent, event_id, with_for_update={"key_share": True})
         event.outcome = outcome
         event.error = error
         event.processed_at = datetime.now(UTC)
+        if alert is not None:
+            _flag_in(uow.session, "invalid_event", event_id, alert)
         uow.commit()
 
 
@@ -246,7 +392,7 @@ def process_event(
         event = uow.session.get(WebhookEvent, event_id, with_for_update={"key_share": True})
         if event is None:
             raise NotFound(f"no stored event {event_id}", "not_found")
-        if event.outcome in ("processed", "ignored") and not again:
+        if event.outcome in DONE and not again:
             return event.outcome, []
         event.attempts += 1
         handler = HANDLERS.get(event.type)
@@ -257,8 +403,18 @@ def process_event(
         if handler is None:
             return "ignored", []
         obj = event.payload["data"]["object"]
+        event_type = event.type
     try:
         outcome, wake = handler(uow, gateway, obj, event_id)
+    except InvalidEvent as error:
+        _finish(
+            uow,
+            event_id,
+            "invalid",
+            str(error)[:1000],
+            f"event {event_id} ({event_type}) cannot be applied: {error}"[:1000],
+        )
+        return "invalid", []
     except Exception as error:
         _finish(uow, event_id, "failed", f"{type(error).__name__}: {error}"[:1000])
         raise
@@ -310,12 +466,22 @@ def unprocessed_events(uow: UnitOfWork, older_than: float) -> list[str]:
         )
 
 
-def failed_events(uow: UnitOfWork) -> list[str]:
+EventKey = tuple[datetime, str]
+
+
+def failed_events(
+    uow: UnitOfWork, after: EventKey | None = None, limit: int = 100
+) -> list[EventKey]:
+    """One page of failed events as (received_at, id), in that order; pass the last key of a
+    page as `after` for the next. A keyset cursor: an event that fails again when replayed
+    stays behind it, so walking the pages always ends."""
+    query = (
+        select(WebhookEvent.received_at, WebhookEvent.id)
+        .where(WebhookEvent.outcome == "failed")
+        .order_by(WebhookEvent.received_at, WebhookEvent.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(tuple_(WebhookEvent.received_at, WebhookEvent.id) > tuple_(*after))
     with uow:
-        return list(
-            uow.session.scalars(
-                select(WebhookEvent.id)
-                .where(WebhookEvent.outcome == "failed")
-                .order_by(WebhookEvent.received_at)
-            )
-        )
+        return [(received_at, event_id) for received_at, event_id in uow.session.execute(query)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared import webhooks
 from shared.bootstrap import Runtime
@@ -15,16 +16,24 @@ stripe_webhooks = Blueprint("webhooks", __name__)
 
 @stripe_webhooks.post("/webhooks/stripe")
 def receive() -> Response:
-    request.max_content_length = webhooks.MAX_EVENT_BYTES
+    # One byte over the limit is read: Werkzeug cuts a streamed (chunked) body at the limit
+    # without a word, and a cut body would be a 400 bad_signature, not the 413 it is.
+    request.max_content_length = webhooks.MAX_EVENT_BYTES + 1
     raw = request.get_data(cache=False)
+    if len(raw) > webhooks.MAX_EVENT_BYTES:
+        raise RequestEntityTooLarge()
     runtime: Runtime = current_app.extensions["seats"]
     secrets = current_app.extensions["seats.webhook_secrets"]
     header = request.headers.get("Stripe-Signature")
-    if not verify_signature(raw, header, secrets, webhooks.TOLERANCE_SECONDS):
-        return error_response(400, "bad_signature", "missing, invalid or stale Stripe-Signature")
+    if webhooks.signed_in_future(header) or not verify_signature(
+        raw, header, secrets, webhooks.TOLERANCE_SECONDS
+    ):
+        return error_response(
+            400, "bad_signature", "missing, invalid, stale or future-dated Stripe-Signature"
+        )
     event = webhooks.parse_event(raw)
-    first = webhooks.store_event(runtime.uow(), event)
-    if first:
+    stored = webhooks.store_event(runtime.uow(), event)
+    if stored == "new":  # an `invalid` one is done already: nothing for a worker to do
         enqueuer: Enqueuer = current_app.extensions["seats.queue"]
         enqueuer.process_event(event["id"])
-    return jsonify({"received": True, "duplicate": not first})
+    return jsonify({"received": True, "duplicate": stored == "duplicate"})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 import pytest
 
+from shared.bootstrap import Runtime
 from tests.conftest import Client, Tenant
 
 
@@ -138,3 +140,53 @@ def test_healthz_and_metrics(web: object) -> None:
     assert metrics.status_code == 200
     assert "seats_http_requests_total" in metrics.text
     assert "seats_queue_depth" in metrics.text
+
+
+# --- tenant before role: a member learns nothing from a 403 about ids that are not there --------
+
+MISSING = 999_999_999_999
+# (method, route as Flask spells it, body): every /api route that names an id
+ID_ROUTES: list[tuple[str, str, dict[str, object] | None]] = [
+    ("GET", "/api/subscriptions/<int:subscription_id>", None),
+    ("POST", "/api/subscriptions/<int:subscription_id>/quote", {"active_seats": 5}),
+    ("PUT", "/api/subscriptions/<int:subscription_id>/seats", {"active_seats": 2}),
+    ("DELETE", "/api/cart/items/<int:item_id>", None),
+    ("GET", "/api/purchases/<int:purchase_id>", None),
+]
+
+
+def test_the_table_names_every_api_route_with_an_id(runtime: Runtime) -> None:
+    from web import create_app
+
+    routes = {
+        (method, rule.rule)
+        for rule in create_app(runtime=runtime).url_map.iter_rules()
+        if rule.rule.startswith("/api/") and rule.arguments
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    assert routes == {(method, route) for method, route, _ in ID_ROUTES}
+
+
+@pytest.mark.parametrize(("method", "route", "body"), ID_ROUTES, ids=[r for _, r, _ in ID_ROUTES])
+def test_a_member_asking_about_a_missing_id_gets_404(
+    tenant: Tenant, method: str, route: str, body: dict[str, object] | None
+) -> None:
+    answer = tenant.member.request(method, re.sub(r"<[^>]+>", str(MISSING), route), json=body)
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"] == "not_found"
+
+
+def test_a_member_adding_a_missing_plan_to_the_cart_gets_404(tenant: Tenant) -> None:
+    body = {"subscription_id": MISSING, "active_seats": 5, "confirm": True}
+    answer = tenant.member.post("/api/cart/items", json=body)
+    assert answer.status_code == 404, answer.text
+
+
+def test_a_member_removing_someone_elses_cart_line_gets_404(tenant: Tenant) -> None:
+    body = {"subscription_id": tenant.sub, "active_seats": 5, "confirm": True}
+    [line] = tenant.buyer.post("/api/cart/items", json=body).json()["items"]
+    answer = tenant.member.delete(f"/api/cart/items/{line['id']}")
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"] == "not_found"
+    assert [i["id"] for i in tenant.buyer.get("/api/cart").json()["items"]] == [line["id"]]

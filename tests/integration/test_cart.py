@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 
+import pytest
 import requests
+from sqlalchemy import select
 
 from shared import provisioning
 from shared.bootstrap import Runtime
 from shared.calendar import today_in
-from shared.models import CartItem
+from shared.models import CartItem, Organization, Purchase
 from tests.conftest import Server, Tenant
 
 
@@ -103,3 +106,99 @@ def test_a_plan_due_for_renewal_blocks_only_its_own_line(runtime: Runtime, web: 
     )
     assert blocked.status_code == 409
     assert blocked.json()["error"] == "renewal_pending" and blocked.json()["items"] == [due["id"]]
+
+
+def test_parallel_first_adds_of_a_line_all_succeed_and_leave_one_line(tenant: Tenant) -> None:
+    """Eight tabs saying yes at once: each gets 201, the cart keeps one line per plan."""
+    for round_ in range(5):
+        target = 4 + round_
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda seats: add(tenant, "buyer", seats), [target] * 8))
+        assert [a.status_code for a in answers] == [201] * 8, [a.text for a in answers]
+        lines = tenant.buyer.get("/api/cart").json()["items"]
+        assert [(line["subscription_id"], line["active_seats"]) for line in lines] == [
+            (tenant.sub, target)
+        ]
+        if round_ < 4:  # the next round is a first add again
+            assert tenant.buyer.delete(f"/api/cart/items/{lines[0]['id']}").status_code == 204
+
+
+# --- checkout: an Idempotency-Key names one request, like Stripe's ------------------------------
+
+
+def checkout(tenant: Tenant, key: str, body: dict[str, object]) -> requests.Response:
+    return tenant.buyer.post("/api/checkout", json=body, headers={"Idempotency-Key": key})
+
+
+def purchases_of(tenant: Tenant) -> list[int]:
+    with tenant.runtime.uow() as uow:
+        return list(
+            uow.session.scalars(
+                select(Purchase.id).where(Purchase.user_id == tenant.user_ids["buyer"])
+            )
+        )
+
+
+def test_the_same_key_and_body_give_the_same_purchase(tenant: Tenant) -> None:
+    add(tenant, "buyer", 5)
+    first = checkout(tenant, "same-key", {"payment_method": "pm_first"})
+    assert first.status_code == 202, first.text
+    again = checkout(tenant, "same-key", {"payment_method": "pm_first"})
+    assert again.status_code == 202, again.text
+    assert again.json()["purchase_id"] == first.json()["purchase_id"]
+    add(tenant, "buyer", 5)  # the very lines that were bought, put back: still the same request
+    third = checkout(tenant, "same-key", {"payment_method": "pm_first"})
+    assert third.json()["purchase_id"] == first.json()["purchase_id"]
+    assert purchases_of(tenant) == [first.json()["purchase_id"]]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"payment_method": "pm_first"}, {"payment_method": "pm_second"}),
+        ({"payment_method": "pm_first"}, {}),
+        ({}, {"payment_method": "pm_first"}),
+    ],
+)
+def test_the_same_key_with_another_card_is_409(
+    tenant: Tenant, first: dict[str, object], second: dict[str, object]
+) -> None:
+    with tenant.runtime.uow() as uow:  # a saved card, so that {} may pay
+        uow.session.get_one(Organization, tenant.org).payment_method_id = "pm_saved"
+        uow.commit()
+    add(tenant, "buyer", 5)
+    bought = checkout(tenant, "card-key", first)
+    assert bought.status_code == 202, bought.text
+    answer = checkout(tenant, "card-key", second)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "idempotency_key_reused"
+    assert purchases_of(tenant) == [bought.json()["purchase_id"]]
+
+
+def test_the_same_key_with_another_cart_is_409_and_the_cart_stays(tenant: Tenant) -> None:
+    add(tenant, "buyer", 5)
+    bought = checkout(tenant, "cart-key", {"payment_method": "pm_first"})
+    assert bought.status_code == 202, bought.text
+    other = provisioning.create_subscription(
+        tenant.runtime.uow(), tenant.org, "XLGL", 50000, "year", 3, date.today() - timedelta(days=9)
+    )
+    added = tenant.buyer.post(
+        "/api/cart/items", json={"subscription_id": other, "active_seats": 4, "confirm": True}
+    )
+    assert added.status_code == 201, added.text
+    answer = checkout(tenant, "cart-key", {"payment_method": "pm_first"})
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "idempotency_key_reused"
+    assert tenant.buyer.get("/api/cart").json() == added.json()
+    assert purchases_of(tenant) == [bought.json()["purchase_id"]]
+
+
+def test_a_purchase_stored_before_fingerprints_matches_any_card(tenant: Tenant) -> None:
+    add(tenant, "buyer", 5)
+    bought = checkout(tenant, "old-key", {"payment_method": "pm_first"})
+    with tenant.runtime.uow() as uow:
+        uow.session.get_one(Purchase, bought.json()["purchase_id"]).request_fingerprint = None
+        uow.commit()
+    again = checkout(tenant, "old-key", {"payment_method": "pm_second"})
+    assert again.status_code == 202, again.text
+    assert again.json()["purchase_id"] == bought.json()["purchase_id"]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
+from shared import provisioning, webhooks
+from shared.bootstrap import Runtime
+from shared.db import UnitOfWork, make_session_factory, upgrade
 from tests.conftest import Client, Server
 
 SCRIPT = Path(sys.executable).with_name("seats")
@@ -149,6 +154,12 @@ def test_org_create_prints_its_id(seats_cli: Callable[..., Run], engine: Engine)
             {"id": body["id"]},
         ).one()
     assert tuple(row) == ("Tremblay & Fils", "cad", "America/Vancouver")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "US/Eastern", "Etc/GMT+5"])
+def test_iana_zone_names_and_links_are_accepted(runtime: Runtime, zone: str) -> None:
+    """Provisioning directly: a process per zone would cost a second each for the same check."""
+    assert provisioning.create_organization(runtime.uow(), "Zoned", "cad", zone) > 0
 
 
 def test_json_before_the_command_is_honoured_too(seats_cli: Callable[..., Run]) -> None:
@@ -525,6 +536,20 @@ BAD: dict[str, tuple[list[str], str]] = {
         ["org", "create", "--name", "Bad TZ", "--timezone", "America"],
         "time zone",
     ),
+    # names the system folder has but IANA does not: the machine's own zone, a tz build file, and
+    # tz's placeholder for "not set"; billing days must not depend on where the server runs
+    "time zone localtime": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "localtime"],
+        "time zone",
+    ),
+    "time zone posixrules": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "posixrules"],
+        "time zone",
+    ),
+    "time zone Factory": (
+        ["org", "create", "--name", "Bad TZ", "--timezone", "Factory"],
+        "time zone",
+    ),
     "bad currency": (["org", "create", "--name", "Bad Cur", "--currency", "dollars"], "currency"),
     "currency with digits": (
         ["org", "create", "--name", "Bad Cur", "--currency", "c4d"],
@@ -581,3 +606,150 @@ def test_bad_input_is_refused_clearly(bad_runs: dict[str, Any], case: str) -> No
 
 def test_bad_input_writes_nothing(bad_runs: dict[str, Any]) -> None:
     assert bad_runs["after"] == bad_runs["before"]
+
+
+# --- operator lists come in pages: a keyset cursor, never everything at once --------------------
+
+
+@dataclass
+class Scratch:
+    """A database of its own, so the pages hold exactly what the test put there."""
+
+    url: str
+    engine: Engine
+    seats: Callable[..., Run]
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(make_session_factory(self.engine))
+
+
+@pytest.fixture
+def scratch(fresh_database: Callable[[], str], tmp_path: Path) -> Iterator[Scratch]:
+    url = fresh_database()
+    upgrade(url)
+    engine = create_engine(url)
+    yield Scratch(url, engine, lambda *args: run_seats(url, *args, cwd=tmp_path))
+    engine.dispose()
+
+
+EVENT_ROW = text(
+    "INSERT INTO webhook_events (id, type, payload, source, received_at, outcome, error, attempts)"
+    " VALUES (:id, :type, CAST(:payload AS jsonb), 'webhook', :received_at, :outcome, 'x', 0)"
+)
+FAILS_AGAIN = "payment_intent.succeeded"  # its object has no id: the handler fails every time
+RECOVERS = "customer.updated"  # an unknown customer: ignored, without asking Stripe
+
+
+def store_failed_events(engine: Engine, count: int) -> list[tuple[datetime, str]]:
+    """`count` failed events on three instants (ties are ordered by id), and some done ones."""
+    instants = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s) for s in (30, 10, 20)]
+    rows = [
+        {
+            "id": f"evt_page_{index:04d}_{secrets.token_hex(2)}",
+            "type": FAILS_AGAIN if index % 2 else RECOVERS,
+            "payload": json.dumps(
+                {"data": {"object": {} if index % 2 else {"id": "cus_nobody_of_ours"}}}
+            ),
+            "received_at": instants[index % 3],
+            "outcome": "failed",
+        }
+        for index in range(count)
+    ]
+    done = [{**row, "id": row["id"] + "_done", "outcome": "processed"} for row in rows[::7]]
+    with engine.begin() as connection:
+        connection.execute(EVENT_ROW, rows + done)
+    return sorted((row["received_at"], row["id"]) for row in rows)
+
+
+def test_failed_events_come_in_pages_in_received_order(scratch: Scratch) -> None:
+    expected = store_failed_events(scratch.engine, 250)
+    pages: list[list[tuple[datetime, str]]] = []
+    after = None
+    while page := webhooks.failed_events(scratch.uow(), after, limit=100):
+        pages.append(page)
+        after = page[-1]
+    assert [len(page) for page in pages] == [100, 100, 50]
+    assert [key for page in pages for key in page] == expected
+
+
+def test_replay_failed_walks_every_page_once_even_when_events_fail_again(
+    scratch: Scratch,
+) -> None:
+    expected = store_failed_events(scratch.engine, 230)
+    outcomes = ok(scratch.seats("webhooks", "replay", "--failed", "--json"))["events"]
+    assert sorted(outcomes) == sorted(event_id for _, event_id in expected)
+    with scratch.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT id, type, outcome, attempts FROM webhook_events WHERE id LIKE '%_done'")
+        ).all()
+        assert all(row.attempts == 0 for row in rows)  # done ones are not replayed
+        rows = connection.execute(
+            text(
+                "SELECT id, type, outcome, attempts FROM webhook_events "
+                "WHERE outcome <> 'processed'"
+            )
+        ).all()
+    assert len(rows) == 230
+    for row in rows:
+        assert row.attempts == 1, row  # each handled once: the cursor moved past the failures
+        if row.type == FAILS_AGAIN:
+            assert row.outcome == "failed" and outcomes[row.id].startswith("failed"), row
+        else:
+            assert row.outcome == outcomes[row.id] == "ignored", row
+
+
+ALERT_ROW = text(
+    "INSERT INTO operator_alerts (kind, message, resolved_at)"
+    " VALUES ('refund', :message, :resolved)"
+)
+
+
+def test_alerts_list_pages_by_id(scratch: Scratch) -> None:
+    with scratch.engine.begin() as connection:
+        connection.execute(
+            ALERT_ROW,
+            [
+                {"message": f"alert {i}", "resolved": datetime.now(UTC) if i % 5 == 0 else None}
+                for i in range(250)
+            ],
+        )
+        everything = [row.id for row in connection.execute(text("SELECT id FROM operator_alerts"))]
+        resolved = {
+            row.id
+            for row in connection.execute(
+                text("SELECT id FROM operator_alerts WHERE resolved_at IS NOT NULL")
+            )
+        }
+    open_ids = sorted(set(everything) - resolved)
+
+    first = ok(scratch.seats("alerts", "list", "--json"))
+    assert [a["id"] for a in first["alerts"]] == open_ids[:100]  # 100 by default
+    assert first["next_after"] == open_ids[99]
+
+    seen: list[int] = []
+    after: int | None = None
+    while True:
+        args = ["alerts", "list", "--limit", "70", "--json"]
+        page = ok(scratch.seats(*args, *(["--after", str(after)] if after else [])))
+        seen += [a["id"] for a in page["alerts"]]
+        assert len(page["alerts"]) <= 70
+        if page["next_after"] is None:
+            break
+        assert page["next_after"] == seen[-1]
+        after = page["next_after"]
+    assert seen == open_ids
+
+    whole = ok(scratch.seats("alerts", "list", "--all", "--limit", "1000", "--json"))
+    assert [a["id"] for a in whole["alerts"]] == sorted(everything)
+    assert whole["next_after"] is None
+    last = ok(scratch.seats("alerts", "list", "--after", str(open_ids[-1]), "--json"))
+    assert last == {"alerts": [], "next_after": None}
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "ten"])
+def test_alerts_list_refuses_a_limit_out_of_range(
+    seats_cli: Callable[..., Run], limit: str
+) -> None:
+    run = seats_cli("alerts", "list", "--limit", limit, "--json")
+    assert run.code == 2, run
+    assert run.object()["error"] == "usage" and "limit" in run.object()["message"]
