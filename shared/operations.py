@@ -97,6 +97,7 @@ def list_alerts(
                 "purchase_id": a.purchase_id,
                 "stripe_object_id": a.stripe_object_id,
                 "amount": a.amount,
+                "refund_id": a.refund_id,
                 "message": a.message,
                 "created_at": a.created_at.isoformat(),
                 "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,

@@ -280,6 +280,13 @@ def _alert(kind: str, verb: str) -> Handler:
     ) -> Handled:
         intent = obj.get("payment_intent")
         with uow:
+            ours = kind == "refund" and uow.session.scalar(
+                select(OperatorAlert.id).where(
+                    OperatorAlert.stripe_object_id == intent, OperatorAlert.refund_id.is_not(None)
+                )
+            )
+            if ours:  # our own automatic refund: its alert already tells the story
+                return "processed", []
             purchase = (
                 uow.session.scalar(
                     select(Purchase).where(Purchase.stripe_payment_intent_id == intent)

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from shared import cart, charging, checkout, provisioning
 from shared.access import Actor
-from shared.bootstrap import Runtime
+from shared.bootstrap import Runtime, build
 from shared.charging import Outcome
+from shared.config import Settings
+from shared.db import upgrade
 from shared.fake_gateway import FakeStripe
 from shared.models import OperatorAlert, Organization, Purchase, Subscription
+
+
+@pytest.fixture(scope="session")
+def runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
+    """A database of the tier's own: the in-memory Stripe's customers never meet the
+    stand-in's, so the e2e tier's ledger audit reads only real ones."""
+    url: str = fresh_database()
+    upgrade(url)
+    rt = build(replace(settings, database_url=url), pool_size=10)
+    yield rt
+    rt.engine.dispose()
 
 
 @pytest.fixture

@@ -128,6 +128,11 @@ def test_money_arriving_for_a_failed_purchase_whose_seats_were_bought_is_refunde
     )
     assert alert.refund_id is not None and alert.resolved_at is None
     assert len(shop.fake.refunds) == 1
+    [refunded] = [e for e in shop.fake.events if e["type"] == "charge.refunded"]
+    webhooks.HANDLERS["charge.refunded"](
+        shop.rt.uow(), shop.fake, refunded["data"]["object"], "evt_own_refund"
+    )
+    assert len(shop.alerts()) == 1, "our own refund's event raises no second alert"
     assert shop.kept_money() == shop.purchase(other).amount_due
 
 
