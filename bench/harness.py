@@ -43,7 +43,7 @@ def terminate_on_sigterm() -> None:
 @contextlib.contextmanager
 def scratch_database(server_url: str = SERVER_URL) -> Iterator[str]:
     """A fresh database with the schema at head, dropped at the end."""
-    from shared.db import upgrade
+    from shared.store.db import upgrade
 
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     name = f"seats_bench_{os.getpid()}_{secrets.token_hex(4)}"

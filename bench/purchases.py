@@ -60,11 +60,11 @@ from harness import (
 )
 from sqlalchemy import select, text
 
-from shared import provisioning
 from shared.bootstrap import Runtime, build
+from shared.cli.embedded import free_port, start_localstripe
 from shared.config import LOCALSTRIPE_KEY, Settings
-from shared.devstack import free_port, start_localstripe
-from shared.models import Purchase
+from shared.services import provisioning
+from shared.store.models import Purchase
 
 CARD = "4242424242424242"
 FIRST_SEATS = 3

@@ -64,9 +64,9 @@ from harness import (
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
+from shared.cli.embedded import free_port
 from shared.config import LOCALSTRIPE_KEY
-from shared.devstack import free_port
-from shared.models import WebhookEvent
+from shared.store.models import WebhookEvent
 
 SECRET = "whsec_bench_" + secrets.token_hex(8)
 TYPES = ("customer.created", "invoice.created", "invoice.finalized", "product.created")

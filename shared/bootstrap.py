@@ -8,9 +8,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import LOCALSTRIPE_KEY, Settings
-from shared.db import UnitOfWork, make_engine, make_session_factory
-from shared.payments import PaymentGateway
-from shared.stripe_gateway import StripeGateway
+from shared.payments.gateway import PaymentGateway
+from shared.payments.stripe_adapter import StripeGateway
+from shared.store.db import UnitOfWork, make_engine, make_session_factory
 
 
 @dataclass
@@ -28,7 +28,7 @@ def database_url(settings: Settings) -> str:
     """The configured database, or the embedded one when none is configured."""
     if settings.database_url:
         return settings.database_url
-    from shared.devstack import embedded_database_url
+    from shared.cli.embedded import embedded_database_url
 
     return embedded_database_url()
 

@@ -29,11 +29,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from shared import provisioning
 from shared.bootstrap import Runtime, build
+from shared.cli.embedded import embedded_database_url, free_port, start_localstripe, start_redis
 from shared.config import LOCALSTRIPE_KEY, Settings, normalize_database_url
-from shared.db import upgrade
-from shared.devstack import embedded_database_url, free_port, start_localstripe, start_redis
+from shared.services import provisioning
+from shared.store.db import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -339,7 +339,7 @@ def stack_runtime(settings: Settings, stripe_base: str) -> Iterator[Runtime]:
 @pytest.fixture(scope="session")
 def stack_web(stack_runtime: Runtime, stripe_base: str) -> Iterator[Server]:
     """The app localstripe sends its signed webhooks to, as Stripe would."""
-    from shared.stack import register_webhook
+    from shared.cli.supervisor import register_webhook
     from web import create_app
 
     server = Server(create_app(runtime=stack_runtime))

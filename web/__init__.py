@@ -13,8 +13,8 @@ from shared.bootstrap import Runtime, build
 from shared.config import Settings
 from web import errors
 from web.api import api
+from web.enqueue import Enqueuer
 from web.health import health, install_metrics, observe
-from web.queue import Enqueuer
 from web.webhooks import stripe_webhooks
 
 MAX_BODY = 64 * 1024

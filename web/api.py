@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from shared import cart, checkout, seats
 from shared.bootstrap import Runtime
+from shared.services import cart, checkout, seats
 from web.auth import current_actor
-from web.queue import Enqueuer
-from web.requests import CartItemBody, CheckoutBody, SeatsBody, parse, resource_id
+from web.bodies import CartItemBody, CheckoutBody, SeatsBody, parse, resource_id
+from web.enqueue import Enqueuer
 
 api = Blueprint("api", __name__, url_prefix="/api")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
-from shared.access import Actor, actor_for_token
+from shared.services.access import Actor, actor_for_token
 from web.errors import Unauthorized
 
 

@@ -7,8 +7,8 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import Conflict, Forbidden, Invalid, NotFound, Refused
-from shared.webhooks import BadEvent
+from shared.domain.errors import Conflict, Forbidden, Invalid, NotFound, Refused
+from shared.services.webhooks import BadEvent
 
 log = logging.getLogger("seats.web")
 

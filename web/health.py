@@ -18,8 +18,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
-from shared import monitoring, queues
+from shared import queues
 from shared.bootstrap import Runtime
+from shared.services import monitoring
 
 health = Blueprint("health", __name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared import webhooks
 from shared.bootstrap import Runtime
-from shared.stripe_gateway import verify_signature
+from shared.payments.stripe_adapter import verify_signature
+from shared.services import webhooks
+from web.enqueue import Enqueuer
 from web.errors import error_response
-from web.queue import Enqueuer
 
 stripe_webhooks = Blueprint("webhooks", __name__)
 

@@ -8,8 +8,9 @@ import random
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
-from shared import charging, queues, sweep, webhooks
-from shared.payments import PaymentUnavailable
+from shared import queues
+from shared.payments.gateway import PaymentUnavailable
+from shared.services import charging, sweep, webhooks
 from worker.app import app, runtime, settings
 from worker.failpoints import checkpoint
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.bootstrap import Runtime
-from shared.models import OperatorAlert, Organization, Purchase
+from shared.store.models import OperatorAlert, Organization, Purchase
 from tests.e2e.stripe_helpers import charges_of
 
 

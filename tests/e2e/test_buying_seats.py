@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.bootstrap import Runtime
-from shared.models import Organization, SeatChange
+from shared.store.models import Organization, SeatChange
 from tests.conftest import Server, Tenant, Worker
 from tests.e2e.stripe_helpers import (
     DECLINED,

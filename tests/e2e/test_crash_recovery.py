@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared import charging
 from shared.bootstrap import Runtime
-from shared.models import Purchase
+from shared.services import charging
+from shared.store.models import Purchase
 from tests.conftest import Server, Tenant, Worker
 from tests.e2e.stripe_helpers import buy, new_card, succeeded_charges, wait_for
 from tests.e2e.test_buying_seats import customer_of

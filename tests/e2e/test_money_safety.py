@@ -8,7 +8,7 @@ import stripe
 from sqlalchemy import select
 
 from shared.bootstrap import Runtime
-from shared.models import OperatorAlert
+from shared.store.models import OperatorAlert
 from tests.conftest import Server, Tenant, Worker
 from tests.e2e.stripe_helpers import (
     THREE_D_SECURE,
@@ -113,7 +113,7 @@ def test_the_closing_ledger_audit_sees_money_without_seats(
 ) -> None:
     """The session's ledger audit (tests/e2e/conftest.py) is not blind: a charge kept by
     Stripe with no succeeded purchase and no alert is reported, until an alert covers it."""
-    from shared.models import Purchase
+    from shared.store.models import Purchase
     from tests.e2e.conftest import ledger_differences
 
     shop = Tenant(stack_runtime, stack_web.url)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from shared.bootstrap import Runtime
-from shared.devstack import free_port
-from shared.models import Purchase
-from shared.payments import PaymentRefused, PaymentUnavailable
-from shared.stripe_gateway import StripeGateway
+from shared.cli.embedded import free_port
+from shared.payments.gateway import PaymentRefused, PaymentUnavailable
+from shared.payments.stripe_adapter import StripeGateway
+from shared.store.models import Purchase
 from tests.conftest import Server, Tenant, Worker, seats_json
 from tests.e2e.stripe_helpers import buy, new_card, stripe_client, succeeded_charges, wait_for
 from tests.e2e.test_buying_seats import customer_of

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from shared.devstack import free_port
+from shared.cli.embedded import free_port
 from tests.conftest import ROOT, Client, seats_json
 from tests.e2e.stripe_helpers import new_card, wait_for
 

@@ -16,8 +16,8 @@ import stripe
 from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
-from shared.models import OperatorAlert, Organization, Purchase, SeatChange, WebhookEvent
-from shared.stack import register_webhook
+from shared.cli.supervisor import register_webhook
+from shared.store.models import OperatorAlert, Organization, Purchase, SeatChange, WebhookEvent
 from tests.conftest import Server, Tenant, Worker, seats_json
 from tests.e2e.stripe_helpers import (
     THREE_D_SECURE,

@@ -11,7 +11,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.domain import MAX_SEATS
+from shared.domain.seats import MAX_SEATS
 from tests.conftest import Client, Server, Tenant
 
 JSON_HEADERS = {"Content-Type": "application/json"}

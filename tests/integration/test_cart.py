@@ -9,10 +9,10 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from shared import provisioning
 from shared.bootstrap import Runtime
-from shared.calendar import today_in
-from shared.models import CartItem, Organization, Purchase
+from shared.domain.periods import today_in
+from shared.services import provisioning
+from shared.store.models import CartItem, Organization, Purchase
 from tests.conftest import Server, Tenant
 
 

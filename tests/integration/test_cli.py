@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from shared import provisioning, webhooks
 from shared.bootstrap import Runtime
-from shared.db import UnitOfWork, make_session_factory, upgrade
+from shared.services import provisioning, webhooks
+from shared.store.db import UnitOfWork, make_session_factory, upgrade
 from tests.conftest import Client, Server
 
 SCRIPT = Path(sys.executable).with_name("seats")

@@ -13,12 +13,12 @@ from datetime import date, timedelta
 
 from sqlalchemy import func, select
 
-from shared import cart, charging, checkout, provisioning
-from shared.access import Actor
 from shared.bootstrap import Runtime
-from shared.fake_gateway import FakeStripe
-from shared.models import Purchase, SeatChange
-from shared.payments import Payment
+from shared.payments.fake_stripe import FakeStripe
+from shared.payments.gateway import Payment
+from shared.services import cart, charging, checkout, provisioning
+from shared.services.access import Actor
+from shared.store.models import Purchase, SeatChange
 
 
 def test_checkout_and_settlement_of_the_same_buyer_never_deadlock(runtime: Runtime) -> None:

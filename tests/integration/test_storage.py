@@ -14,11 +14,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from shared import provisioning, seats
-from shared.access import Actor
 from shared.bootstrap import Runtime
-from shared.db import MIGRATIONS, upgrade
-from shared.models import Base
+from shared.services import provisioning, seats
+from shared.services.access import Actor
+from shared.store.db import MIGRATIONS, upgrade
+from shared.store.models import Base
 
 CORE_TABLES = {
     "organizations",

@@ -17,9 +17,9 @@ import requests
 import stripe
 from sqlalchemy import select
 
-from shared import webhooks
 from shared.bootstrap import Runtime
-from shared.models import OperatorAlert, WebhookEvent
+from shared.services import webhooks
+from shared.store.models import OperatorAlert, WebhookEvent
 from tests.conftest import Server
 
 LIMIT = webhooks.MAX_EVENT_BYTES

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from shared import cart, charging, checkout, provisioning
-from shared.access import Actor
 from shared.bootstrap import Runtime, build
-from shared.charging import Outcome
 from shared.config import Settings
-from shared.db import upgrade
-from shared.fake_gateway import FakeStripe
-from shared.models import OperatorAlert, Organization, Purchase, Subscription
+from shared.payments.fake_stripe import FakeStripe
+from shared.services import cart, charging, checkout, provisioning
+from shared.services.access import Actor
+from shared.services.charging import Outcome
+from shared.store.db import upgrade
+from shared.store.models import OperatorAlert, Organization, Purchase, Subscription
 
 
 @pytest.fixture(scope="session")

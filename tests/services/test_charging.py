@@ -8,11 +8,16 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from shared import charging, checkout, provisioning, sweep, webhooks
-from shared.access import Actor
-from shared.fake_gateway import DECLINED_ON_ATTACH, DECLINED_ON_CHARGE, THREE_D_SECURE, FakeStripe
-from shared.models import Purchase, Subscription
-from shared.payments import PaymentRefused, PaymentUnavailable
+from shared.payments.fake_stripe import (
+    DECLINED_ON_ATTACH,
+    DECLINED_ON_CHARGE,
+    THREE_D_SECURE,
+    FakeStripe,
+)
+from shared.payments.gateway import PaymentRefused, PaymentUnavailable
+from shared.services import charging, checkout, provisioning, sweep, webhooks
+from shared.services.access import Actor
+from shared.store.models import Purchase, Subscription
 from tests.services.conftest import Shop, later
 
 
@@ -145,7 +150,7 @@ def test_two_chargers_of_a_new_organization_make_one_customer_and_delete_none(
     )
     first = shop.checkout(4)
     other = shop.another_buyer()
-    from shared import cart
+    from shared.services import cart
 
     cart.add_item(shop.rt.uow(), other, second_plan, 2, True)
     second, _ = checkout.checkout(shop.rt.uow(), other, "k2", shop.fake.card())
@@ -396,7 +401,7 @@ def test_the_sweep_takes_turns_instead_of_starving_stale_work(
         shop.rt.uow(), shop.org, "XLGL", 1000, "month", 1, date.today()
     )
     buyer = shop.another_buyer()
-    from shared import cart
+    from shared.services import cart
 
     cart.add_item(shop.rt.uow(), buyer, plan, 2, True)
     stuck, _ = checkout.checkout(shop.rt.uow(), buyer, "stuck", shop.fake.card())

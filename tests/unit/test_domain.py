@@ -9,7 +9,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from shared.config import Settings, normalize_database_url
-from shared.domain import (
+from shared.domain.errors import Conflict, Forbidden, Invalid, Refused
+from shared.domain.seats import (
     MAX_SEATS,
     TERMINAL,
     PurchaseStatus,
@@ -18,8 +19,7 @@ from shared.domain import (
     check_seat_count,
     require_manager,
 )
-from shared.errors import Conflict, Forbidden, Invalid, Refused
-from shared.tokens import hash_token, new_token
+from shared.domain.tokens import hash_token, new_token
 
 FAST = settings(max_examples=100, deadline=None)
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.calendar import add_months, is_timezone, next_renewal, today_in
-from shared.money import Quote, RenewalPending, prorate, quote, round_half_up
+from shared.domain.money import Quote, RenewalPending, prorate, quote, round_half_up
+from shared.domain.periods import add_months, is_timezone, next_renewal, today_in
 
 FAST = settings(max_examples=120, deadline=None)
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from shared import operations, provisioning
 from shared.bootstrap import Runtime, build, database_url
 from shared.config import Settings
-from shared.db import upgrade
-from shared.errors import Refused
+from shared.domain.errors import Refused
+from shared.services import operations, provisioning
+from shared.store.db import upgrade
 
 Handler = Callable[[argparse.Namespace, Callable[[], Runtime]], tuple[dict[str, Any], str]]
 
@@ -135,7 +135,7 @@ def alerts_resolve(
 
 
 def up(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
-    from shared.stack import run_stack
+    from shared.cli.supervisor import run_stack
 
     code = run_stack(args.port)
     raise SystemExit(code)
@@ -276,7 +276,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         for rt in built:
             rt.engine.dispose()
     print(json.dumps(result) if args.json else text)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,8 +9,8 @@ from flask import request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared.domain import MAX_SEATS
-from shared.errors import Invalid, NotFound
+from shared.domain.errors import Invalid, NotFound
+from shared.domain.seats import MAX_SEATS
 from web.errors import Malformed
 
 MAX_ID = 2**63 - 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from shared.db import UnitOfWork
-from shared.models import Purchase, WebhookEvent
+from shared.store.db import UnitOfWork
+from shared.store.models import Purchase, WebhookEvent
 
 
 def purchase_counts(uow: UnitOfWork) -> dict[str, int]:

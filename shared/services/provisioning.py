@@ -8,13 +8,13 @@ from datetime import date
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from shared.calendar import INTERVALS, is_timezone, next_renewal
-from shared.db import UnitOfWork
-from shared.domain import MAX_SEATS, MAX_UNIT_AMOUNT, Role, SeatCounts
-from shared.errors import Conflict, Invalid, NotFound
-from shared.models import Organization, Subscription, User
-from shared.seats import record_change
-from shared.tokens import hash_token, new_token
+from shared.domain.errors import Conflict, Invalid, NotFound
+from shared.domain.periods import INTERVALS, is_timezone, next_renewal
+from shared.domain.seats import MAX_SEATS, MAX_UNIT_AMOUNT, Role, SeatCounts
+from shared.domain.tokens import hash_token, new_token
+from shared.services.seats import record_change
+from shared.store.db import UnitOfWork
+from shared.store.models import Organization, Subscription, User
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 CURRENCY = re.compile(r"^[a-z]{3}$")

@@ -10,12 +10,12 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.access import Actor, organization_of
-from shared.cart import priced_lines
-from shared.db import UnitOfWork
-from shared.domain import PurchaseStatus, require_manager
-from shared.errors import Conflict, Invalid, NotFound
-from shared.models import CartItem, Purchase, PurchaseItem, Subscription, User
+from shared.domain.errors import Conflict, Invalid, NotFound
+from shared.domain.seats import PurchaseStatus, require_manager
+from shared.services.access import Actor, organization_of
+from shared.services.cart import priced_lines
+from shared.store.db import UnitOfWork
+from shared.store.models import CartItem, Purchase, PurchaseItem, Subscription, User
 
 PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.payments import Card, Payment, PaymentRefused, PaymentUnavailable, friendly_message
+from shared.payments.gateway import (
+    Card,
+    Payment,
+    PaymentRefused,
+    PaymentUnavailable,
+    friendly_message,
+)
 
 GOOD = "4242424242424242"
 DECLINED_ON_CHARGE = "4000000000000341"

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from shared import charging, webhooks
 from shared.bootstrap import Runtime
-from shared.errors import Conflict, NotFound
-from shared.models import OperatorAlert, Purchase
+from shared.domain.errors import Conflict, NotFound
+from shared.services import charging, webhooks
+from shared.store.models import OperatorAlert, Purchase
 
 PAGE = 100
 MAX_PAGE = 1000

@@ -8,7 +8,13 @@ from typing import Any
 import requests
 import stripe
 
-from shared.payments import Card, Payment, PaymentRefused, PaymentUnavailable, friendly_message
+from shared.payments.gateway import (
+    Card,
+    Payment,
+    PaymentRefused,
+    PaymentUnavailable,
+    friendly_message,
+)
 
 TRANSIENT = (
     stripe.APIConnectionError,

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared.models import OperatorAlert
+from shared.store.models import OperatorAlert
 
 
 def raise_alert(

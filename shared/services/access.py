@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.domain import require_manager
-from shared.errors import NotFound
-from shared.models import Organization, Subscription, User
-from shared.tokens import hash_token
+from shared.domain.errors import NotFound
+from shared.domain.seats import require_manager
+from shared.domain.tokens import hash_token
+from shared.store.models import Organization, Subscription, User
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def start_redis(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
 
 def start_localstripe(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.devstack", "localstripe", "--port", str(port)],
+        [sys.executable, "-m", "shared.cli.embedded", "localstripe", "--port", str(port)],
         stdout=subprocess.DEVNULL if log is None else log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -106,7 +106,7 @@ def run_localstripe(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.devstack")
+    parser = argparse.ArgumentParser(prog="python -m shared.cli.embedded")
     commands = parser.add_subparsers(dest="command", required=True)
     stand_in = commands.add_parser("localstripe", help="run the Stripe stand-in")
     stand_in.add_argument("--host", default="127.0.0.1")

@@ -19,11 +19,11 @@ from sqlalchemy import Table, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared import charging
-from shared.db import UnitOfWork
-from shared.errors import NotFound, Refused
-from shared.models import OperatorAlert, Organization, Purchase, SyncCursor, WebhookEvent
-from shared.payments import PaymentGateway
+from shared.domain.errors import NotFound, Refused
+from shared.payments.gateway import PaymentGateway
+from shared.services import charging
+from shared.store.db import UnitOfWork
+from shared.store.models import OperatorAlert, Organization, Purchase, SyncCursor, WebhookEvent
 
 MAX_EVENT_BYTES = 256 * 1024
 MAX_DEPTH = 64

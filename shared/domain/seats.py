@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.errors import Conflict, Forbidden, Invalid
+from shared.domain.errors import Conflict, Forbidden, Invalid
 
 MAX_SEATS = 100_000
 MAX_UNIT_AMOUNT = 100_000_000_000

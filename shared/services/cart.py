@@ -9,13 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared.access import Actor, organization_of, subscription_for
-from shared.db import UnitOfWork
-from shared.domain import check_seat_count, require_manager
-from shared.errors import Conflict, NotFound
-from shared.models import CartItem
-from shared.money import Quote
-from shared.seats import price
+from shared.domain.errors import Conflict, NotFound
+from shared.domain.money import Quote
+from shared.domain.seats import check_seat_count, require_manager
+from shared.services.access import Actor, organization_of, subscription_for
+from shared.services.seats import price
+from shared.store.db import UnitOfWork
+from shared.store.models import CartItem
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from shared.access import Actor, subscription_for
-from shared.calendar import today_in
-from shared.db import UnitOfWork
-from shared.domain import SeatCounts, check_seat_count
-from shared.errors import Conflict
-from shared.models import Organization, SeatChange, Subscription
-from shared.money import Quote, RenewalPending, quote
+from shared.domain.errors import Conflict
+from shared.domain.money import Quote, RenewalPending, quote
+from shared.domain.periods import today_in
+from shared.domain.seats import SeatCounts, check_seat_count
+from shared.services.access import Actor, subscription_for
+from shared.store.db import UnitOfWork
+from shared.store.models import Organization, SeatChange, Subscription
 
 
 def subscription_view(subscription: Subscription, organization: Organization) -> dict[str, object]:

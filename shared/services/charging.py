@@ -20,13 +20,10 @@ from enum import StrEnum
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
-from shared.alerts import raise_alert
-from shared.db import UnitOfWork
-from shared.domain import TERMINAL, PurchaseStatus, SeatCounts
-from shared.errors import Conflict
-from shared.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
-from shared.money import plain_amount
-from shared.payments import (
+from shared.domain.errors import Conflict
+from shared.domain.money import plain_amount
+from shared.domain.seats import TERMINAL, PurchaseStatus, SeatCounts
+from shared.payments.gateway import (
     Card,
     Payment,
     PaymentGateway,
@@ -34,7 +31,10 @@ from shared.payments import (
     PaymentUnavailable,
     friendly_message,
 )
-from shared.seats import price, record_change
+from shared.services.alerts import raise_alert
+from shared.services.seats import price, record_change
+from shared.store.db import UnitOfWork
+from shared.store.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
 
 log = logging.getLogger("seats.charging")
 

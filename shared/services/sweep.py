@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select
 
-from shared.db import UnitOfWork
-from shared.domain import PurchaseStatus
-from shared.models import Purchase
+from shared.domain.seats import PurchaseStatus
+from shared.store.db import UnitOfWork
+from shared.store.models import Purchase
 
 BATCH = 1000
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared import devstack
+from shared.cli import embedded as devstack
 from shared.config import LOCALSTRIPE_KEY, Settings
-from shared.db import upgrade
+from shared.store.db import upgrade
 
 
 class Stack:

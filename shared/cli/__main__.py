@@ -1,0 +1,3 @@
+from shared.cli.commands import main
+
+main()

@@ -1,0 +1,1 @@
+"""PostgreSQL through SQLAlchemy: tables, migrations, the unit of work and its locks."""
