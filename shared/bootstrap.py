@@ -24,17 +24,26 @@ class Runtime:
         return UnitOfWork(self.sessions)
 
 
-def database_url(settings: Settings) -> str:
-    """The configured database, or the embedded one when none is configured."""
-    if settings.database_url:
-        return settings.database_url
-    from shared.cli.embedded import embedded_database_url
+class ConfigurationError(Exception):
+    """A setting production cannot run without; the message names the variable."""
 
-    return embedded_database_url()
+
+def require_database(settings: Settings) -> str:
+    """Production entry points never start an embedded server: no URL, no start.
+
+    Only `seats up` and the `seats` commands fill in an embedded database (see
+    README "Configuration").
+    """
+    if not settings.database_url:
+        raise ConfigurationError(
+            "DATABASE_URL is not set: point it at PostgreSQL (postgresql://user@host/db). "
+            "Only `seats up` and the `seats` commands start an embedded database."
+        )
+    return settings.database_url
 
 
 def build(settings: Settings | None = None, pool_size: int = 5) -> Runtime:
     settings = settings or Settings.from_env()
-    engine = make_engine(database_url(settings), pool_size=pool_size)
+    engine = make_engine(require_database(settings), pool_size=pool_size)
     gateway = StripeGateway(settings.stripe_api_key or LOCALSTRIPE_KEY, settings.stripe_api_base)
     return Runtime(settings, engine, make_session_factory(engine), gateway)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init
 
 from shared import queues
-from shared.bootstrap import Runtime, build
+from shared.bootstrap import ConfigurationError, Runtime, build, require_database
 from shared.config import Settings
 
 settings = Settings.from_env()
@@ -20,6 +22,17 @@ app.conf.beat_schedule = {
 app.conf.include = ["worker.tasks"]
 
 _runtime: Runtime | None = None
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_without_database(**_: object) -> None:
+    """Stop at once, naming the variable, rather than fail on the first task."""
+    try:
+        require_database(settings)
+    except ConfigurationError as error:
+        print(f"seats: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def runtime() -> Runtime:

@@ -1,4 +1,4 @@
-"""The `seats` command line (contract section 4). `--json` prints one object on stdout."""
+"""The `seats` command line (README "Using it"). `--json` prints one object on stdout."""
 
 from __future__ import annotations
 
@@ -6,18 +6,30 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from shared.bootstrap import Runtime, build, database_url
+from shared.bootstrap import Runtime, build
 from shared.config import Settings
 from shared.domain.errors import Refused
 from shared.services import operations, provisioning
 from shared.store.db import upgrade
 
 Handler = Callable[[argparse.Namespace, Callable[[], Runtime]], tuple[dict[str, Any], str]]
+
+
+def cli_settings() -> Settings:
+    """The environment's settings; with no DATABASE_URL, the embedded database (the
+    command line is for a person at a machine, where that is what they expect)."""
+    settings = Settings.from_env()
+    if settings.database_url:
+        return settings
+    from shared.cli.embedded import embedded_database_url
+
+    return replace(settings, database_url=embedded_database_url())
 
 
 def _date(value: str) -> date:
@@ -47,7 +59,7 @@ def _page_size(value: str) -> int:
 def db_upgrade(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
-    upgrade(database_url(Settings.from_env()))
+    upgrade(str(cli_settings().database_url))
     return {"status": "ok", "revision": "head"}, "database schema is up to date"
 
 
@@ -89,7 +101,7 @@ def subscription_create(
 def purchases_list(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
-    rows = operations.list_purchases(runtime(), args.status, args.parked)
+    rows = operations.list_purchases(runtime().uow(), args.status, args.parked)
     text = "\n".join(
         f"{r['id']}\t{r['status']}\t{r['amount_due']} {r['currency']}\t{r['attention'] or ''}"
         for r in rows
@@ -100,7 +112,8 @@ def purchases_list(
 def purchases_retry(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
-    status = operations.retry_purchase(runtime(), args.id)
+    rt = runtime()
+    status = operations.retry_purchase(rt.uow(), rt.engine, rt.gateway, args.id)
     return {"id": args.id, "status": status}, f"purchase {args.id} is {status}"
 
 
@@ -109,10 +122,11 @@ def webhooks_replay(
 ) -> tuple[dict[str, Any], str]:
     if bool(args.event_id) == bool(args.failed):
         raise Refused("give one EVENT_ID or --failed", "usage")
+    rt = runtime()
     if args.failed:
-        outcomes = operations.replay_failed_events(runtime())
+        outcomes = operations.replay_failed_events(rt.uow(), rt.gateway)
     else:
-        outcomes = operations.replay_events(runtime(), [args.event_id])
+        outcomes = operations.replay_events(rt.uow(), rt.gateway, [args.event_id])
     text = "\n".join(f"{event_id}: {outcome}" for event_id, outcome in outcomes.items())
     return {"events": outcomes}, text or "no failed events"
 
@@ -120,7 +134,7 @@ def webhooks_replay(
 def alerts_list(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
-    rows, next_after = operations.list_alerts(runtime(), args.all, args.after, args.limit)
+    rows, next_after = operations.list_alerts(runtime().uow(), args.all, args.after, args.limit)
     text = "\n".join(f"{r['id']}\t{r['kind']}\t{r['message']}" for r in rows)
     if next_after is not None:
         text += f"\nmore: seats alerts list --after {next_after}"
@@ -130,7 +144,7 @@ def alerts_list(
 def alerts_resolve(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
-    operations.resolve_alert(runtime(), args.id)
+    operations.resolve_alert(runtime().uow(), args.id)
     return {"id": args.id, "resolved": True}, f"alert {args.id} resolved"
 
 
@@ -256,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def runtime() -> Runtime:
         if not built:
-            built.append(build(Settings.from_env(), pool_size=1))
+            built.append(build(cli_settings(), pool_size=1))
         return built[0]
 
     try:

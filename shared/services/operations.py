@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
-from shared.bootstrap import Runtime
 from shared.domain.errors import Conflict, NotFound
+from shared.payments.gateway import PaymentGateway
 from shared.services import charging, webhooks
+from shared.store.db import UnitOfWork
 from shared.store.models import OperatorAlert, Purchase
 
 PAGE = 100
 MAX_PAGE = 1000
 
 
-def list_purchases(rt: Runtime, status: str | None, parked: bool) -> list[dict[str, object]]:
+def list_purchases(uow: UnitOfWork, status: str | None, parked: bool) -> list[dict[str, object]]:
     query = select(Purchase).order_by(Purchase.id.desc()).limit(500)
     if status:
         query = query.where(Purchase.status == status)
     if parked:
         query = query.where(Purchase.attention.is_not(None))
-    with rt.uow() as uow:
+    with uow:
         return [
             {
                 "id": p.id,
@@ -39,27 +40,27 @@ def list_purchases(rt: Runtime, status: str | None, parked: bool) -> list[dict[s
         ]
 
 
-def retry_purchase(rt: Runtime, purchase_id: int) -> str:
+def retry_purchase(
+    uow: UnitOfWork, engine: Engine, gateway: PaymentGateway, purchase_id: int
+) -> str:
     """Clear the parked reason and take the purchase as far as it goes now, here."""
-    with rt.uow() as uow:
+    with uow:
         purchase = uow.session.get(Purchase, purchase_id, with_for_update={"key_share": True})
         if purchase is None:
             raise NotFound(f"no purchase {purchase_id}", "not_found")
         purchase.attention = None
         uow.commit()
-    charging.charge(rt.uow(), rt.engine, rt.gateway, purchase_id)
-    with rt.uow() as uow:
+    charging.charge(uow, engine, gateway, purchase_id)
+    with uow:
         return uow.session.get_one(Purchase, purchase_id).status
 
 
-def replay_events(rt: Runtime, event_ids: list[str]) -> dict[str, str]:
+def replay_events(uow: UnitOfWork, gateway: PaymentGateway, event_ids: list[str]) -> dict[str, str]:
     """Handle stored events again; handlers only move state forward, so this is safe."""
     outcomes = {}
     for event_id in event_ids:
         try:
-            outcomes[event_id], _ = webhooks.process_event(
-                rt.uow(), rt.gateway, event_id, again=True
-            )
+            outcomes[event_id], _ = webhooks.process_event(uow, gateway, event_id, again=True)
         except NotFound:
             raise
         except Exception as error:
@@ -67,18 +68,18 @@ def replay_events(rt: Runtime, event_ids: list[str]) -> dict[str, str]:
     return outcomes
 
 
-def replay_failed_events(rt: Runtime) -> dict[str, str]:
+def replay_failed_events(uow: UnitOfWork, gateway: PaymentGateway) -> dict[str, str]:
     """Every failed event, a page at a time; the cursor moves past those that fail again."""
     outcomes: dict[str, str] = {}
     after = None
-    while page := webhooks.failed_events(rt.uow(), after, PAGE):
-        outcomes.update(replay_events(rt, [event_id for _, event_id in page]))
+    while page := webhooks.failed_events(uow, after, PAGE):
+        outcomes.update(replay_events(uow, gateway, [event_id for _, event_id in page]))
         after = page[-1]
     return outcomes
 
 
 def list_alerts(
-    rt: Runtime, include_resolved: bool, after: int | None = None, limit: int = PAGE
+    uow: UnitOfWork, include_resolved: bool, after: int | None = None, limit: int = PAGE
 ) -> tuple[list[dict[str, object]], int | None]:
     """One page by id, and the id to pass as `after` for the next (None: this was the last)."""
     query = select(OperatorAlert).order_by(OperatorAlert.id).limit(limit + 1)
@@ -86,7 +87,7 @@ def list_alerts(
         query = query.where(OperatorAlert.resolved_at.is_(None))
     if after is not None:
         query = query.where(OperatorAlert.id > after)
-    with rt.uow() as uow:
+    with uow:
         found = list(uow.session.scalars(query))
         page = found[:limit]
         rows: list[dict[str, object]] = [
@@ -107,8 +108,8 @@ def list_alerts(
         return rows, (page[-1].id if len(found) > limit else None)
 
 
-def resolve_alert(rt: Runtime, alert_id: int) -> None:
-    with rt.uow() as uow:
+def resolve_alert(uow: UnitOfWork, alert_id: int) -> None:
+    with uow:
         alert = uow.session.get(OperatorAlert, alert_id, with_for_update={"key_share": True})
         if alert is None:
             raise NotFound(f"no alert {alert_id}", "not_found")
