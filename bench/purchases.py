@@ -60,6 +60,7 @@ from harness import (
 )
 from sqlalchemy import select, text
 
+from shared import queues
 from shared.bootstrap import Runtime, build
 from shared.cli.embedded import free_port, start_localstripe
 from shared.config import LOCALSTRIPE_KEY, Settings
@@ -504,9 +505,7 @@ def main() -> None:
             gunicorn = processes.spawn(
                 "web", gunicorn_argv(web_port, args.gunicorn_workers, "sync", 1), env
             )
-            worker = processes.spawn(
-                "worker", celery_argv("charges,webhooks,default", args.width), env
-            )
+            worker = processes.spawn("worker", celery_argv(",".join(queues.ALL), args.width), env)
             wait_http(f"{web}/healthz", processes)
             app = celery_client(REDIS_URL)
             wait_worker(app, processes)

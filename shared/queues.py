@@ -1,13 +1,59 @@
-"""Names the web and the worker agree on: queues and task names (plain strings)."""
+"""Names the web and the worker agree on (queues, task names) and the one way to send work.
+
+Plain strings and a callable: no Celery import here, so the web and the worker
+each hand in their own app's `send_task`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 CHARGES = "charges"
 WEBHOOKS = "webhooks"
 DEFAULT = "default"
+ALL = (CHARGES, WEBHOOKS, DEFAULT)
+"""Every queue a worker consumes by default (`-Q charges,webhooks,default`)."""
 
 CHARGE_PURCHASE = "seats.charge_purchase"
 PROCESS_EVENT = "seats.process_event"
+REFUND = "seats.refund"
 SWEEP = "seats.sweep"
 RECONCILE = "seats.reconcile"
+
+ROUTES = {CHARGE_PURCHASE: CHARGES, PROCESS_EVENT: WEBHOOKS, REFUND: DEFAULT}
+
+log = logging.getLogger("seats.queues")
+
+
+@dataclass(frozen=True)
+class Dispatcher:
+    """Wake-up calls for work already committed to the database.
+
+    A message that cannot be sent loses nothing: the sweep re-sends what the
+    database says is due, so a broker outage is logged, never raised.
+    """
+
+    send_task: Callable[..., object]
+
+    def _send(self, name: str, *args: object) -> None:
+        try:
+            self.send_task(name, args=list(args), queue=ROUTES[name])
+        except Exception:
+            log.warning("could not enqueue %s%r; the sweep will pick it up", name, args)
+
+    def charge(self, *purchase_ids: int) -> None:
+        for purchase_id in purchase_ids:
+            self._send(CHARGE_PURCHASE, purchase_id)
+
+    def process_event(self, *event_ids: str) -> None:
+        for event_id in event_ids:
+            self._send(PROCESS_EVENT, event_id)
+
+    def refund(self, *alert_ids: int) -> None:
+        for alert_id in alert_ids:
+            self._send(REFUND, alert_id)
 
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -28,10 +74,7 @@ def celery_settings(redis_url: str | None) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": DEFAULT,
-        "task_routes": {
-            CHARGE_PURCHASE: {"queue": CHARGES},
-            PROCESS_EVENT: {"queue": WEBHOOKS},
-        },
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
         "broker_transport_options": {"visibility_timeout": 3600},
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,

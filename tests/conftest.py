@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
+from shared import queues
 from shared.bootstrap import Runtime, build
 from shared.cli.embedded import embedded_database_url, free_port, start_localstripe, start_redis
 from shared.config import LOCALSTRIPE_KEY, Settings, normalize_database_url
@@ -88,11 +89,29 @@ def database_url(fresh_database: Any) -> str:
     return url
 
 
+def xdist_index() -> int:
+    """0 for a plain run or the first pytest-xdist process (gw0), 1 for gw1, ..."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
+def make_url_redis(configured: str) -> str:
+    base, _, number = configured.rpartition("/")
+    if not number.isdigit() or "://" not in base:
+        return configured
+    database = int(number) - xdist_index()
+    assert database >= 0, f"not enough Redis databases below {configured} for this many processes"
+    return f"{base}/{database}"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    """With pytest-xdist each test process gets a Redis database of its own (15, 14, ...
+    below the configured one), so one process's workers never take another's tasks."""
     configured = os.environ.get("REDIS_URL")
     if configured:
-        yield configured
+        url = make_url_redis(configured)
+        yield url
         return
     port = free_port()
     process = start_redis(port)
@@ -261,7 +280,7 @@ class Worker:
                 "--schedule",
                 str(schedule),
                 "-Q",
-                "charges,webhooks,default",
+                ",".join(queues.ALL),
                 "--concurrency",
                 "2",
                 "--loglevel",

@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from shared import queues
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
-from web import errors
+from web import errors, extensions
 from web.api import api
-from web.enqueue import Enqueuer
+from web.enqueue import dispatcher
 from web.health import health, install_metrics, observe
 from web.webhooks import stripe_webhooks
 
@@ -28,19 +28,21 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_BODY, JSON_SORT_KEYS=False
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["seats"] = runtime
-    app.extensions["seats.queue"] = Enqueuer(settings.redis_url)
-    app.extensions["seats.webhook_secrets"] = [
-        secret.strip()
-        for secret in (settings.stripe_webhook_secret or "").split(",")
-        if secret.strip()
-    ]
     broker = redis.Redis.from_url(
         settings.redis_url or queues.LOCAL_REDIS, socket_timeout=2, socket_connect_timeout=2
     )
-    app.extensions["seats.redis"] = broker
     registry = CollectorRegistry()
-    app.extensions["seats.metrics"] = registry
+    secrets = (settings.stripe_webhook_secret or "").split(",")
+    extensions.install(
+        app,
+        extensions.Parts(
+            runtime=runtime,
+            dispatcher=dispatcher(settings.redis_url),
+            broker=broker,
+            metrics=registry,
+            webhook_secrets=tuple(secret.strip() for secret in secrets if secret.strip()),
+        ),
+    )
     start, finish = observe(*install_metrics(registry, runtime, broker))
     app.before_request(start)
     app.after_request(finish)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from shared.bootstrap import Runtime
 from shared.services import cart, checkout, seats
 from web.auth import current_actor
 from web.bodies import CartItemBody, CheckoutBody, SeatsBody, parse, resource_id
-from web.enqueue import Enqueuer
+from web.extensions import dispatcher, runtime
 
 api = Blueprint("api", __name__, url_prefix="/api")
-
-
-def runtime() -> Runtime:
-    value: Runtime = current_app.extensions["seats"]
-    return value
-
-
-def enqueuer() -> Enqueuer:
-    value: Enqueuer = current_app.extensions["seats.queue"]
-    return value
 
 
 @api.get("/subscriptions/<int:subscription_id>")
@@ -78,7 +67,7 @@ def do_checkout() -> Response:
     purchase_id, status = checkout.checkout(
         runtime().uow(), actor, request.headers.get("Idempotency-Key"), body.payment_method
     )
-    enqueuer().charge(purchase_id)
+    dispatcher().charge(purchase_id)
     response = jsonify({"purchase_id": purchase_id, "status": status})
     response.status_code = 202
     response.headers["Location"] = f"/api/purchases/{purchase_id}"

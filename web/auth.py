@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from flask import g, request
 
 from shared.services.access import Actor, actor_for_token
 from web.errors import Unauthorized
+from web.extensions import runtime
 
 
 def current_actor() -> Actor:
@@ -16,8 +17,7 @@ def current_actor() -> Actor:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip() or len(token) > 200:
         raise Unauthorized("send Authorization: Bearer <token>", "unauthorized")
-    runtime = current_app.extensions["seats"]
-    with runtime.uow() as uow:
+    with runtime().uow() as uow:
         actor = actor_for_token(uow.session, token.strip())
     if actor is None:
         raise Unauthorized("this token is not valid", "unauthorized")

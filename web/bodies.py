@@ -10,10 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.domain.errors import Invalid, NotFound
+from shared.domain.ids import MAX_ID
 from shared.domain.seats import MAX_SEATS
 from web.errors import Malformed
-
-MAX_ID = 2**63 - 1
 
 Body = TypeVar("Body", bound=BaseModel)
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import redis
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -21,30 +21,21 @@ from sqlalchemy import text
 from shared import queues
 from shared.bootstrap import Runtime
 from shared.services import monitoring
+from web.extensions import parts
 
 health = Blueprint("health", __name__)
-
-
-def _runtime() -> Runtime:
-    value: Runtime = current_app.extensions["seats"]
-    return value
-
-
-def _broker() -> redis.Redis:
-    client: redis.Redis = current_app.extensions["seats.redis"]
-    return client
 
 
 @health.get("/healthz")
 def healthz() -> Response:
     checks = {"web": "ok", "database": "ok", "broker": "ok"}
     try:
-        with _runtime().engine.connect() as connection:
+        with parts().runtime.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception:
         checks["database"] = "unavailable"
     try:
-        _broker().ping()
+        parts().broker.ping()
     except Exception:
         checks["broker"] = "unavailable"
     healthy = all(value == "ok" for value in checks.values())
@@ -79,7 +70,7 @@ class StateCollector(Collector):
         depth = GaugeMetricFamily(
             "seats_queue_depth", "Messages waiting per queue", labels=["queue"]
         )
-        for queue in (queues.CHARGES, queues.WEBHOOKS, queues.DEFAULT):
+        for queue in queues.ALL:
             try:
                 depth.add_metric([queue], int(self.broker.llen(queue)))
             except redis.RedisError:
@@ -105,8 +96,7 @@ def install_metrics(
 
 @health.get("/metrics")
 def metrics() -> Response:
-    registry: CollectorRegistry = current_app.extensions["seats.metrics"]
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(parts().metrics), mimetype=CONTENT_TYPE_LATEST)
 
 
 def observe(

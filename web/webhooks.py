@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared.bootstrap import Runtime
 from shared.payments.stripe_adapter import verify_signature
 from shared.services import webhooks
-from web.enqueue import Enqueuer
 from web.errors import error_response
+from web.extensions import parts
 
 stripe_webhooks = Blueprint("webhooks", __name__)
 
@@ -22,8 +21,7 @@ def receive() -> Response:
     raw = request.get_data(cache=False)
     if len(raw) > webhooks.MAX_EVENT_BYTES:
         raise RequestEntityTooLarge()
-    runtime: Runtime = current_app.extensions["seats"]
-    secrets = current_app.extensions["seats.webhook_secrets"]
+    secrets = list(parts().webhook_secrets)
     header = request.headers.get("Stripe-Signature")
     if webhooks.signed_in_future(header) or not verify_signature(
         raw, header, secrets, webhooks.TOLERANCE_SECONDS
@@ -32,8 +30,7 @@ def receive() -> Response:
             400, "bad_signature", "missing, invalid, stale or future-dated Stripe-Signature"
         )
     event = webhooks.parse_event(raw)
-    stored = webhooks.store_event(runtime.uow(), event)
+    stored = webhooks.store_event(parts().runtime.uow(), event)
     if stored == "new":  # an `invalid` one is done already: nothing for a worker to do
-        enqueuer: Enqueuer = current_app.extensions["seats.queue"]
-        enqueuer.process_event(event["id"])
+        parts().dispatcher.process_event(event["id"])
     return jsonify({"received": True, "duplicate": stored == "duplicate"})

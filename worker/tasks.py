@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
@@ -15,6 +16,8 @@ from worker.app import app, runtime, settings
 from worker.failpoints import checkpoint
 
 log = logging.getLogger("seats.worker")
+
+send = queues.Dispatcher(app.send_task)
 
 
 def backoff(retries: int) -> float:
@@ -30,14 +33,30 @@ def _cause(error: Exception) -> str:
     return f"unexpected {type(error).__name__}"
 
 
-def wake(purchase_ids: list[int]) -> None:
-    for purchase_id in purchase_ids:
-        charge_purchase.apply_async(args=[purchase_id], queue=queues.CHARGES)
+def retry_or_give_up(task: Task, error: Exception, give_up: Callable[[str], str]) -> str:
+    """Retry with backoff; after `SEATS_CHARGE_RETRIES` retries, hand the cause to `give_up`
+    (park the purchase, leave the event `failed`), so nothing loops forever."""
+    if task.request.retries >= settings.charge_retries:
+        cause = f"{_cause(error)}: {error}"
+        log.error(
+            "%s%r gave up after %s retries: %s",
+            task.name,
+            task.request.args,
+            task.request.retries,
+            cause,
+        )
+        return give_up(cause)
+    raise task.retry(exc=error, countdown=backoff(task.request.retries)) from error
 
 
 @app.task(name=queues.CHARGE_PURCHASE, bind=True, max_retries=None)
 def charge_purchase(self: Task, purchase_id: int) -> str:
     rt = runtime()
+
+    def park(cause: str) -> str:
+        send.charge(*charging.park(rt.uow(), rt.engine, purchase_id, cause))
+        return "parked"
+
     try:
         outcome = charging.charge(
             rt.uow(),
@@ -48,35 +67,32 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
             action_ttl=settings.requires_action_ttl,
         )
     except Exception as error:
-        if self.request.retries >= settings.charge_retries:
-            log.error(
-                "purchase %s parked after %s retries: %s", purchase_id, self.request.retries, error
-            )
-            wake(charging.park(rt.uow(), purchase_id, f"{_cause(error)}: {error}"))
-            return "parked"
-        raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
-    wake(outcome.wake)
+        return retry_or_give_up(self, error, park)
+    send.charge(*outcome.wake)
     return outcome.next.value
 
 
 @app.task(name=queues.PROCESS_EVENT, bind=True, max_retries=None)
 def process_event(self: Task, event_id: str) -> str:
-    """Failures retry with backoff; after the last one the event stays `failed` for an operator."""
+    """After the last retry the event stays `failed` for an operator (`seats webhooks replay`)."""
     rt = runtime()
     try:
         outcome, woken = webhooks.process_event(rt.uow(), rt.gateway, event_id)
     except Exception as error:
-        if self.request.retries >= settings.charge_retries:
-            log.error("event %s parked after %s retries: %s", event_id, self.request.retries, error)
-            return "failed"
-        raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
-    wake(woken)
+        return retry_or_give_up(self, error, lambda cause: "failed")
+    send.charge(*woken)
     return outcome
 
 
-def enqueue_events(event_ids: list[str]) -> None:
-    for event_id in event_ids:
-        process_event.apply_async(args=[event_id], queue=queues.WEBHOOKS)
+@app.task(name=queues.REFUND, bind=True, max_retries=None)
+def refund(self: Task, alert_id: int) -> str:
+    """An automatic refund decided earlier; left pending for the sweep if Stripe stays away."""
+    rt = runtime()
+    try:
+        charging.refund(rt.uow(), rt.gateway, alert_id)
+    except Exception as error:
+        return retry_or_give_up(self, error, lambda cause: "pending")
+    return "done"
 
 
 @app.task(name=queues.SWEEP)
@@ -84,10 +100,12 @@ def sweep_work() -> int:
     """Re-send what the database says is due: the broker may have lost it."""
     rt = runtime()
     due = sweep.due_purchases(rt.uow(), settings.stuck_after)
-    wake(due)
+    send.charge(*due)
     events = webhooks.unprocessed_events(rt.uow(), settings.stuck_after)
-    enqueue_events(events)
-    return len(due) + len(events)
+    send.process_event(*events)
+    refunds = sweep.pending_refunds(rt.uow(), settings.stuck_after)
+    send.refund(*refunds)
+    return len(due) + len(events) + len(refunds)
 
 
 @app.task(name=queues.RECONCILE)
@@ -95,5 +113,5 @@ def reconcile() -> int:
     """Store the Stripe events we never received, then handle them like any other."""
     rt = runtime()
     fresh = webhooks.backfill(rt.uow(), rt.gateway)
-    enqueue_events(fresh)
+    send.process_event(*fresh)
     return len(fresh)

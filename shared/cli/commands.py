@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
 from shared.domain.errors import Refused
+from shared.payments.gateway import PaymentUnavailable
 from shared.services import operations, provisioning
 from shared.store.db import upgrade
 
@@ -264,6 +265,15 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _problem(error: Exception) -> tuple[str, str]:
+    """A failure as a code for scripts and a sentence for people (no traceback)."""
+    if isinstance(error, Refused):
+        return error.code, error.message
+    if isinstance(error, PaymentUnavailable):
+        return "payment_unavailable", f"cannot reach Stripe ({error}); try again later"
+    return "database_unavailable", "cannot reach the database; check DATABASE_URL"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     built: list[Runtime] = []
@@ -275,12 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         result, text = args.run(args, runtime)
-    except (Refused, OperationalError) as problem:
-        code, message = (
-            (problem.code, problem.message)
-            if isinstance(problem, Refused)
-            else ("database_unavailable", "cannot reach the database; check DATABASE_URL")
-        )
+    except (Refused, OperationalError, PaymentUnavailable) as problem:
+        code, message = _problem(problem)
         if args.json:
             print(json.dumps({"error": code, "message": message}))
         else:

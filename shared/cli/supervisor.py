@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared import queues
 from shared.cli import embedded as devstack
 from shared.config import LOCALSTRIPE_KEY, Settings
 from shared.store.db import upgrade
@@ -154,7 +155,7 @@ def run_stack(port: int | None) -> int:
                 "--loglevel",
                 "INFO",
                 "-Q",
-                "charges,webhooks,default",
+                ",".join(queues.ALL),
                 "--concurrency",
                 "2",
             ],
@@ -182,7 +183,7 @@ def run_stack(port: int | None) -> int:
     for line in [
         f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
         *lines,
-        "worker: celery, queues charges, webhooks, default",
+        f"worker: celery, queues {', '.join(queues.ALL)}",
         "beat: celery beat (sweeps)",
         "press Ctrl-C to stop everything",
     ]:

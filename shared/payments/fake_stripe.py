@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.domain.ids import id_from_text
 from shared.payments.gateway import (
     Card,
     Payment,
@@ -82,6 +83,15 @@ class FakeStripe:
         brand = "visa" if number.startswith("4") else "mastercard"
         self.cards[method] = {"number": number, "brand": brand, "customer": None}
         return method
+
+    def detach(self, method: str) -> None:
+        """The card is removed from the customer (in the dashboard, say) after checkout."""
+        self.cards[method]["detached"] = True
+
+    def refund_by_hand(self, intent_id: str, amount: int) -> None:
+        """An operator refunds part of a payment in the dashboard."""
+        self.refunds[f"re_fake{self.tag}x{next(self.ids)}"] = (intent_id, amount)
+        self.intents[intent_id].refunded += amount
 
     def fail(self, call: str, when: str = "before", times: int = 1) -> None:
         """Script the next `times` calls named `call` to fail."""
@@ -224,6 +234,11 @@ class FakeStripe:
         def act() -> Payment:
             intent = self.intents[payment_id]
             if intent.status == "requires_confirmation":
+                if self.cards.get(intent.method or "", {}).get("detached"):
+                    raise PaymentRefused(
+                        "payment_method_unexpected_state",
+                        friendly_message("payment_method_unexpected_state"),
+                    )
                 self._confirm(intent)
             return self._payment(intent)
 
@@ -257,14 +272,14 @@ class FakeStripe:
 
     def refund_payment(self, payment_id: str) -> str:
         def act() -> str:
-            for refund_id, (intent_id, _) in self.refunds.items():
-                if intent_id == payment_id:
-                    return refund_id
             intent = self.intents[payment_id]
+            done = [refund for refund, (paid, _) in self.refunds.items() if paid == payment_id]
+            if done and intent.refunded >= intent.amount:
+                return done[0]
             if intent.status != "succeeded":
                 raise PaymentRefused("charge_not_refundable", "only a succeeded payment refunds")
             refund_id = f"re_fake{self.tag}x{next(self.ids)}"
-            self.refunds[refund_id] = (payment_id, intent.amount)
+            self.refunds[refund_id] = (payment_id, intent.amount - intent.refunded)
             intent.refunded = intent.amount
             charge = {
                 "id": f"ch_{intent.id}",
@@ -337,10 +352,11 @@ class FakeStripe:
             amount=intent.amount,
             currency=intent.currency,
             customer_id=intent.customer,
+            payment_method_id=intent.method,
             client_secret=intent.client_secret,
             failure_code=code,
             failure_message=friendly_message(code) if code else None,
-            purchase_id=int(purchase) if purchase.isdigit() else None,
+            purchase_id=id_from_text(purchase),
         )
 
     def _event(self, kind: str, intent: _Intent | None, obj: dict[str, Any] | None = None) -> None:

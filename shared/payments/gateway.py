@@ -22,6 +22,7 @@ class Payment:
     amount: int
     currency: str
     customer_id: str | None = None
+    payment_method_id: str | None = None
     client_secret: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None

@@ -8,6 +8,7 @@ from typing import Any
 import requests
 import stripe
 
+from shared.domain.ids import id_from_text
 from shared.payments.gateway import (
     Card,
     Payment,
@@ -74,10 +75,11 @@ def _payment(resource: Any) -> Payment:
         amount=int(intent["amount"]),
         currency=intent["currency"],
         customer_id=_id_of(intent.get("customer")),
+        payment_method_id=_id_of(intent.get("payment_method")),
         client_secret=intent.get("client_secret"),
         failure_code=code,
         failure_message=friendly_message(code, failure.get("message")) if code else None,
-        purchase_id=int(purchase) if purchase and str(purchase).isdigit() else None,
+        purchase_id=id_from_text(purchase),
     )
 
 
@@ -150,13 +152,18 @@ class StripeGateway:
         return _payment(intent)
 
     def confirm_payment(self, payment_id: str) -> Payment:
-        """A decline is an outcome, not an error: the intent then says why."""
+        """A decline is an outcome, not an error: the intent then says why. A refusal
+        that left the intent unconfirmed (a card detached since checkout, say) is final."""
         try:
             intent = self.client.v1.payment_intents.confirm(
                 payment_id, options={"idempotency_key": f"{payment_id}-confirm"}
             )
-        except (stripe.CardError, stripe.InvalidRequestError):
-            return self.get_payment(payment_id)
+        except (stripe.CardError, stripe.InvalidRequestError) as error:
+            payment = self.get_payment(payment_id)
+            if payment.status == "requires_confirmation":
+                code = error.code or "payment_failed"
+                raise PaymentRefused(code, friendly_message(code, error.user_message)) from error
+            return payment
         except stripe.StripeError as error:
             raise _translate(error) from error
         return _payment(intent)
@@ -176,14 +183,22 @@ class StripeGateway:
             raise _translate(error) from error
 
     def refund_payment(self, payment_id: str) -> str:
-        """Stripe honours the key, but a stand-in may not: look for our refund first."""
+        """Stripe honours the key, but a stand-in may not: look at what was refunded first.
+
+        Only a payment already refunded in full counts as done; after a partial
+        refund (an operator's, say) Stripe refunds the rest.
+        """
         try:
-            existing = self.client.v1.refunds.list(
-                params={"payment_intent": payment_id, "limit": 100}
-            )
-            for refund in existing.data:
-                if refund.status in ("succeeded", "pending"):
-                    return str(refund.id)
+            amount = int(self.client.v1.payment_intents.retrieve(payment_id).amount)
+            existing = [
+                refund
+                for refund in self.client.v1.refunds.list(
+                    params={"payment_intent": payment_id, "limit": 100}
+                ).data
+                if refund.status in ("succeeded", "pending")
+            ]
+            if existing and sum(int(refund.amount) for refund in existing) >= amount:
+                return str(existing[0].id)
             refund = self.client.v1.refunds.create(
                 params={"payment_intent": payment_id},
                 options={"idempotency_key": f"refund-{payment_id}"},

@@ -133,6 +133,7 @@ def _release(session: Session, purchase: Purchase) -> list[int]:
 
 def _fail(session: Session, purchase: Purchase, code: str, message: str) -> list[int]:
     purchase.status = PurchaseStatus.FAILED
+    purchase.attention = None
     purchase.failure_code = code
     purchase.failure_message = message
     purchase.client_secret = None
@@ -214,9 +215,10 @@ def _stray(session: Session, purchase: Purchase, payment: Payment, ours: bool) -
             message=f"{payment.id} took {amount} for purchase {purchase.id} "
             f"({purchase.status}, paid by {paid_by}): a second payment is not owed, "
             "so it is refunded automatically",
+            refund_pending=True,
             **where,
         )
-        return FollowUp(refund_alert=alert.id if alert and alert.refund_id is None else None)
+        return FollowUp(refund_alert=alert.id if alert and alert.refund_pending else None)
     raise_alert(
         session,
         kind="foreign_payment",
@@ -248,6 +250,13 @@ def _late_payment(
 ) -> tuple[Outcome, FollowUp]:
     """Money arrived for a purchase that had failed: give the seats if they are still
     there to give at that price, otherwise refund it and tell an operator."""
+    decided = session.scalar(
+        select(OperatorAlert).where(OperatorAlert.dedupe_key == f"payment:{payment.id}")
+    )
+    if decided is not None:  # refunded (or being refunded): a replay never gives the seats
+        return Outcome(Next.DONE), FollowUp(
+            refund_alert=decided.id if decided.refund_pending else None
+        )
     plans = _locked_plans(session, purchase)
     if ours and payment.amount == purchase.amount_due and _still_to_buy(purchase, plans):
         log.warning("purchase %s paid after it failed: seats applied", purchase.id)
@@ -264,8 +273,9 @@ def _late_payment(
         stripe_object_id=payment.id,
         amount=payment.amount,
         dedupe_key=f"payment:{payment.id}",
+        refund_pending=True,
     )
-    refund = alert.id if alert and alert.refund_id is None else None
+    refund = alert.id if alert and alert.refund_pending else None
     return Outcome(Next.DONE), FollowUp(refund_alert=refund)
 
 
@@ -311,6 +321,7 @@ def _settle(
     if payment.status == "requires_action":
         purchase.status = PurchaseStatus.REQUIRES_ACTION
         purchase.client_secret = payment.client_secret
+        purchase.action_required_at = purchase.action_required_at or datetime.now(UTC)
         return Outcome(Next.POLL), FollowUp()
     if payment.status == "processing":
         return Outcome(Next.POLL), FollowUp()
@@ -350,25 +361,31 @@ def settle(
 
 
 def refund(uow: UnitOfWork, gateway: PaymentGateway, alert_id: int) -> None:
-    """Give back the payment an alert is about, once, and note it on the alert."""
+    """Give back the payment an alert is about, once, and note it on the alert.
+
+    The decision (`refund_pending`) was committed with the alert; an outage here
+    leaves it pending, and the sweep tries again until Stripe answers.
+    """
     with uow:
         alert = uow.session.get_one(OperatorAlert, alert_id)
-        if alert.refund_id is not None or alert.stripe_object_id is None:
+        if not alert.refund_pending or alert.stripe_object_id is None:
             return
         payment_id = alert.stripe_object_id
     try:
-        refund_id = gateway.refund_payment(payment_id)
+        refund_id: str | None = gateway.refund_payment(payment_id)
+        refused = None
     except PaymentRefused as refusal:
-        with uow:
-            alert = uow.session.get_one(OperatorAlert, alert_id, with_for_update=True)
-            alert.message += (
-                f". The automatic refund was refused ({refusal.code}): refund it by hand"
-            )
-            uow.commit()
-        return
+        refund_id, refused = None, refusal
     with uow:
         alert = uow.session.get_one(OperatorAlert, alert_id, with_for_update=True)
+        if not alert.refund_pending:
+            return
+        alert.refund_pending = False
         alert.refund_id = refund_id
+        if refused is not None:
+            alert.message += (
+                f". The automatic refund was refused ({refused.code}): refund it by hand"
+            )
         uow.commit()
 
 
@@ -376,6 +393,11 @@ def _apply_success(
     session: Session, purchase: Purchase, payment: Payment, card: Card | None
 ) -> list[int]:
     plans = _locked_plans(session, purchase)
+    paid_with = payment.payment_method_id
+    if paid_with and paid_with != purchase.payment_method_id:
+        # paid with another card than the one chosen at checkout (Stripe.js lets the
+        # customer do that): the card that paid is the one to keep for renewals
+        purchase.payment_method_id, purchase.new_card, card = paid_with, True, None
     for item in purchase.items:
         plan = plans[item.subscription_id]
         if item.seats_to_buy <= 0:
@@ -413,6 +435,7 @@ def _apply_success(
         organization.payment_method_last4 = card.last4 if card else None
         purchase.card_sync_pending = True
     purchase.status = PurchaseStatus.SUCCEEDED
+    purchase.attention = None
     purchase.amount_due = payment.amount
     purchase.client_secret = None
     purchase.completed_at = datetime.now(UTC)
@@ -520,7 +543,8 @@ def charge(
                 organization_id = purchase.organization_id
                 amount, currency = purchase.amount_due, purchase.currency
                 method, new_card = purchase.payment_method_id, purchase.new_card
-                age = ((now or datetime.now(UTC)) - purchase.created_at).total_seconds()
+                asked = purchase.action_required_at
+                waited = ((now or datetime.now(UTC)) - asked).total_seconds() if asked else 0.0
         if finished:
             if card_pending:
                 save_card(uow, gateway, purchase_id)
@@ -542,14 +566,22 @@ def charge(
                     payment_method_id=method,
                 )
                 checkpoint("payment_unrecorded")
-                intent_id = _record_intent(uow, purchase_id, created)
+                recorded = _record_intent(uow, purchase_id, created)
+                if recorded is None:  # parked or settled meanwhile: this intent is not needed
+                    gateway.cancel_payment(created.id)
+                    return Outcome(Next.DONE)
+                intent_id = recorded
                 payment = created if created.id == intent_id else None
                 checkpoint("payment_created")
             if payment is None:
                 payment = gateway.get_payment(intent_id)
             if payment.status == "requires_confirmation":
                 payment = gateway.confirm_payment(intent_id)
-            if payment.status == "requires_action" and action_ttl is not None and age > action_ttl:
+            if (
+                payment.status == "requires_action"
+                and action_ttl is not None
+                and waited > action_ttl
+            ):
                 payment = gateway.cancel_payment(intent_id)
             checkpoint("payment_confirmed")
         except PaymentRefused as refusal:
@@ -560,11 +592,19 @@ def charge(
         return outcome
 
 
-def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str:
-    """Write the intent id before confirming; if another run got there first, use theirs."""
+def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str | None:
+    """Write the intent id before confirming; if another run got there first, use theirs.
+
+    None when the purchase is no longer being charged (an operator or a parking
+    task released it): the caller must not confirm anything.
+    """
     with uow:
         purchase = _locked_purchase(uow.session, purchase_id)
+        if purchase.attention or purchase.status in TERMINAL:
+            return None
         if purchase.stripe_payment_intent_id is None:
+            if purchase.status != PurchaseStatus.PROCESSING:
+                return None
             purchase.stripe_payment_intent_id = created.id
             uow.commit()
             return created.id
@@ -602,14 +642,22 @@ def _settle_free(uow: UnitOfWork, purchase_id: int) -> Outcome:
         return Outcome(Next.DONE, wake)
 
 
-def park(uow: UnitOfWork, purchase_id: int, reason: str) -> list[int]:
+def park(uow: UnitOfWork, engine: Engine, purchase_id: int, reason: str) -> list[int]:
     """Stop retrying and show the purchase to an operator; nothing is applied or undone.
 
     A purchase parked before any PaymentIntent exists goes back to `pending`
     and lets go of its plans, so other buyers are not held up; it is priced
     again when an operator retries it. One with an intent keeps its plans,
-    since money may be on its way. Returns the purchases to wake.
+    since money may be on its way. Returns the purchases to wake. A purchase
+    another charger is working on right now is left to that charger.
     """
+    with purchase_lock(engine, purchase_id) as mine:
+        if not mine:
+            return []
+        return _park(uow, purchase_id, reason)
+
+
+def _park(uow: UnitOfWork, purchase_id: int, reason: str) -> list[int]:
     with uow:
         purchase = _locked_purchase(uow.session, purchase_id)
         if purchase.status in TERMINAL:

@@ -15,7 +15,7 @@ from shared.domain.seats import PurchaseStatus, require_manager
 from shared.services.access import Actor, organization_of
 from shared.services.cart import priced_lines
 from shared.store.db import UnitOfWork
-from shared.store.models import CartItem, Purchase, PurchaseItem, Subscription, User
+from shared.store.models import Purchase, PurchaseItem, Subscription, User
 
 PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -50,7 +50,7 @@ def request_fingerprint(payment_method: str | None) -> str:
 
 
 def _check_same_request(
-    session: Session, actor: Actor, purchase: Purchase, fingerprint: str
+    session: Session, actor: Actor, purchase: Purchase, fingerprint: str, now: datetime | None
 ) -> None:
     """Like Stripe: a key names one request; another body under it is a client bug, not a retry.
 
@@ -63,9 +63,10 @@ def _check_same_request(
     )
     if purchase.request_fingerprint not in (None, fingerprint):
         raise reused
-    in_cart = {
-        (item.subscription_id, item.active_seats)
-        for item in session.scalars(select(CartItem).where(CartItem.user_id == actor.user_id))
+    in_cart = {  # lines the first call left behind (a plan due for renewal) do not count
+        (line.item.subscription_id, line.item.active_seats)
+        for line in priced_lines(session, actor.user_id, now)
+        if line.problem is None
     }
     bought = {(item.subscription_id, item.active_seats) for item in purchase.items}
     if in_cart and in_cart != bought:
@@ -94,7 +95,7 @@ def checkout(
         fingerprint = request_fingerprint(payment_method)
         existing = _existing(session, actor, key)
         if existing is not None:
-            _check_same_request(session, actor, existing, fingerprint)
+            _check_same_request(session, actor, existing, fingerprint, now)
             return existing.id, existing.status
         organization = organization_of(session, actor)
         method = payment_method or organization.payment_method_id

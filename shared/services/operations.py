@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from shared.domain.errors import Conflict, NotFound
-from shared.payments.gateway import PaymentGateway
+from shared.payments.gateway import PaymentGateway, PaymentUnavailable
 from shared.services import charging, webhooks
 from shared.store.db import UnitOfWork
 from shared.store.models import OperatorAlert, Purchase
@@ -50,7 +51,14 @@ def retry_purchase(
             raise NotFound(f"no purchase {purchase_id}", "not_found")
         purchase.attention = None
         uow.commit()
-    charging.charge(uow, engine, gateway, purchase_id)
+    try:
+        charging.charge(uow, engine, gateway, purchase_id)
+    except (PaymentUnavailable, OperationalError) as error:
+        charging.park(uow, engine, purchase_id, f"retried by an operator: {error}")
+        raise Conflict(
+            f"purchase {purchase_id} could not be charged yet ({error}); it stays parked",
+            "still_unavailable",
+        ) from error
     with uow:
         return uow.session.get_one(Purchase, purchase_id).status
 

@@ -8,7 +8,7 @@ from sqlalchemy import and_, or_, select
 
 from shared.domain.seats import PurchaseStatus
 from shared.store.db import UnitOfWork
-from shared.store.models import Purchase
+from shared.store.models import OperatorAlert, Purchase
 
 BATCH = 1000
 
@@ -40,6 +40,21 @@ def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = No
                     ),
                 )
                 .order_by(Purchase.updated_at, Purchase.id)
+                .limit(BATCH)
+            )
+        )
+
+
+def pending_refunds(uow: UnitOfWork, stuck_after: float, now: datetime | None = None) -> list[int]:
+    """Alerts whose automatic refund was decided a while ago but not yet made (Stripe was
+    away when it was decided)."""
+    stale = (now or datetime.now(UTC)) - timedelta(seconds=stuck_after)
+    with uow:
+        return list(
+            uow.session.scalars(
+                select(OperatorAlert.id)
+                .where(OperatorAlert.refund_pending, OperatorAlert.created_at < stale)
+                .order_by(OperatorAlert.id)
                 .limit(BATCH)
             )
         )

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, tuple_
+from sqlalchemy import Table, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.domain.errors import NotFound, Refused
+from shared.domain.ids import id_from_text
 from shared.payments.gateway import PaymentGateway
 from shared.services import charging
 from shared.store.db import UnitOfWork
@@ -230,10 +231,10 @@ def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
         )
         if found is not None:
             return found
-        claimed = str((intent.get("metadata") or {}).get("purchase_id") or "")
-        if not claimed.isdigit() or int(claimed) > 2**63 - 1:
+        claimed = id_from_text((intent.get("metadata") or {}).get("purchase_id"))
+        if claimed is None:
             return None
-        return uow.session.scalar(select(Purchase.id).where(Purchase.id == int(claimed)))
+        return uow.session.scalar(select(Purchase.id).where(Purchase.id == claimed))
 
 
 def _flag_in(session: Session, kind: str, event_id: str, message: str, **fields: Any) -> None:
@@ -282,7 +283,8 @@ def _alert(kind: str, verb: str) -> Handler:
         with uow:
             ours = kind == "refund" and uow.session.scalar(
                 select(OperatorAlert.id).where(
-                    OperatorAlert.stripe_object_id == intent, OperatorAlert.refund_id.is_not(None)
+                    OperatorAlert.stripe_object_id == intent,
+                    or_(OperatorAlert.refund_id.is_not(None), OperatorAlert.refund_pending),
                 )
             )
             if ours:  # our own automatic refund: its alert already tells the story
@@ -324,6 +326,12 @@ def _sync_saved_card(
         )
     if known is None:
         return "ignored", []
+    with uow:
+        saving = uow.session.scalar(
+            select(Purchase.id).where(Purchase.organization_id == known, Purchase.card_sync_pending)
+        )
+    if saving is not None:  # our newer card is on its way to Stripe: its own event follows
+        return "processed", []
     card = gateway.default_card(customer_id)
     if card is not None and card.id == gone:
         card = None

@@ -142,6 +142,7 @@ class Purchase(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     request_fingerprint: Mapped[str | None] = mapped_column(Text)
     card_sync_pending: Mapped[bool] = mapped_column(default=False)
+    action_required_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -210,6 +211,7 @@ class OperatorAlert(Base):
     message: Mapped[str] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(Text, unique=True)
     refund_id: Mapped[str | None] = mapped_column(Text)
+    refund_pending: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

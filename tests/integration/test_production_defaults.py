@@ -24,18 +24,19 @@ def run(
     )
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [str(BIN / "celery"), "-A", "worker.app", "worker", "--pool", "solo"],
-        [str(BIN / "celery"), "-A", "worker.app", "beat", "--schedule", os.devnull],
-        [str(BIN / "gunicorn"), "--bind", "127.0.0.1:0", "web:create_app()"],
-    ],
-    ids=["worker", "beat", "web"],
-)
-def test_without_database_url_production_entry_points_stop_and_name_it(argv: list[str]) -> None:
-    if "gunicorn" in argv[0]:
-        argv = [*argv[:2], f"127.0.0.1:{free_port()}", *argv[3:]]
+ENTRY_POINTS = {
+    "worker": [str(BIN / "celery"), "-A", "worker.app", "worker", "--pool", "solo"],
+    # never /dev/null as a schedule: beat replaces a file it cannot open as a shelf
+    "beat": [str(BIN / "celery"), "-A", "worker.app", "beat", "--schedule", "{tmp}/schedule"],
+    "web": [str(BIN / "gunicorn"), "--bind", "127.0.0.1:{port}", "web:create_app()"],
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_without_database_url_production_entry_points_stop_and_name_it(
+    entry: str, tmp_path: Path
+) -> None:
+    argv = [part.format(tmp=tmp_path, port=free_port()) for part in ENTRY_POINTS[entry]]
     result = run(argv, unset=("DATABASE_URL",))
     assert result.returncode != 0
     assert "DATABASE_URL is not set" in result.stdout + result.stderr

@@ -295,10 +295,11 @@ def test_a_parked_purchase_without_an_intent_lets_the_next_buyer_through(shop: S
         with pytest.raises(PaymentUnavailable):
             shop.charge(first)
     assert shop.charge(second).next == "wait"
-    wake = charging.park(shop.rt.uow(), first, "payment processor unavailable: down")
+    reason = "payment processor unavailable: down"
+    wake = charging.park(shop.rt.uow(), shop.rt.engine, first, reason)
     assert wake == [second]
     parked = shop.purchase(first)
-    assert (parked.status, parked.attention) == ("pending", "payment processor unavailable: down")
+    assert (parked.status, parked.attention) == ("pending", reason)
     shop.charge(second)
     assert shop.purchase(second).status == "succeeded" and shop.counts() == (6, 6)
     with shop.rt.uow() as uow:
@@ -322,7 +323,9 @@ def test_a_parked_purchase_with_an_intent_keeps_its_plan_and_says_why_others_wai
     shop.fake.fail("confirm_payment")
     with pytest.raises(PaymentUnavailable):
         shop.charge(first)
-    assert charging.park(shop.rt.uow(), first, "payment processor unavailable") == []
+    assert (
+        charging.park(shop.rt.uow(), shop.rt.engine, first, "payment processor unavailable") == []
+    )
     assert shop.purchase(first).status == "processing"
     assert shop.charge(second).next == "wait"
     seen = checkout.get_purchase(shop.rt.uow(), later_buyer, second)

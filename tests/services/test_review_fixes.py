@@ -1,0 +1,254 @@
+"""Defects an adversarial review of the money-safety work found, each held by a test."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from shared.domain.errors import Conflict
+from shared.payments.fake_stripe import THREE_D_SECURE
+from shared.services import (
+    cart,
+    charging,
+    checkout,
+    monitoring,
+    operations,
+    provisioning,
+    sweep,
+    webhooks,
+)
+from shared.store.models import OperatorAlert
+from tests.services.conftest import Shop, later
+
+
+def settle_by_webhook(shop: Shop, intent: str, metadata: dict[str, str] | None = None) -> None:
+    obj = {"id": intent, "metadata": metadata or dict(shop.fake.intents[intent].metadata)}
+    webhooks.on_payment_intent(shop.rt.uow(), shop.fake, obj, "evt_test")
+
+
+def failed_3ds_purchase_paid_anyway(shop: Shop, target: int = 5) -> tuple[int, str]:
+    """3-D Secure fails, the cancel does not go through, and the customer pays anyway."""
+    purchase = shop.checkout(target, shop.fake.card(THREE_D_SECURE))
+    shop.charge(purchase)
+    intent = str(shop.purchase(purchase).stripe_payment_intent_id)
+    shop.fake.authenticate(intent, success=False)
+    shop.fake.fail("cancel_payment")
+    shop.charge(purchase)
+    assert shop.purchase(purchase).status == "failed"
+    return purchase, intent
+
+
+def test_parking_never_races_a_charger_of_the_same_purchase(shop: Shop) -> None:
+    """A task that gave up parks while a duplicate task is between create and record."""
+    first = shop.checkout(4)
+    second = shop.checkout(4, buyer=shop.another_buyer())
+
+    def another_task_gives_up(step: str) -> None:
+        if step == "payment_unrecorded":
+            assert charging.park(shop.rt.uow(), shop.rt.engine, first, "unavailable") == []
+            assert shop.charge(second).next == "wait"
+
+    shop.charge(first, checkpoint=another_task_gives_up)
+    assert shop.purchase(first).status == "succeeded"
+    assert shop.purchase(first).attention is None
+    shop.charge(second)
+    assert shop.purchase(second).failure_code == "already_paid"
+    assert shop.kept_money() == shop.purchase(first).amount_due
+
+
+def test_an_intent_made_for_a_purchase_parked_meanwhile_is_canceled_not_confirmed(
+    shop: Shop,
+) -> None:
+    first = shop.checkout(4)
+
+    def parked_by_an_operator(step: str) -> None:
+        if step == "payment_unrecorded":
+            charging._park(shop.rt.uow(), first, "parked by hand")
+
+    assert shop.charge(first, checkpoint=parked_by_an_operator).next == "done"
+    [intent] = shop.fake.intents.values()
+    assert intent.status == "canceled" and shop.kept_money() == 0
+
+
+def test_a_replayed_late_payment_that_was_refunded_never_gives_seats(shop: Shop) -> None:
+    purchase, intent = failed_3ds_purchase_paid_anyway(shop)
+    other = shop.checkout(5, shop.fake.card(THREE_D_SECURE), buyer=shop.another_buyer())
+    shop.charge(other)  # holds the plan, waiting for 3-D Secure
+    shop.fake.pay_with(intent, shop.fake.card())
+    settle_by_webhook(shop, intent)
+    [alert] = shop.alerts()
+    assert alert.kind == "late_payment" and alert.refund_id is not None
+    shop.fake.authenticate(str(shop.purchase(other).stripe_payment_intent_id), success=False)
+    shop.charge(other)
+    settle_by_webhook(shop, intent)  # an operator replays the stored event
+    assert shop.counts() == (3, 3) and shop.purchase(purchase).status == "failed"
+    assert len(shop.fake.refunds) == 1 and shop.kept_money() == 0
+
+
+def test_a_confirm_refused_for_good_fails_the_purchase_and_frees_the_plan(shop: Shop) -> None:
+    card = shop.fake.card()
+    first = shop.checkout(4, card)
+    second = shop.checkout(6, buyer=shop.another_buyer())
+    shop.fake.fail("confirm_payment")  # the intent is made; then the card is removed
+    with pytest.raises(Exception, match="APIConnectionError"):
+        shop.charge(first)
+    shop.fake.detach(card)
+    outcome = shop.charge(first)
+    failed = shop.purchase(first)
+    assert (failed.status, failed.failure_code) == ("failed", "payment_method_unexpected_state")
+    assert outcome.wake == [second]
+    assert shop.fake.intents[str(failed.stripe_payment_intent_id)].status == "canceled"
+
+
+def test_the_3d_secure_deadline_counts_from_when_the_bank_asked(shop: Shop) -> None:
+    first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
+    shop.charge(first, action_ttl=3600)
+    second = shop.checkout(6, shop.fake.card(THREE_D_SECURE), buyer=shop.another_buyer())
+    shop.fake.authenticate(str(shop.purchase(first).stripe_payment_intent_id))
+    assert shop.charge(first, action_ttl=3600, now=later(50 * 60)).wake == [second]
+    shop.charge(second, action_ttl=3600, now=later(65 * 60))  # waited 65 minutes in line
+    assert shop.purchase(second).status == "requires_action"
+
+
+def test_an_honest_checkout_retry_ignores_a_line_left_for_renewal(shop: Shop) -> None:
+    due = provisioning.create_subscription(
+        shop.rt.uow(),
+        shop.org,
+        "XLGL",
+        1000,
+        "month",
+        1,
+        date.today() - timedelta(days=40),
+        date.today() + timedelta(days=1),
+    )
+    cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 5, True)
+    cart.add_item(shop.rt.uow(), shop.buyer, due, 2, True)
+    card, after_renewal_day = shop.fake.card(), datetime.now(UTC) + timedelta(days=2)
+    first, _ = checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
+    again, _ = checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
+    assert again == first
+    cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 7, True, after_renewal_day)
+    with pytest.raises(Conflict, match="another request"):
+        checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
+
+
+def test_a_parked_purchase_that_gets_paid_is_no_longer_parked(shop: Shop) -> None:
+    purchase = shop.checkout(4)
+    shop.fake.fail("confirm_payment", when="after")  # charged, answer lost
+    with pytest.raises(Exception, match="APIConnectionError"):
+        shop.charge(purchase)
+    charging.park(shop.rt.uow(), shop.rt.engine, purchase, "payment processor unavailable")
+    assert monitoring.parked_purchases(shop.rt.uow()) >= 1
+    intent = str(shop.purchase(purchase).stripe_payment_intent_id)
+    shop.fake.fail("set_default_card")
+    settle_by_webhook(shop, intent)
+    done = shop.purchase(purchase)
+    assert (done.status, done.attention) == ("succeeded", None)
+    assert purchase in sweep.due_purchases(shop.rt.uow(), stuck_after=-1)
+
+
+def test_a_late_customer_updated_never_brings_back_the_older_card(shop: Shop) -> None:
+    old, new = shop.fake.card(), shop.fake.card()
+    shop.charge(shop.checkout(4, old))
+    [stale] = [e for e in shop.fake.events if e["type"] == "customer.updated"]
+    second = shop.checkout(5, new)
+    shop.fake.fail("set_default_card")
+    shop.charge(second)
+    webhooks.on_customer_updated(shop.rt.uow(), shop.fake, stale["data"]["object"], stale["id"])
+    assert shop.organization().payment_method_id == new
+    shop.charge(second)  # the sweep retries the card bookkeeping
+    customer = str(shop.organization().stripe_customer_id)
+    assert shop.organization().payment_method_id == new == shop.fake.customers[customer]["default"]
+
+
+def test_a_late_payment_with_another_card_saves_the_card_that_paid(shop: Shop) -> None:
+    paying = shop.fake.card()
+    purchase, intent = failed_3ds_purchase_paid_anyway(shop)
+    shop.fake.pay_with(intent, paying)
+    settle_by_webhook(shop, intent)
+    assert shop.purchase(purchase).status == "succeeded"
+    customer = str(shop.organization().stripe_customer_id)
+    assert shop.organization().payment_method_id == paying
+    assert shop.organization().payment_method_last4 == "4242"
+    assert shop.fake.customers[customer]["default"] == paying
+
+
+def test_an_operator_retry_while_stripe_is_away_keeps_the_purchase_parked(shop: Shop) -> None:
+    purchase = shop.checkout(4)
+    charging.park(shop.rt.uow(), shop.rt.engine, purchase, "payment processor unavailable")
+    shop.fake.fail("create_customer")
+    with pytest.raises(Conflict) as refused:
+        operations.retry_purchase(shop.rt.uow(), shop.rt.engine, shop.fake, purchase)
+    assert refused.value.code == "still_unavailable"
+    assert shop.purchase(purchase).attention is not None
+    assert operations.retry_purchase(shop.rt.uow(), shop.rt.engine, shop.fake, purchase) == (
+        "succeeded"
+    )
+
+
+def test_a_refund_stripe_could_not_make_stays_pending_until_the_sweep_makes_it(
+    shop: Shop,
+) -> None:
+    _, intent = failed_3ds_purchase_paid_anyway(shop)
+    shop.charge(shop.checkout(5, buyer=shop.another_buyer()))
+    shop.fake.pay_with(intent, shop.fake.card())
+    shop.fake.fail("refund_payment")
+    with pytest.raises(Exception, match="APIConnectionError"):
+        settle_by_webhook(shop, intent)
+    [alert] = shop.alerts()
+    assert alert.refund_pending and alert.refund_id is None
+    assert sweep.pending_refunds(shop.rt.uow(), stuck_after=-1) == [alert.id]
+    charging.refund(shop.rt.uow(), shop.fake, alert.id)
+    charging.refund(shop.rt.uow(), shop.fake, alert.id)
+    [alert] = shop.alerts()
+    assert not alert.refund_pending and alert.refund_id is not None
+    assert len(shop.fake.refunds) == 1 and alert.id not in sweep.pending_refunds(
+        shop.rt.uow(), stuck_after=-1
+    )
+
+
+def test_an_automatic_refund_after_a_partial_one_by_hand_gives_back_the_rest(
+    shop: Shop,
+) -> None:
+    _, intent = failed_3ds_purchase_paid_anyway(shop)
+    shop.charge(shop.checkout(5, buyer=shop.another_buyer()))
+    shop.fake.pay_with(intent, shop.fake.card())
+    shop.fake.refund_by_hand(intent, 100)
+    settle_by_webhook(shop, intent)
+    paid = shop.fake.intents[intent]
+    assert paid.refunded == paid.amount
+    assert sum(amount for (i, amount) in shop.fake.refunds.values() if i == intent) == paid.amount
+
+
+def test_a_refused_refund_is_noted_once(shop: Shop) -> None:
+    _, intent = failed_3ds_purchase_paid_anyway(shop)
+    shop.charge(shop.checkout(5, buyer=shop.another_buyer()))
+    shop.fake.pay_with(intent, shop.fake.card())
+    shop.fake.intents[intent].status = "canceled"  # e.g. disputed meanwhile: not refundable
+    with shop.rt.uow() as uow:
+        from shared.services.alerts import raise_alert
+
+        raise_alert(
+            uow.session,
+            kind="late_payment",
+            message="m",
+            stripe_object_id=intent,
+            dedupe_key=f"payment:{intent}",
+            refund_pending=True,
+            organization_id=shop.org,
+        )
+        uow.commit()
+        alert_id = uow.session.query(OperatorAlert.id).filter_by(stripe_object_id=intent).scalar()
+    for _ in range(3):
+        charging.refund(shop.rt.uow(), shop.fake, alert_id)
+    [alert] = shop.alerts()
+    assert alert.message.count("refused") == 1 and not alert.refund_pending
+
+
+def test_metadata_with_unicode_digits_is_not_our_purchase(shop: Shop) -> None:
+    purchase = shop.checkout(4)
+    customer = shop.fake.create_customer(123, "x")
+    foreign = shop.fake.create_foreign_payment(1, "usd", customer, {"purchase_id": "²"})
+    settle_by_webhook(shop, foreign.id)  # ignored, not a crash
+    assert shop.purchase(purchase).status == "pending"
