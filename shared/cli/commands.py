@@ -159,14 +159,17 @@ def up(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[s
 class Parser(argparse.ArgumentParser):
     """Usage errors follow --json too, so scripts always get an object to read."""
 
+    wants_json = False
+
     def error(self, message: str) -> Any:  # type: ignore[override]
-        if "--json" in sys.argv[1:]:
+        if self.wants_json:
             print(json.dumps({"error": "usage", "message": message}))
             raise SystemExit(2)
         super().error(message)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    Parser.wants_json = "--json" in argv
     common = Parser(add_help=False)
     # SUPPRESS: a subcommand must not reset a --json given before it (`seats --json org create`)
     common.add_argument(
@@ -275,7 +278,8 @@ def _problem(error: Exception) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser(argv).parse_args(argv)
     built: list[Runtime] = []
 
     def runtime() -> Runtime:
