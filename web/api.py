@@ -1,10 +1,11 @@
-"""The customer API (contract section 5). Each view: parse, who, one service call, answer."""
+"""The customer API (README "Using it"). Each view: parse, who, one service call, answer."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from shared.services import cart, checkout, seats
+from shared.services import cart, checkout, purchases, seats
+from shared.services.views import to_json
 from web.auth import current_actor
 from web.bodies import CartItemBody, CheckoutBody, SeatsBody, parse, resource_id
 from web.extensions import dispatcher, runtime
@@ -12,34 +13,39 @@ from web.extensions import dispatcher, runtime
 api = Blueprint("api", __name__, url_prefix="/api")
 
 
+def answer(view: object, status: int = 200) -> Response:
+    response = jsonify(to_json(view))
+    response.status_code = status
+    return response
+
+
 @api.get("/subscriptions/<int:subscription_id>")
 def get_subscription(subscription_id: int) -> Response:
     actor = current_actor()
-    return jsonify(seats.get_subscription(runtime().uow(), actor, resource_id(subscription_id)))
+    return answer(seats.get_subscription(runtime().uow(), actor, resource_id(subscription_id)))
 
 
 @api.post("/subscriptions/<int:subscription_id>/quote")
 def quote(subscription_id: int) -> Response:
     actor = current_actor()
     body = parse(SeatsBody)
-    offer = seats.quote_seats(
-        runtime().uow(), actor, resource_id(subscription_id), body.active_seats
+    return answer(
+        seats.quote_seats(runtime().uow(), actor, resource_id(subscription_id), body.active_seats)
     )
-    return jsonify(offer.as_dict())
 
 
 @api.put("/subscriptions/<int:subscription_id>/seats")
 def change_seats(subscription_id: int) -> Response:
     actor = current_actor()
     body = parse(SeatsBody)
-    return jsonify(
+    return answer(
         seats.change_seats(runtime().uow(), actor, resource_id(subscription_id), body.active_seats)
     )
 
 
 @api.get("/cart")
 def get_cart() -> Response:
-    return jsonify(cart.get_cart(runtime().uow(), current_actor()))
+    return answer(cart.get_cart(runtime().uow(), current_actor()))
 
 
 @api.post("/cart/items")
@@ -49,9 +55,7 @@ def add_to_cart() -> Response:
     view = cart.add_item(
         runtime().uow(), actor, body.subscription_id, body.active_seats, body.confirm
     )
-    response = jsonify(view)
-    response.status_code = 201
-    return response
+    return answer(view, 201)
 
 
 @api.delete("/cart/items/<int:item_id>")
@@ -68,8 +72,7 @@ def do_checkout() -> Response:
         runtime().uow(), actor, request.headers.get("Idempotency-Key"), body.payment_method
     )
     dispatcher().charge(purchase_id)
-    response = jsonify({"purchase_id": purchase_id, "status": status})
-    response.status_code = 202
+    response = answer({"purchase_id": purchase_id, "status": status}, 202)
     response.headers["Location"] = f"/api/purchases/{purchase_id}"
     return response
 
@@ -77,4 +80,4 @@ def do_checkout() -> Response:
 @api.get("/purchases/<int:purchase_id>")
 def get_purchase(purchase_id: int) -> Response:
     actor = current_actor()
-    return jsonify(checkout.get_purchase(runtime().uow(), actor, resource_id(purchase_id)))
+    return answer(purchases.get_purchase(runtime().uow(), actor, resource_id(purchase_id)))

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
 
+from shared.domain.seats import seats_to_buy
+
 ZERO_DECIMAL = frozenset(
     [
         "bif",
@@ -111,11 +113,11 @@ def quote(
         raise RenewalPending(f"the period ended on {renews_at.isoformat()}")
     period_days = (renews_at - current_period_start).days
     remaining_days = min((renews_at - today).days, period_days)
-    seats_to_buy = max(target_seats - paid_seats, 0)
-    subtotal = seats_to_buy * unit_amount
+    buying = seats_to_buy(paid_seats, target_seats)
+    subtotal = buying * unit_amount
     amount_due = prorate(subtotal, remaining_days, period_days)
     return Quote(
-        seats_to_buy=seats_to_buy,
+        seats_to_buy=buying,
         unit_amount=unit_amount,
         subtotal=subtotal,
         proration_coupon=subtotal - amount_due,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.domain.errors import Conflict, Forbidden, Invalid
+from shared.domain.errors import Forbidden, Invalid
 
 MAX_SEATS = 100_000
 MAX_UNIT_AMOUNT = 100_000_000_000
@@ -37,6 +37,19 @@ class PurchaseStatus(StrEnum):
 TERMINAL = frozenset({PurchaseStatus.SUCCEEDED, PurchaseStatus.FAILED})
 
 
+def seats_to_buy(paid_seats: int, target: int) -> int:
+    """How many seats raising to `target` buys: none at or below the paid count."""
+    return max(target - paid_seats, 0)
+
+
+@dataclass(frozen=True)
+class PurchaseNeeded:
+    """Raising above the paid count: `seats_to_buy` seats must be paid for first."""
+
+    target: int
+    seats_to_buy: int
+
+
 @dataclass(frozen=True)
 class SeatCounts:
     paid_seats: int
@@ -46,15 +59,15 @@ class SeatCounts:
         if not 1 <= self.active_seats <= self.paid_seats:
             raise ValueError("1 <= active_seats <= paid_seats must hold")
 
-    def free_change(self, target: int) -> SeatCounts:
-        """Any count from 1 up to what is already paid is free and immediate."""
+    def seats_to_buy(self, target: int) -> int:
+        return seats_to_buy(self.paid_seats, target)
+
+    def change_to(self, target: int) -> SeatCounts | PurchaseNeeded:
+        """The one place that decides: any count from 1 up to what is already paid is
+        free and immediate; above it, the extra seats must be bought first."""
         check_seat_count(target)
         if target > self.paid_seats:
-            raise Conflict(
-                f"{target} seats is more than the {self.paid_seats} already paid: "
-                "confirm a purchase of the extra seats",
-                "purchase_required",
-            )
+            return PurchaseNeeded(target, self.seats_to_buy(target))
         return SeatCounts(self.paid_seats, target)
 
     def after_purchase(self, target: int) -> SeatCounts:

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.domain.cards import Card
 from shared.domain.ids import id_from_text
 from shared.payments.gateway import (
-    Card,
     Payment,
     PaymentRefused,
     PaymentUnavailable,

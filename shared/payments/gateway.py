@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
-@dataclass(frozen=True)
-class Card:
-    id: str
-    brand: str | None
-    last4: str | None
+from shared.domain.cards import Card
 
 
 @dataclass(frozen=True)

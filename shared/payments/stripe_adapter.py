@@ -8,9 +8,9 @@ from typing import Any
 import requests
 import stripe
 
+from shared.domain.cards import Card
 from shared.domain.ids import id_from_text
 from shared.payments.gateway import (
-    Card,
     Payment,
     PaymentRefused,
     PaymentUnavailable,

@@ -14,6 +14,7 @@ from shared.domain.money import Quote
 from shared.domain.seats import check_seat_count, require_manager
 from shared.services.access import Actor, organization_of, subscription_for
 from shared.services.seats import price
+from shared.services.views import CartLineView, CartView, to_json
 from shared.store.db import UnitOfWork
 from shared.store.models import CartItem
 
@@ -47,39 +48,27 @@ def priced_lines(
     return lines
 
 
-def _line_view(line: Line) -> dict[str, object]:
-    offer = line.offer
-    view: dict[str, object] = {
-        "id": line.item.id,
-        "subscription_id": line.item.subscription_id,
-        "active_seats": line.item.active_seats,
-        "seats_to_buy": offer.seats_to_buy if offer else 0,
-        "unit_amount": line.item.subscription.unit_amount,
-        "subtotal": offer.subtotal if offer else 0,
-        "proration_coupon": offer.proration_coupon if offer else 0,
-        "amount_due": offer.amount_due if offer else 0,
-        "remaining_days": offer.remaining_days if offer else 0,
-        "period_days": offer.period_days if offer else 0,
-    }
-    if line.problem is not None:
-        view["error"] = line.problem.code
-        view["message"] = line.problem.message
-    return view
-
-
-def cart_view(session: Session, actor: Actor, now: datetime | None) -> dict[str, object]:
+def cart_view(session: Session, actor: Actor, now: datetime | None) -> CartView:
     lines = priced_lines(session, actor.user_id, now)
     currency = (
         lines[0].item.subscription.currency if lines else organization_of(session, actor).currency
     )
-    return {
-        "items": [_line_view(line) for line in lines],
-        "total_due": sum(line.offer.amount_due for line in lines if line.offer),
-        "currency": currency,
-    }
+    return CartView(
+        items=[
+            CartLineView.of(
+                line.item,
+                line.offer,
+                line.problem.code if line.problem else None,
+                line.problem.message if line.problem else None,
+            )
+            for line in lines
+        ],
+        total_due=sum(line.offer.amount_due for line in lines if line.offer),
+        currency=currency,
+    )
 
 
-def get_cart(uow: UnitOfWork, actor: Actor, now: datetime | None = None) -> dict[str, object]:
+def get_cart(uow: UnitOfWork, actor: Actor, now: datetime | None = None) -> CartView:
     with uow:
         return cart_view(uow.session, actor, now)
 
@@ -91,7 +80,7 @@ def add_item(
     target: int,
     confirmed: bool,
     now: datetime | None = None,
-) -> dict[str, object]:
+) -> CartView:
     """Seats above the paid count go in the cart only once the buyer said yes to the quote."""
     check_seat_count(target)
     with uow:
@@ -108,7 +97,7 @@ def add_item(
                 f"{offer.currency.upper()} minor units after the prorated coupon; "
                 'send "confirm": true to add them to the cart',
                 "confirmation_required",
-                quote=offer.as_dict(),
+                quote=to_json(offer),
             )
         lines = uow.session.scalars(
             select(CartItem)

@@ -20,11 +20,11 @@ from enum import StrEnum
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
+from shared.domain.cards import Card
 from shared.domain.errors import Conflict
 from shared.domain.money import plain_amount
 from shared.domain.seats import TERMINAL, PurchaseStatus, SeatCounts
 from shared.payments.gateway import (
-    Card,
     Payment,
     PaymentGateway,
     PaymentRefused,
@@ -430,9 +430,8 @@ def _apply_success(
         organization = session.get_one(
             Organization, purchase.organization_id, with_for_update={"key_share": True}
         )
-        organization.payment_method_id = purchase.payment_method_id
-        organization.payment_method_brand = card.brand if card else None
-        organization.payment_method_last4 = card.last4 if card else None
+        known = card if card and card.id == purchase.payment_method_id else None
+        organization.keep_card(known or Card(purchase.payment_method_id, None, None))
         purchase.card_sync_pending = True
     purchase.status = PurchaseStatus.SUCCEEDED
     purchase.attention = None
@@ -468,8 +467,7 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
             Organization, purchase.organization_id, with_for_update={"key_share": True}
         )
         if card is not None and organization.payment_method_id == method:
-            organization.payment_method_brand = card.brand
-            organization.payment_method_last4 = card.last4
+            organization.keep_card(card)
         uow.commit()
 
 

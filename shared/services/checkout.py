@@ -7,15 +7,15 @@ import json
 import re
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.domain.errors import Conflict, Invalid, NotFound
+from shared.domain.errors import Conflict, Invalid
 from shared.domain.seats import PurchaseStatus, require_manager
 from shared.services.access import Actor, organization_of
 from shared.services.cart import priced_lines
 from shared.store.db import UnitOfWork
-from shared.store.models import Purchase, PurchaseItem, Subscription, User
+from shared.store.models import Purchase, PurchaseItem, User
 
 PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -148,100 +148,3 @@ def checkout(
             session.delete(line.item)
         uow.commit()
         return purchase.id, purchase.status
-
-
-WAITING = {
-    "parked": "Charging this purchase is paused after repeated errors reaching the card "
-    "processor. Our team has been told and will retry it; nothing was charged yet.",
-    "behind_authentication": "Another purchase of the same plan is waiting for its buyer to "
-    "confirm the payment with their bank. Yours is priced and charged right after it, for the "
-    "seats still to buy (never more than you confirmed).",
-    "behind_parked": "Another purchase of the same plan is held up by errors reaching the card "
-    "processor, and our team has been told. Yours is priced and charged right after it.",
-    "plan_busy": "Another purchase of the same plan is being charged. Yours is priced and "
-    "charged right after it, for the seats still to buy (never more than you confirmed).",
-}
-
-
-def _waiting(session: Session, purchase: Purchase) -> dict[str, str] | None:
-    """Why a purchase is still `pending`, in words a buyer understands."""
-    if purchase.status != PurchaseStatus.PENDING:
-        return None
-    if purchase.attention:
-        code = "parked"
-    else:
-        plan_ids = [item.subscription_id for item in purchase.items]
-        holders = list(
-            session.scalars(
-                select(Purchase)
-                .join(Subscription, Subscription.charging_purchase_id == Purchase.id)
-                .where(Subscription.id.in_(plan_ids), Purchase.id != purchase.id)
-            )
-        )
-        ahead = session.scalar(
-            select(func.count(Purchase.id))
-            .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
-            .where(
-                PurchaseItem.subscription_id.in_(plan_ids),
-                Purchase.status == PurchaseStatus.PENDING,
-                Purchase.attention.is_(None),
-                Purchase.id < purchase.id,
-            )
-        )
-        if any(h.status == PurchaseStatus.REQUIRES_ACTION for h in holders):
-            code = "behind_authentication"
-        elif any(h.attention for h in holders):
-            code = "behind_parked"
-        elif holders or ahead:
-            code = "plan_busy"
-        else:
-            return None
-    return {"code": code, "message": WAITING[code]}
-
-
-def purchase_view(
-    purchase: Purchase, show_secret: bool, waiting: dict[str, str] | None = None
-) -> dict[str, object]:
-    view: dict[str, object] = {
-        "id": purchase.id,
-        "status": purchase.status,
-        "amount_due": purchase.amount_due,
-        "confirmed_amount": purchase.confirmed_amount,
-        "currency": purchase.currency,
-        "items": [
-            {
-                "subscription_id": item.subscription_id,
-                "active_seats": item.active_seats,
-                "seats_to_buy": item.seats_to_buy,
-                "subtotal": item.subtotal,
-                "proration_coupon": item.proration_coupon,
-                "amount_due": item.amount_due,
-            }
-            for item in purchase.items
-        ],
-        "created_at": purchase.created_at.isoformat(),
-    }
-    if purchase.failure_code:
-        view["failure_code"] = purchase.failure_code
-        view["failure_message"] = purchase.failure_message
-    if purchase.client_secret and show_secret:
-        view["client_secret"] = purchase.client_secret
-    if waiting is not None:
-        view["waiting"] = waiting
-    return view
-
-
-def get_purchase(uow: UnitOfWork, actor: Actor, purchase_id: int) -> dict[str, object]:
-    with uow:
-        purchase = uow.session.scalar(
-            select(Purchase).where(
-                Purchase.id == purchase_id, Purchase.organization_id == actor.organization_id
-            )
-        )
-        if purchase is None:
-            raise NotFound("no such purchase", "not_found")
-        return purchase_view(
-            purchase,
-            show_secret=actor.user_id == purchase.user_id,
-            waiting=_waiting(uow.session, purchase),
-        )

@@ -9,32 +9,11 @@ from sqlalchemy.orm import Session
 from shared.domain.errors import Conflict
 from shared.domain.money import Quote, RenewalPending, quote
 from shared.domain.periods import today_in
-from shared.domain.seats import SeatCounts, check_seat_count
+from shared.domain.seats import PurchaseNeeded, SeatCounts, check_seat_count
 from shared.services.access import Actor, subscription_for
+from shared.services.views import SubscriptionView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import Organization, SeatChange, Subscription
-
-
-def subscription_view(subscription: Subscription, organization: Organization) -> dict[str, object]:
-    card = None
-    if organization.payment_method_id:
-        card = {
-            "id": organization.payment_method_id,
-            "brand": organization.payment_method_brand,
-            "last4": organization.payment_method_last4,
-        }
-    return {
-        "id": subscription.id,
-        "product": subscription.product,
-        "unit_amount": subscription.unit_amount,
-        "currency": subscription.currency,
-        "interval": subscription.interval,
-        "current_period_start": subscription.current_period_start.isoformat(),
-        "renews_at": subscription.renews_at.isoformat(),
-        "paid_seats": subscription.paid_seats,
-        "active_seats": subscription.active_seats,
-        "payment_method": card,
-    }
+from shared.store.models import SeatChange, Subscription
 
 
 def price(subscription: Subscription, target: int, now: datetime | None = None) -> Quote:
@@ -82,10 +61,10 @@ def record_change(
     subscription.active_seats = after.active_seats
 
 
-def get_subscription(uow: UnitOfWork, actor: Actor, subscription_id: int) -> dict[str, object]:
+def get_subscription(uow: UnitOfWork, actor: Actor, subscription_id: int) -> SubscriptionView:
     with uow:
         subscription = subscription_for(uow.session, actor, subscription_id, manage=False)
-        return subscription_view(subscription, subscription.organization)
+        return SubscriptionView.of(subscription, subscription.organization)
 
 
 def quote_seats(
@@ -99,28 +78,25 @@ def quote_seats(
 
 def change_seats(
     uow: UnitOfWork, actor: Actor, subscription_id: int, target: int, now: datetime | None = None
-) -> dict[str, object]:
+) -> SubscriptionView:
     """Free changes apply at once; above the paid count the caller gets the quote to confirm."""
     check_seat_count(target)
     with uow:
         subscription = subscription_for(uow.session, actor, subscription_id, manage=True, lock=True)
         counts = SeatCounts(subscription.paid_seats, subscription.active_seats)
-        if target > counts.paid_seats:
+        decision = counts.change_to(target)
+        if isinstance(decision, PurchaseNeeded):
             offer = price(subscription, target, now)
             raise Conflict(
                 f"{target} seats is more than the {counts.paid_seats} already paid: "
                 f"confirm buying {offer.seats_to_buy} more",
                 "purchase_required",
-                quote=offer.as_dict(),
+                quote=to_json(offer),
             )
-        if target != counts.active_seats:
+        if decision != counts:
             record_change(
-                uow.session,
-                subscription,
-                counts.free_change(target),
-                "free change",
-                actor_user_id=actor.user_id,
+                uow.session, subscription, decision, "free change", actor_user_id=actor.user_id
             )
-        view = subscription_view(subscription, subscription.organization)
+        view = SubscriptionView.of(subscription, subscription.organization)
         uow.commit()
         return view

@@ -337,9 +337,7 @@ def _sync_saved_card(
         card = None
     with uow:
         organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
-        organization.payment_method_id = card.id if card else None
-        organization.payment_method_brand = card.brand if card else None
-        organization.payment_method_last4 = card.last4 if card else None
+        organization.keep_card(card)
         uow.commit()
     return "processed", []
 

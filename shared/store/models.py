@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.domain.cards import Card
+
 
 class Base(DeclarativeBase):
     pass
@@ -38,6 +40,18 @@ class Organization(Base):
     payment_method_brand: Mapped[str | None] = mapped_column(Text)
     payment_method_last4: Mapped[str | None] = mapped_column(String(4))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    @property
+    def saved_card(self) -> Card | None:
+        """The card renewals are charged to, if any."""
+        if self.payment_method_id is None:
+            return None
+        return Card(self.payment_method_id, self.payment_method_brand, self.payment_method_last4)
+
+    def keep_card(self, card: Card | None) -> None:
+        self.payment_method_id = card.id if card else None
+        self.payment_method_brand = card.brand if card else None
+        self.payment_method_last4 = card.last4 if card else None
 
 
 class User(Base):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from shared.bootstrap import Runtime
 from shared.services import provisioning, seats
 from shared.services.access import Actor
+from shared.services.views import SubscriptionView
 from shared.store.db import MIGRATIONS, upgrade
 from shared.store.models import Base
 
@@ -336,13 +337,13 @@ def test_concurrent_free_changes_are_all_recorded_in_order(runtime: Runtime) -> 
         if round_number % 2:
             targets.reverse()
         barrier = threading.Barrier(2)
-        results: list[dict[str, object] | BaseException] = [RuntimeError("not run")] * 2
+        results: list[SubscriptionView | BaseException] = [RuntimeError("not run")] * 2
 
         def change(
             index: int,
             targets: list[int] = targets,
             barrier: threading.Barrier = barrier,
-            results: list[dict[str, object] | BaseException] = results,
+            results: list[SubscriptionView | BaseException] = results,
         ) -> None:
             barrier.wait(timeout=10)
             try:
@@ -359,8 +360,8 @@ def test_concurrent_free_changes_are_all_recorded_in_order(runtime: Runtime) -> 
             thread.join(timeout=30)
         assert not any(thread.is_alive() for thread in threads)
         for index, result in enumerate(results):
-            assert isinstance(result, dict), f"round {round_number}: {result!r}"
-            assert result["active_seats"] == targets[index] and result["paid_seats"] == 3
+            assert isinstance(result, SubscriptionView), f"round {round_number}: {result!r}"
+            assert result.active_seats == targets[index] and result.paid_seats == 3
 
         with runtime.engine.connect() as connection:
             active = connection.execute(

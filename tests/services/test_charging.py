@@ -15,8 +15,9 @@ from shared.payments.fake_stripe import (
     FakeStripe,
 )
 from shared.payments.gateway import PaymentRefused, PaymentUnavailable
-from shared.services import charging, checkout, provisioning, sweep, webhooks
+from shared.services import charging, checkout, provisioning, purchases, sweep, webhooks
 from shared.services.access import Actor
+from shared.services.views import to_json
 from shared.store.models import Purchase, Subscription
 from tests.services.conftest import Shop, later
 
@@ -328,9 +329,9 @@ def test_a_parked_purchase_with_an_intent_keeps_its_plan_and_says_why_others_wai
     )
     assert shop.purchase(first).status == "processing"
     assert shop.charge(second).next == "wait"
-    seen = checkout.get_purchase(shop.rt.uow(), later_buyer, second)
-    assert seen["status"] == "pending"
-    assert seen["waiting"]["code"] == "behind_parked"  # type: ignore[index]
+    seen = purchases.get_purchase(shop.rt.uow(), later_buyer, second)
+    assert seen.status == "pending"
+    assert seen.waiting is not None and seen.waiting.code == "behind_parked"
 
 
 def test_a_purchase_queued_behind_3d_secure_says_why(shop: Shop) -> None:
@@ -339,9 +340,9 @@ def test_a_purchase_queued_behind_3d_secure_says_why(shop: Shop) -> None:
     buyer = shop.another_buyer()
     second = shop.checkout(6, buyer=buyer)
     assert shop.charge(second).next == "wait"
-    seen = checkout.get_purchase(shop.rt.uow(), buyer, second)
-    assert seen["waiting"]["code"] == "behind_authentication"  # type: ignore[index]
-    assert "waiting" not in checkout.get_purchase(shop.rt.uow(), shop.buyer, first)
+    seen = purchases.get_purchase(shop.rt.uow(), buyer, second)
+    assert seen.waiting is not None and seen.waiting.code == "behind_authentication"
+    assert "waiting" not in to_json(purchases.get_purchase(shop.rt.uow(), shop.buyer, first))
 
 
 def test_already_paid_charges_nothing_and_says_zero(shop: Shop) -> None:

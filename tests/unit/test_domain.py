@@ -9,10 +9,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from shared.config import Settings, normalize_database_url
-from shared.domain.errors import Conflict, Forbidden, Invalid, Refused
+from shared.domain.errors import Forbidden, Invalid, Refused
 from shared.domain.seats import (
     MAX_SEATS,
     TERMINAL,
+    PurchaseNeeded,
     PurchaseStatus,
     Role,
     SeatCounts,
@@ -49,44 +50,42 @@ def test_seat_counts_refuses_broken_invariants(paid: int, active: int) -> None:
 
 def test_free_change_down_and_back_up_to_paid() -> None:
     counts = SeatCounts(paid_seats=5, active_seats=5)
-    down = counts.free_change(2)
+    down = counts.change_to(2)
     assert down == SeatCounts(paid_seats=5, active_seats=2)
-    back = down.free_change(5)
-    assert back == SeatCounts(paid_seats=5, active_seats=5)
-    assert counts.free_change(1) == SeatCounts(paid_seats=5, active_seats=1)
+    assert isinstance(down, SeatCounts)
+    assert down.change_to(5) == SeatCounts(paid_seats=5, active_seats=5)
+    assert counts.change_to(1) == SeatCounts(paid_seats=5, active_seats=1)
     # The original is untouched (frozen value object).
     assert counts == SeatCounts(paid_seats=5, active_seats=5)
 
 
-def test_free_change_above_paid_requires_a_purchase() -> None:
+def test_above_paid_a_purchase_is_needed_for_the_difference() -> None:
     counts = SeatCounts(paid_seats=3, active_seats=2)
-    with pytest.raises(Conflict) as caught:
-        counts.free_change(4)
-    assert caught.value.code == "purchase_required"
-    assert "3" in caught.value.message
+    assert counts.change_to(4) == PurchaseNeeded(target=4, seats_to_buy=1)
+    assert counts.change_to(9) == PurchaseNeeded(target=9, seats_to_buy=6)
 
 
 @pytest.mark.parametrize("target", [0, -1, -100, MAX_SEATS + 1, 10**9])
-def test_free_change_refuses_out_of_range_counts(target: int) -> None:
+def test_a_change_refuses_out_of_range_counts(target: int) -> None:
     counts = SeatCounts(paid_seats=3, active_seats=2)
     with pytest.raises(Invalid) as caught:
-        counts.free_change(target)
+        counts.change_to(target)
     assert caught.value.code == "invalid_seats"
 
 
 @pytest.mark.parametrize("target", [True, False, 2.0, "2", None])
-def test_free_change_refuses_values_that_are_not_whole_numbers(target: object) -> None:
+def test_a_change_refuses_values_that_are_not_whole_numbers(target: object) -> None:
     counts = SeatCounts(paid_seats=3, active_seats=2)
     with pytest.raises(Invalid) as caught:
-        counts.free_change(target)  # type: ignore[arg-type]
+        counts.change_to(target)  # type: ignore[arg-type]
     assert caught.value.code == "invalid_seats"
 
 
-def test_free_change_above_max_seats_is_invalid_not_a_purchase() -> None:
+def test_above_max_seats_is_invalid_not_a_purchase() -> None:
     counts = SeatCounts(paid_seats=MAX_SEATS, active_seats=1)
-    assert counts.free_change(MAX_SEATS) == SeatCounts(MAX_SEATS, MAX_SEATS)
+    assert counts.change_to(MAX_SEATS) == SeatCounts(MAX_SEATS, MAX_SEATS)
     with pytest.raises(Invalid):
-        counts.free_change(MAX_SEATS + 1)
+        counts.change_to(MAX_SEATS + 1)
 
 
 def test_check_seat_count_bounds() -> None:
@@ -101,19 +100,22 @@ def test_check_seat_count_bounds() -> None:
 @given(seat_counts(), st.data())
 def test_free_change_never_touches_paid_seats(counts: SeatCounts, data: st.DataObject) -> None:
     target = data.draw(st.integers(1, counts.paid_seats))
-    changed = counts.free_change(target)
+    changed = counts.change_to(target)
+    assert isinstance(changed, SeatCounts)
     assert changed.paid_seats == counts.paid_seats
     assert changed.active_seats == target
 
 
 @FAST
 @given(seat_counts(), st.data())
-def test_free_change_above_paid_always_conflicts(counts: SeatCounts, data: st.DataObject) -> None:
+def test_above_paid_is_always_a_purchase_of_the_difference(
+    counts: SeatCounts, data: st.DataObject
+) -> None:
     assume(counts.paid_seats < MAX_SEATS)
     target = data.draw(st.integers(counts.paid_seats + 1, MAX_SEATS))
-    with pytest.raises(Conflict) as caught:
-        counts.free_change(target)
-    assert caught.value.code == "purchase_required"
+    decision = counts.change_to(target)
+    assert decision == PurchaseNeeded(target, target - counts.paid_seats)
+    assert counts.seats_to_buy(target) == decision.seats_to_buy
 
 
 def test_after_purchase_sets_both_counts_to_the_target() -> None:

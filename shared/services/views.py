@@ -1,0 +1,174 @@
+"""What the outside sees: small typed read models, and the one place they become JSON.
+
+Services return these (or domain values such as a Quote); the web API and the
+command line both print them with `to_json`, so a field is named and shaped
+once. A field marked `OPTIONAL` is left out while it is None (the API's
+`failure_code`, `client_secret`, `waiting`...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import Enum
+from typing import Any
+
+from shared.domain.cards import Card
+from shared.domain.money import Quote
+from shared.store.models import CartItem, Organization, Purchase, PurchaseItem, Subscription
+
+OPTIONAL = {"omit_if_none": True}
+"""Field metadata: leave the field out of the JSON while it is None."""
+
+
+def to_json(value: Any) -> Any:
+    """Read models, domain values, dates and enums as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            item.name: to_json(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if not (item.metadata.get("omit_if_none") and getattr(value, item.name) is None)
+        }
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_json(item) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class SubscriptionView:
+    id: int
+    product: str
+    unit_amount: int
+    currency: str
+    interval: str
+    current_period_start: date
+    renews_at: date
+    paid_seats: int
+    active_seats: int
+    payment_method: Card | None
+
+    @classmethod
+    def of(cls, subscription: Subscription, organization: Organization) -> SubscriptionView:
+        return cls(
+            id=subscription.id,
+            product=subscription.product,
+            unit_amount=subscription.unit_amount,
+            currency=subscription.currency,
+            interval=subscription.interval,
+            current_period_start=subscription.current_period_start,
+            renews_at=subscription.renews_at,
+            paid_seats=subscription.paid_seats,
+            active_seats=subscription.active_seats,
+            payment_method=organization.saved_card,
+        )
+
+
+@dataclass(frozen=True)
+class CartLineView:
+    """A line priced today; a line that cannot be bought today says why (`error`)."""
+
+    id: int
+    subscription_id: int
+    active_seats: int
+    seats_to_buy: int
+    unit_amount: int
+    subtotal: int
+    proration_coupon: int
+    amount_due: int
+    remaining_days: int
+    period_days: int
+    error: str | None = field(default=None, metadata=OPTIONAL)
+    message: str | None = field(default=None, metadata=OPTIONAL)
+
+    @classmethod
+    def of(
+        cls, item: CartItem, offer: Quote | None, error: str | None, message: str | None
+    ) -> CartLineView:
+        return cls(
+            id=item.id,
+            subscription_id=item.subscription_id,
+            active_seats=item.active_seats,
+            seats_to_buy=offer.seats_to_buy if offer else 0,
+            unit_amount=item.subscription.unit_amount,
+            subtotal=offer.subtotal if offer else 0,
+            proration_coupon=offer.proration_coupon if offer else 0,
+            amount_due=offer.amount_due if offer else 0,
+            remaining_days=offer.remaining_days if offer else 0,
+            period_days=offer.period_days if offer else 0,
+            error=error,
+            message=message,
+        )
+
+
+@dataclass(frozen=True)
+class CartView:
+    items: list[CartLineView]
+    total_due: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class PurchaseLineView:
+    subscription_id: int
+    active_seats: int
+    seats_to_buy: int
+    subtotal: int
+    proration_coupon: int
+    amount_due: int
+
+    @classmethod
+    def of(cls, item: PurchaseItem) -> PurchaseLineView:
+        return cls(
+            subscription_id=item.subscription_id,
+            active_seats=item.active_seats,
+            seats_to_buy=item.seats_to_buy,
+            subtotal=item.subtotal,
+            proration_coupon=item.proration_coupon,
+            amount_due=item.amount_due,
+        )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a purchase is still `pending`, for a person."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PurchaseView:
+    id: int
+    status: str
+    amount_due: int
+    confirmed_amount: int
+    currency: str
+    items: list[PurchaseLineView]
+    created_at: datetime
+    failure_code: str | None = field(default=None, metadata=OPTIONAL)
+    failure_message: str | None = field(default=None, metadata=OPTIONAL)
+    client_secret: str | None = field(default=None, metadata=OPTIONAL)
+    waiting: Waiting | None = field(default=None, metadata=OPTIONAL)
+
+    @classmethod
+    def of(cls, purchase: Purchase, show_secret: bool, waiting: Waiting | None) -> PurchaseView:
+        return cls(
+            id=purchase.id,
+            status=purchase.status,
+            amount_due=purchase.amount_due,
+            confirmed_amount=purchase.confirmed_amount,
+            currency=purchase.currency,
+            items=[PurchaseLineView.of(item) for item in purchase.items],
+            created_at=purchase.created_at,
+            failure_code=purchase.failure_code,
+            failure_message=purchase.failure_message if purchase.failure_code else None,
+            client_secret=purchase.client_secret if show_secret else None,
+            waiting=waiting,
+        )
