@@ -15,6 +15,8 @@ from sqlalchemy.exc import OperationalError
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
 from shared.domain.errors import Refused
+from shared.domain.periods import INTERVALS
+from shared.domain.seats import PurchaseStatus, Role
 from shared.payments.gateway import PaymentUnavailable
 from shared.services import operations, provisioning
 from shared.store.db import upgrade
@@ -168,6 +170,13 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def _group(groups: Any, name: str, help: str) -> Any:
+    """`seats NAME ACTION ...`: a command group whose action is required."""
+    return groups.add_parser(name, help=help).add_subparsers(
+        dest="action", required=True, parser_class=Parser
+    )
+
+
 def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     Parser.wants_json = "--json" in argv
     common = Parser(add_help=False)
@@ -182,68 +191,52 @@ def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     root.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     groups = root.add_subparsers(dest="group", required=True, parser_class=Parser)
 
-    db = groups.add_parser("db", help="database schema").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    db = _group(groups, "db", "database schema")
     db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(run=db_upgrade)
 
-    org = groups.add_parser("org", help="organizations").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    org = _group(groups, "org", "organizations")
     create = org.add_parser("create", parents=[common], help="create an organization")
     create.add_argument("--name", required=True)
     create.add_argument("--currency", default="cad")
     create.add_argument("--timezone", default="America/Toronto")
     create.set_defaults(run=org_create)
 
-    user = groups.add_parser("user", help="users").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    user = _group(groups, "user", "users")
     create = user.add_parser("create", parents=[common], help="create a user and an API token")
     create.add_argument("--org", type=_positive, required=True)
     create.add_argument("--email", required=True)
-    create.add_argument("--role", choices=["owner", "buyer", "member"], required=True)
+    create.add_argument("--role", choices=[role.value for role in Role], required=True)
     create.set_defaults(run=user_create)
 
-    sub = groups.add_parser("subscription", help="plans").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    sub = _group(groups, "subscription", "plans")
     create = sub.add_parser("create", parents=[common], help="create a plan")
     create.add_argument("--org", type=_positive, required=True)
     create.add_argument("--product", required=True)
     create.add_argument(
         "--unit-amount", type=_positive, required=True, help="per seat and period, in minor units"
     )
-    create.add_argument("--interval", choices=["month", "year"], required=True)
+    create.add_argument("--interval", choices=INTERVALS, required=True)
     create.add_argument("--seats", type=_positive, required=True)
     create.add_argument("--period-start", type=_date, required=True)
     create.add_argument("--renews-at", type=_date, default=None)
     create.set_defaults(run=subscription_create)
 
-    ops = groups.add_parser("purchases", help="operators: purchases").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    ops = _group(groups, "purchases", "operators: purchases")
     listing = ops.add_parser("list", parents=[common], help="latest purchases")
-    listing.add_argument(
-        "--status", choices=["pending", "processing", "requires_action", "succeeded", "failed"]
-    )
+    listing.add_argument("--status", choices=[status.value for status in PurchaseStatus])
     listing.add_argument("--parked", action="store_true", help="only those waiting for you")
     listing.set_defaults(run=purchases_list)
     retry = ops.add_parser("retry", parents=[common], help="un-park a purchase and charge it now")
     retry.add_argument("id", type=_positive)
     retry.set_defaults(run=purchases_retry)
 
-    hooks = groups.add_parser("webhooks", help="operators: Stripe events").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    hooks = _group(groups, "webhooks", "operators: Stripe events")
     replay = hooks.add_parser("replay", parents=[common], help="process stored events again")
     replay.add_argument("event_id", nargs="?")
     replay.add_argument("--failed", action="store_true", help="every event whose processing failed")
     replay.set_defaults(run=webhooks_replay)
 
-    alerts = groups.add_parser("alerts", help="operators: refunds, disputes").add_subparsers(
-        dest="action", required=True, parser_class=Parser
-    )
+    alerts = _group(groups, "alerts", "operators: refunds, disputes")
     listing = alerts.add_parser("list", parents=[common], help="open alerts")
     listing.add_argument("--all", action="store_true", help="resolved ones too")
     listing.add_argument(

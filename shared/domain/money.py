@@ -1,4 +1,4 @@
-"""The money rule (contract section 2): exact proration in integer minor units."""
+"""The money rule (README "The money rule"): exact proration in integer minor units."""
 
 from __future__ import annotations
 

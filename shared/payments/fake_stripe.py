@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.domain.cards import Card
-from shared.domain.ids import id_from_text
 from shared.payments.gateway import (
     Payment,
     PaymentRefused,
+    PaymentRequest,
     PaymentUnavailable,
     friendly_message,
 )
@@ -207,27 +207,22 @@ class FakeStripe:
         self.intents[intent.id] = intent
         return intent
 
-    def create_payment(
-        self,
-        *,
-        purchase_id: int,
-        amount: int,
-        currency: str,
-        customer_id: str,
-        payment_method_id: str,
-    ) -> Payment:
+    def create_payment(self, request: PaymentRequest) -> Payment:
         def act() -> Payment:
-            if payment_method_id not in self.cards:
+            if request.payment_method_id not in self.cards:
                 raise PaymentRefused(
                     "payment_method_unknown", friendly_message("payment_method_unknown")
                 )
-            metadata = {"purchase_id": str(purchase_id)}
-            intent = self._new_intent(amount, currency, customer_id, payment_method_id, metadata)
+            intent = self._new_intent(
+                request.amount,
+                request.currency,
+                request.customer_id,
+                request.payment_method_id,
+                dict(request.metadata),
+            )
             return self._payment(intent)
 
-        key = f"purchase-{purchase_id}-intent-{amount}"
-        params = (purchase_id, amount, currency, customer_id, payment_method_id)
-        result: Payment = self._call("create_payment", key, params, act)
+        result: Payment = self._call("create_payment", request.idempotency_key, (request,), act)
         return replace(result, status=self.intents[result.id].status)
 
     def confirm_payment(self, payment_id: str) -> Payment:
@@ -345,7 +340,6 @@ class FakeStripe:
 
     def _payment(self, intent: _Intent) -> Payment:
         code = intent.failure_code if intent.status == "requires_payment_method" else None
-        purchase = intent.metadata.get("purchase_id", "")
         return Payment(
             id=intent.id,
             status=intent.status,
@@ -356,7 +350,7 @@ class FakeStripe:
             client_secret=intent.client_secret,
             failure_code=code,
             failure_message=friendly_message(code) if code else None,
-            purchase_id=id_from_text(purchase),
+            metadata=dict(intent.metadata),
         )
 
     def _event(self, kind: str, intent: _Intent | None, obj: dict[str, Any] | None = None) -> None:

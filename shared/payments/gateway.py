@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.domain.cards import Card
+from shared.domain.ids import id_from_text
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    """One charge we ask for. `reference` names it in our books ("purchase-12"): with the
+    amount it makes the idempotency key, and it goes with the payment as metadata."""
+
+    reference: str
+    amount: int
+    currency: str
+    customer_id: str
+    payment_method_id: str
+    metadata: dict[str, str]
+
+    @property
+    def idempotency_key(self) -> str:
+        # the amount is part of the key: a purchase priced again after it was parked gets
+        # a new intent, never Stripe's idempotency error
+        return f"{self.reference}-intent-{self.amount}"
 
 
 @dataclass(frozen=True)
@@ -21,7 +41,12 @@ class Payment:
     client_secret: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
-    purchase_id: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def purchase_id(self) -> int | None:
+        """The purchase this payment names (anyone can write metadata: check it is ours)."""
+        return id_from_text(self.metadata.get("purchase_id"))
 
 
 class PaymentRefused(Exception):
@@ -43,15 +68,7 @@ class PaymentGateway(Protocol):
 
     def attach_card(self, payment_method_id: str, customer_id: str) -> Card: ...
 
-    def create_payment(
-        self,
-        *,
-        purchase_id: int,
-        amount: int,
-        currency: str,
-        customer_id: str,
-        payment_method_id: str,
-    ) -> Payment: ...
+    def create_payment(self, request: PaymentRequest) -> Payment: ...
 
     def confirm_payment(self, payment_id: str) -> Payment: ...
 

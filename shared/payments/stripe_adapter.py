@@ -9,10 +9,10 @@ import requests
 import stripe
 
 from shared.domain.cards import Card
-from shared.domain.ids import id_from_text
 from shared.payments.gateway import (
     Payment,
     PaymentRefused,
+    PaymentRequest,
     PaymentUnavailable,
     friendly_message,
 )
@@ -68,7 +68,6 @@ def _payment(resource: Any) -> Payment:
     failure = intent.get("last_payment_error") or {}
     code = failure.get("code") or failure.get("decline_code")
     metadata = intent.get("metadata") or {}
-    purchase = metadata.get("purchase_id")
     return Payment(
         id=intent["id"],
         status=intent["status"],
@@ -79,7 +78,7 @@ def _payment(resource: Any) -> Payment:
         client_secret=intent.get("client_secret"),
         failure_code=code,
         failure_message=friendly_message(code, failure.get("message")) if code else None,
-        purchase_id=id_from_text(purchase),
+        metadata={str(key): str(value) for key, value in metadata.items()},
     )
 
 
@@ -125,27 +124,17 @@ class StripeGateway:
             raise _translate(error) from error
         return _card(method.to_dict())
 
-    def create_payment(
-        self,
-        *,
-        purchase_id: int,
-        amount: int,
-        currency: str,
-        customer_id: str,
-        payment_method_id: str,
-    ) -> Payment:
+    def create_payment(self, request: PaymentRequest) -> Payment:
         try:
             intent = self.client.v1.payment_intents.create(
                 params={
-                    "amount": amount,
-                    "currency": currency,
-                    "customer": customer_id,
-                    "payment_method": payment_method_id,
-                    "metadata": {"purchase_id": str(purchase_id)},
+                    "amount": request.amount,
+                    "currency": request.currency,
+                    "customer": request.customer_id,
+                    "payment_method": request.payment_method_id,
+                    "metadata": request.metadata,
                 },
-                # the amount is part of the key: a purchase priced again after it was
-                # parked gets a new intent, never Stripe's idempotency error
-                options={"idempotency_key": f"purchase-{purchase_id}-intent-{amount}"},
+                options={"idempotency_key": request.idempotency_key},
             )
         except stripe.StripeError as error:
             raise _translate(error) from error

@@ -28,6 +28,7 @@ from shared.payments.gateway import (
     Payment,
     PaymentGateway,
     PaymentRefused,
+    PaymentRequest,
     PaymentUnavailable,
     friendly_message,
 )
@@ -103,7 +104,7 @@ def _locked_plans(session: Session, purchase: Purchase) -> dict[int, Subscriptio
     return {plan.id: plan for plan in plans}
 
 
-def _next_in_line(session: Session, plan_ids: list[int], before: int | None = None) -> list[int]:
+def next_in_line(session: Session, plan_ids: list[int], before: int | None = None) -> list[int]:
     """The oldest purchase still waiting for each plan: plans serve buyers in checkout order."""
     query = (
         select(func.min(Purchase.id))
@@ -128,7 +129,7 @@ def _release(session: Session, purchase: Purchase) -> list[int]:
         .where(Subscription.id.in_(plan_ids), Subscription.charging_purchase_id == purchase.id)
         .values(charging_purchase_id=None)
     )
-    return [waiting for waiting in _next_in_line(session, plan_ids) if waiting != purchase.id]
+    return [waiting for waiting in next_in_line(session, plan_ids) if waiting != purchase.id]
 
 
 def _fail(session: Session, purchase: Purchase, code: str, message: str) -> list[int]:
@@ -156,7 +157,7 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
             held = session.get(Purchase, holder)
             if held is not None and held.status not in TERMINAL:
                 return Outcome(Next.WAIT)
-    ahead = _next_in_line(session, list(plans), before=purchase.id)
+    ahead = next_in_line(session, list(plans), before=purchase.id)
     if ahead:
         return Outcome(Next.WAIT, ahead)
     offers = []
@@ -557,11 +558,14 @@ def charge(
             if intent_id is None:
                 card = gateway.attach_card(method, customer) if new_card else None
                 created = gateway.create_payment(
-                    purchase_id=purchase_id,
-                    amount=amount,
-                    currency=currency,
-                    customer_id=customer,
-                    payment_method_id=method,
+                    PaymentRequest(
+                        reference=f"purchase-{purchase_id}",
+                        amount=amount,
+                        currency=currency,
+                        customer_id=customer,
+                        payment_method_id=method,
+                        metadata={"purchase_id": str(purchase_id)},
+                    )
                 )
                 checkpoint("payment_unrecorded")
                 recorded = _record_intent(uow, purchase_id, created)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.domain.errors import NotFound
 from shared.domain.seats import PurchaseStatus
 from shared.services.access import Actor
+from shared.services.charging import next_in_line
 from shared.services.views import PurchaseView, Waiting
 from shared.store.db import UnitOfWork
-from shared.store.models import Purchase, PurchaseItem, Subscription
+from shared.store.models import Purchase, Subscription
 
 WAITING = {
     "parked": "Charging this purchase is paused after repeated errors reaching the card "
@@ -40,16 +41,7 @@ def _waiting(session: Session, purchase: Purchase) -> Waiting | None:
                 .where(Subscription.id.in_(plan_ids), Purchase.id != purchase.id)
             )
         )
-        ahead = session.scalar(
-            select(func.count(Purchase.id))
-            .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
-            .where(
-                PurchaseItem.subscription_id.in_(plan_ids),
-                Purchase.status == PurchaseStatus.PENDING,
-                Purchase.attention.is_(None),
-                Purchase.id < purchase.id,
-            )
-        )
+        ahead = next_in_line(session, plan_ids, before=purchase.id)
         if any(h.status == PurchaseStatus.REQUIRES_ACTION for h in holders):
             code = "behind_authentication"
         elif any(h.attention for h in holders):

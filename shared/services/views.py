@@ -41,6 +41,12 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def _take(cls: type[Any], source: object, **given: Any) -> Any:
+    """A read model whose fields not `given` are read off `source` by the same names."""
+    names = [item.name for item in dataclasses.fields(cls) if item.name not in given]
+    return cls(**{name: getattr(source, name) for name in names}, **given)
+
+
 @dataclass(frozen=True)
 class SubscriptionView:
     id: int
@@ -56,18 +62,8 @@ class SubscriptionView:
 
     @classmethod
     def of(cls, subscription: Subscription, organization: Organization) -> SubscriptionView:
-        return cls(
-            id=subscription.id,
-            product=subscription.product,
-            unit_amount=subscription.unit_amount,
-            currency=subscription.currency,
-            interval=subscription.interval,
-            current_period_start=subscription.current_period_start,
-            renews_at=subscription.renews_at,
-            paid_seats=subscription.paid_seats,
-            active_seats=subscription.active_seats,
-            payment_method=organization.saved_card,
-        )
+        view: SubscriptionView = _take(cls, subscription, payment_method=organization.saved_card)
+        return view
 
 
 @dataclass(frozen=True)
@@ -91,20 +87,18 @@ class CartLineView:
     def of(
         cls, item: CartItem, offer: Quote | None, error: str | None, message: str | None
     ) -> CartLineView:
-        return cls(
-            id=item.id,
-            subscription_id=item.subscription_id,
-            active_seats=item.active_seats,
-            seats_to_buy=offer.seats_to_buy if offer else 0,
+        priced = ("seats_to_buy", "subtotal", "proration_coupon", "amount_due")
+        days = ("remaining_days", "period_days")
+        amounts = {name: getattr(offer, name) if offer else 0 for name in priced + days}
+        view: CartLineView = _take(
+            cls,
+            item,
             unit_amount=item.subscription.unit_amount,
-            subtotal=offer.subtotal if offer else 0,
-            proration_coupon=offer.proration_coupon if offer else 0,
-            amount_due=offer.amount_due if offer else 0,
-            remaining_days=offer.remaining_days if offer else 0,
-            period_days=offer.period_days if offer else 0,
             error=error,
             message=message,
+            **amounts,
         )
+        return view
 
 
 @dataclass(frozen=True)
@@ -125,14 +119,8 @@ class PurchaseLineView:
 
     @classmethod
     def of(cls, item: PurchaseItem) -> PurchaseLineView:
-        return cls(
-            subscription_id=item.subscription_id,
-            active_seats=item.active_seats,
-            seats_to_buy=item.seats_to_buy,
-            subtotal=item.subtotal,
-            proration_coupon=item.proration_coupon,
-            amount_due=item.amount_due,
-        )
+        view: PurchaseLineView = _take(cls, item)
+        return view
 
 
 @dataclass(frozen=True)
@@ -159,16 +147,12 @@ class PurchaseView:
 
     @classmethod
     def of(cls, purchase: Purchase, show_secret: bool, waiting: Waiting | None) -> PurchaseView:
-        return cls(
-            id=purchase.id,
-            status=purchase.status,
-            amount_due=purchase.amount_due,
-            confirmed_amount=purchase.confirmed_amount,
-            currency=purchase.currency,
+        view: PurchaseView = _take(
+            cls,
+            purchase,
             items=[PurchaseLineView.of(item) for item in purchase.items],
-            created_at=purchase.created_at,
-            failure_code=purchase.failure_code,
             failure_message=purchase.failure_message if purchase.failure_code else None,
             client_secret=purchase.client_secret if show_secret else None,
             waiting=waiting,
         )
+        return view

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
 from shared.cli.supervisor import register_webhook
+from shared.payments.gateway import PaymentRequest
 from shared.store.models import OperatorAlert, Organization, Purchase, SeatChange, WebhookEvent
 from tests.conftest import Server, Tenant, Worker, seats_json
 from tests.e2e.stripe_helpers import (
@@ -254,11 +255,14 @@ def test_a_payment_made_before_the_purchase_was_charged_is_refunded(
             uow.commit()
         gateway.attach_card(card, customer)
         created = gateway.create_payment(
-            purchase_id=purchase,
-            amount=amount,
-            currency="cad",
-            customer_id=customer,
-            payment_method_id=card,
+            PaymentRequest(
+                reference=f"early-{purchase}",
+                amount=amount,
+                currency="cad",
+                customer_id=customer,
+                payment_method_id=card,
+                metadata={"purchase_id": str(purchase)},
+            )
         )
         gateway.confirm_payment(created.id)
         intent = stripe_client(stripe_base).v1.payment_intents.retrieve(created.id).to_dict()

@@ -1,4 +1,4 @@
-"""The money rule (contract section 2) and the calendar it stands on: pure, no I/O."""
+"""The money rule (README "The money rule") and the calendar it stands on: pure, no I/O."""
 
 from __future__ import annotations
 
