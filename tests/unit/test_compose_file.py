@@ -190,3 +190,12 @@ def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
                 used.add(vol)
     assert used, "expected postgres/redis data on named volumes"
     assert declared == used, f"declared but unused volumes: {sorted(declared - used)}"
+
+
+def test_the_worker_consumes_every_queue_the_code_sends_to(compose: dict[str, Any]) -> None:
+    from shared import queues
+
+    command = compose["services"]["worker"]["command"]
+    consumed = command[command.index("-Q") + 1].split(",")
+    assert sorted(consumed) == sorted(queues.ALL)
+    assert set(queues.ROUTES.values()) <= set(consumed)
