@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import LOCALSTRIPE_KEY, Settings
+from shared.config import Settings
 from shared.payments.gateway import PaymentGateway
 from shared.payments.stripe_adapter import StripeGateway
 from shared.store.db import UnitOfWork, make_engine, make_session_factory
@@ -42,8 +42,39 @@ def require_database(settings: Settings) -> str:
     return settings.database_url
 
 
+def require_production(settings: Settings) -> None:
+    """What the web and the worker refuse to start without, naming each variable.
+
+    No setting falls back to a test value here: a misconfigured production must
+    not start and retry every purchase against a stand-in's key. `seats up`
+    fills these in for development (README "Configuration").
+    """
+    require_database(settings)
+    missing = [
+        name
+        for name, value in (
+            ("STRIPE_API_KEY", settings.stripe_api_key),
+            ("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"{' and '.join(missing)} not set: give your Stripe secret key and your webhook "
+            "endpoint's signing secret. Only `seats up` starts the Stripe stand-in and fills "
+            "them in for development."
+        )
+    if not settings.stripe_test_mode and not settings.secret_key_given:
+        raise ConfigurationError(
+            "SECRET_KEY is not set: it is required with a live Stripe key (sessions are "
+            "signed with it; a generated one would change on every restart)."
+        )
+
+
 def build(settings: Settings | None = None, pool_size: int = 5) -> Runtime:
     settings = settings or Settings.from_env()
     engine = make_engine(require_database(settings), pool_size=pool_size)
-    gateway = StripeGateway(settings.stripe_api_key or LOCALSTRIPE_KEY, settings.stripe_api_base)
+    if not settings.stripe_api_key:
+        raise ConfigurationError("STRIPE_API_KEY is not set")
+    gateway = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
     return Runtime(settings, engine, make_session_factory(engine), gateway)

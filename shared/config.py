@@ -32,10 +32,12 @@ class Settings:
     stuck_after: float
     charge_retries: int
     requires_action_ttl: float
+    secret_key_given: bool = False
 
     @property
     def stripe_test_mode(self) -> bool:
-        return not self.stripe_api_key or self.stripe_api_key.startswith("sk_test_")
+        """A test key (or none yet): no real money moves, failpoints may be armed."""
+        return not self.stripe_api_key or self.stripe_api_key.startswith(("sk_test_", "rk_test_"))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,4 +56,5 @@ class Settings:
             stuck_after=float(env.get("SEATS_STUCK_AFTER") or 60),
             charge_retries=int(env.get("SEATS_CHARGE_RETRIES") or 5),
             requires_action_ttl=float(env.get("SEATS_REQUIRES_ACTION_TTL") or 3600),
+            secret_key_given=bool(env.get("SECRET_KEY")),
         )

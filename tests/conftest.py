@@ -342,6 +342,7 @@ def worker_env(settings: Settings, stripe_base: str) -> dict[str, str]:
         SEATS_STUCK_AFTER="3",
         SEATS_CHARGE_RETRIES="3",
         SEATS_RECONCILE_INTERVAL="2",
+        SEATS_ENABLE_FAILPOINTS="1",  # the crash tests arm one by naming SEATS_FAILPOINT
         PYTHONPATH=str(ROOT),
     )
     return env

@@ -9,7 +9,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from shared import queues
-from shared.bootstrap import Runtime, build
+from shared.bootstrap import Runtime, build, require_production
 from shared.config import Settings
 from web import errors, extensions
 from web.api import api
@@ -22,7 +22,9 @@ MAX_BODY = 64 * 1024
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     settings = settings or (runtime.settings if runtime else Settings.from_env())
-    runtime = runtime or build(settings)
+    if runtime is None:  # production: gunicorn 'web:create_app()'
+        require_production(settings)
+        runtime = build(settings)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=MAX_BODY, JSON_SORT_KEYS=False

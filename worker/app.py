@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_init
 
 from shared import queues
-from shared.bootstrap import ConfigurationError, Runtime, build, require_database
+from shared.bootstrap import (
+    ConfigurationError,
+    Runtime,
+    build,
+    require_database,
+    require_production,
+)
 from shared.config import Settings
+from worker import failpoints
 
 settings = Settings.from_env()
 
@@ -24,15 +32,25 @@ app.conf.include = ["worker.tasks"]
 _runtime: Runtime | None = None
 
 
-@worker_init.connect
-@beat_init.connect
-def _refuse_without_database(**_: object) -> None:
+def _refuse(check: Callable[[Settings], object]) -> None:
     """Stop at once, naming the variable, rather than fail on the first task."""
     try:
-        require_database(settings)
+        check(settings)
     except ConfigurationError as error:
         print(f"seats: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@worker_init.connect
+def _check_worker(**_: object) -> None:
+    _refuse(require_production)
+    failpoints.arm(settings)
+
+
+@beat_init.connect
+def _check_beat(**_: object) -> None:
+    """Beat only sends wake-up calls; it needs no Stripe setting."""
+    _refuse(require_database)
 
 
 def runtime() -> Runtime:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from shared.bootstrap import Runtime, build
-from shared.config import Settings
+from shared.config import LOCALSTRIPE_KEY, Settings
 from shared.domain.errors import Refused
 from shared.domain.periods import INTERVALS
 from shared.domain.seats import PurchaseStatus, Role
@@ -25,9 +25,12 @@ Handler = Callable[[argparse.Namespace, Callable[[], Runtime]], tuple[dict[str, 
 
 
 def cli_settings() -> Settings:
-    """The environment's settings; with no DATABASE_URL, the embedded database (the
-    command line is for a person at a machine, where that is what they expect)."""
+    """The environment's settings; with no DATABASE_URL, the embedded database, and with
+    no STRIPE_API_KEY, the stand-in's test key (the command line is for a person at a
+    machine, where that is what they expect)."""
     settings = Settings.from_env()
+    if not settings.stripe_api_key:
+        settings = replace(settings, stripe_api_key=LOCALSTRIPE_KEY)
     if settings.database_url:
         return settings
     from shared.cli.embedded import embedded_database_url

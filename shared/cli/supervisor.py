@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import queues
+from shared.bootstrap import ConfigurationError, require_production
 from shared.cli import embedded as devstack
 from shared.config import LOCALSTRIPE_KEY, Settings
 from shared.store.db import upgrade
@@ -69,6 +70,13 @@ class Stack:
         self.stop()
         print("seats: stopped", flush=True)
         return code
+
+
+def without_failpoints(env: dict[str, str]) -> dict[str, str]:
+    """Failpoints reach the children only when asked for (`SEATS_ENABLE_FAILPOINTS=1`)."""
+    if env.get("SEATS_ENABLE_FAILPOINTS") == "1":
+        return env
+    return {k: v for k, v in env.items() if k not in ("SEATS_FAILPOINT", "SEATS_FAILPOINT_FILE")}
 
 
 def register_webhook(api_base: str, url: str, secret: str) -> None:
@@ -124,11 +132,14 @@ def run_stack(port: int | None) -> int:
             lines.append(
                 "stripe: STRIPE_API_KEY" + (" (test key)" if settings.stripe_test_mode else "")
             )
-            if not settings.stripe_test_mode and not os.environ.get("SECRET_KEY"):
-                print("seats: SECRET_KEY is required with a live Stripe key", file=sys.stderr)
-                stack.stop()
-                return 2
+        try:  # the same refusals as the web and the worker, said once, before anything starts
+            require_production(Settings.from_env(env))
+        except ConfigurationError as error:
+            print(f"seats: {error}", file=sys.stderr)
+            stack.stop()
+            return 2
         env.setdefault("SECRET_KEY", settings.secret_key)
+        env = without_failpoints(env)
         upgrade(env["DATABASE_URL"] if "DATABASE_URL" in env else str(settings.database_url))
         python_bin = Path(sys.executable).parent
         stack.spawn(

@@ -159,8 +159,10 @@ def test_app_services_share_the_env_anchor(compose: dict[str, Any]) -> None:
     assert anchor["DATABASE_URL"] == "postgresql+psycopg://postgres:seats@postgres:5432/seats"
     assert anchor["REDIS_URL"] == "redis://redis:6379/0"
     assert anchor["SECRET_KEY"] == "${SECRET_KEY:?set SECRET_KEY}"
-    for key in ("STRIPE_API_KEY", "STRIPE_API_BASE", "STRIPE_WEBHOOK_SECRET"):
-        assert anchor[key].startswith("${" + key + ":-"), key
+    # no test value can leak into production: a forgotten secret stops compose
+    for key in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
+        assert anchor[key].startswith("${" + key + ":?"), key
+    assert anchor["STRIPE_API_BASE"] == "${STRIPE_API_BASE:-}"  # unset: Stripe's own API
 
 
 def _named_volume(entry: Any) -> str | None:
