@@ -326,6 +326,14 @@ def _sync_saved_card(
         )
     if known is None:
         return "ignored", []
+    if gone is not None:  # a detached card is never kept, nor pushed to Stripe later
+        with uow:
+            organization = uow.session.get_one(
+                Organization, known, with_for_update={"key_share": True}
+            )
+            if organization.payment_method_id == gone:
+                organization.keep_card(None)
+            uow.commit()
     with uow:
         saving = uow.session.scalar(
             select(Purchase.id).where(Purchase.organization_id == known, Purchase.card_sync_pending)
@@ -407,6 +415,8 @@ def process_event(
             raise NotFound(f"no stored event {event_id}", "not_found")
         if event.outcome in DONE and not again:
             return event.outcome, []
+        if event.outcome == "invalid":  # never applied, not even by a replay: its alert stands
+            return "invalid", []
         event.attempts += 1
         handler = HANDLERS.get(event.type)
         if handler is None:

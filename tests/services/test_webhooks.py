@@ -1,0 +1,564 @@
+"""Stripe events through the real entry points: stored once, handled by type, reconciled."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select
+
+from shared.domain.errors import NotFound
+from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
+from shared.payments.gateway import PaymentUnavailable
+from shared.services import webhooks
+from shared.store.models import OperatorAlert, SyncCursor, WebhookEvent
+from tests.services.conftest import Shop
+
+NOW = 1_700_000_000
+
+
+def recorded(shop: Shop, kind: str) -> dict[str, Any]:
+    """The latest event of that type Stripe (the fake) recorded."""
+    return [event for event in shop.fake.events if event["type"] == kind][-1]
+
+
+def deliver(shop: Shop, event: dict[str, Any]) -> str:
+    return webhooks.store_event(shop.rt.uow(), event)
+
+
+def handle(shop: Shop, event_id: str, *, again: bool = False) -> webhooks.Handled:
+    return webhooks.process_event(shop.rt.uow(), shop.fake, event_id, again=again)
+
+
+def delivered(shop: Shop, kind: str) -> tuple[str, webhooks.Handled]:
+    """Stripe sends its latest event of that type; the worker handles it."""
+    event = recorded(shop, kind)
+    assert deliver(shop, event) == "new"
+    return event["id"], handle(shop, event["id"])
+
+
+def stripe_sends(shop: Shop, kind: str, obj: dict[str, Any]) -> None:
+    """An event the fake has no control for, recorded in the shape it records all others."""
+    shop.fake._event(kind, None, obj)
+
+
+def hand_made(kind: str = "invoice.paid", **obj: Any) -> dict[str, Any]:
+    obj.setdefault("id", f"in_{secrets.token_hex(6)}")
+    return {
+        "id": f"evt_{secrets.token_hex(8)}",
+        "object": "event",
+        "type": kind,
+        "created": NOW,
+        "data": {"object": obj},
+    }
+
+
+def stored(shop: Shop, event_id: str) -> WebhookEvent:
+    with shop.rt.uow() as uow:
+        found = uow.session.get_one(WebhookEvent, event_id)
+        uow.session.expunge(found)
+        return found
+
+
+def alerts_of(shop: Shop, event_id: str) -> list[tuple[str, int | None, int | None]]:
+    with shop.rt.uow() as uow:
+        return [
+            (alert.kind, alert.purchase_id, alert.amount)
+            for alert in uow.session.scalars(
+                select(OperatorAlert).where(OperatorAlert.event_id == event_id)
+            )
+        ]
+
+
+def cursor(shop: Shop) -> int | None:
+    with shop.rt.uow() as uow:
+        found = uow.session.get(SyncCursor, webhooks.CURSOR)
+        return found.value if found else None
+
+
+def paid(shop: Shop, target: int = 4) -> tuple[int, str]:
+    purchase = shop.checkout(target)
+    shop.charge(purchase)
+    return purchase, str(shop.purchase(purchase).stripe_payment_intent_id)
+
+
+def awaiting_3ds(shop: Shop, target: int = 5) -> tuple[int, str]:
+    purchase = shop.checkout(target, shop.fake.card(THREE_D_SECURE))
+    shop.charge(purchase)
+    return purchase, str(shop.purchase(purchase).stripe_payment_intent_id)
+
+
+# -- storing ---------------------------------------------------------------------------
+
+
+def test_an_event_is_stored_once_with_its_type_and_object_and_waits_to_be_handled(
+    shop: Shop,
+) -> None:
+    event = hand_made(id="in_42")
+    assert deliver(shop, event) == "new"
+    assert deliver(shop, event) == "duplicate"
+    row = stored(shop, event["id"])
+    assert (row.type, row.object_id, row.source) == ("invoice.paid", "in_42", "webhook")
+    assert (row.outcome, row.attempts, row.processed_at) == (None, 0, None)
+    assert row.payload == event
+
+
+def test_an_object_without_a_text_id_is_stored_without_one(shop: Shop) -> None:
+    event = hand_made(id=42)
+    deliver(shop, event)
+    assert stored(shop, event["id"]).object_id is None
+
+
+def test_a_batch_returns_only_the_new_events_still_to_handle(shop: Shop) -> None:
+    known, fresh, broken = hand_made(), hand_made(), hand_made(note="a\x00b")
+    deliver(shop, known)
+    new = webhooks.store_events(shop.rt.uow(), [known, fresh, broken], "reconcile")
+    assert new == [fresh["id"]]
+    assert stored(shop, fresh["id"]).source == "reconcile"
+    assert webhooks.store_events(shop.rt.uow(), [], "reconcile") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"note": "a\\u0000b"}',
+        b'{"\\ud800": "a lone surrogate as a key"}',
+        b'{"lines": [1, ["\\udfff"]]}',
+    ],
+    ids=["nul-in-a-value", "surrogate-in-a-key", "surrogate-in-a-list"],
+)
+def test_an_event_postgresql_cannot_hold_is_kept_replaced_invalid_and_alerted(
+    shop: Shop, body: bytes
+) -> None:
+    event_id = f"evt_{secrets.token_hex(8)}"
+    raw = b'{"id": "%s", "type": "charge.refunded", "data": {"object": %s}}' % (
+        event_id.encode(),
+        body,
+    )
+    assert deliver(shop, webhooks.parse_event(raw)) == "invalid"
+    row = stored(shop, event_id)
+    assert row.outcome == "invalid" and row.processed_at is not None
+    assert "\ufffd" in json.dumps(row.payload, ensure_ascii=False)
+    assert alerts_of(shop, event_id) == [("invalid_event", None, None)]
+    assert handle(shop, event_id) == ("invalid", [])
+    assert stored(shop, event_id).attempts == 0
+
+
+# -- handling, type by type ------------------------------------------------------------
+
+
+def test_an_operator_replay_of_an_invalid_event_leaves_it_invalid(shop: Shop) -> None:
+    _, intent = paid(shop)
+    shop.fake.refund_payment(intent)
+    event = recorded(shop, "charge.refunded")
+    event["data"]["object"]["description"] = "a\x00b"
+    assert deliver(shop, event) == "invalid"
+    handle(shop, event["id"], again=True)  # seats webhooks replay EVENT_ID
+    assert stored(shop, event["id"]).outcome == "invalid"
+
+
+def test_a_success_settles_a_purchase_waiting_for_3d_secure(shop: Shop) -> None:
+    purchase, intent = awaiting_3ds(shop)
+    shop.fake.authenticate(intent)
+    event_id, handled = delivered(shop, "payment_intent.succeeded")
+    assert handled == ("processed", [])
+    done = shop.purchase(purchase)
+    assert done.status == "succeeded" and shop.counts() == (5, 5)
+    assert shop.kept_money() == done.amount_due
+    row = stored(shop, event_id)
+    assert (row.outcome, row.error, row.attempts) == ("processed", None, 1)
+
+
+def test_a_replayed_success_changes_nothing(shop: Shop) -> None:
+    purchase, intent = awaiting_3ds(shop)
+    shop.fake.authenticate(intent)
+    event_id, _ = delivered(shop, "payment_intent.succeeded")
+    assert handle(shop, event_id) == ("processed", [])  # a redelivered task: skipped
+    assert stored(shop, event_id).attempts == 1
+    assert handle(shop, event_id, again=True) == ("processed", [])  # an operator's replay
+    assert stored(shop, event_id).attempts == 2
+    assert shop.purchase(purchase).status == "succeeded" and shop.counts() == (5, 5)
+    assert shop.kept_money() == shop.purchase(purchase).amount_due and shop.alerts() == []
+
+
+def test_a_late_payment_failed_never_undoes_a_success(shop: Shop) -> None:
+    purchase, intent = awaiting_3ds(shop)
+    shop.fake.authenticate(intent, success=False)
+    failed = recorded(shop, "payment_intent.payment_failed")
+    shop.fake.pay_with(intent, shop.fake.card())  # Stripe.js: another card
+    delivered(shop, "payment_intent.succeeded")
+    assert deliver(shop, failed) == "new"
+    assert handle(shop, failed["id"]) == ("processed", [])
+    assert shop.purchase(purchase).status == "succeeded" and shop.counts() == (5, 5)
+
+
+def test_a_payment_failed_for_a_declined_purchase_leaves_it_failed(shop: Shop) -> None:
+    purchase = shop.checkout(5, shop.fake.card(DECLINED_ON_CHARGE))
+    shop.charge(purchase)
+    _, handled = delivered(shop, "payment_intent.payment_failed")
+    assert handled == ("processed", [])
+    failed = shop.purchase(purchase)
+    assert (failed.status, failed.failure_code) == ("failed", "card_declined")
+    assert shop.counts() == (3, 3) and shop.kept_money() == 0
+
+
+def test_requires_action_shows_the_bank_check_when_the_charger_lost_the_answer(
+    shop: Shop,
+) -> None:
+    purchase = shop.checkout(5, shop.fake.card(THREE_D_SECURE))
+    shop.fake.fail("confirm_payment", when="after")
+    with pytest.raises(PaymentUnavailable):
+        shop.charge(purchase)
+    assert shop.purchase(purchase).status == "processing"
+    delivered(shop, "payment_intent.requires_action")
+    waiting = shop.purchase(purchase)
+    assert waiting.status == "requires_action" and waiting.client_secret
+    assert shop.counts() == (3, 3)
+
+
+def test_a_payment_canceled_at_stripe_fails_the_purchase_and_wakes_the_next_buyer(
+    shop: Shop,
+) -> None:
+    purchase, intent = awaiting_3ds(shop, 4)
+    second = shop.checkout(6, buyer=shop.another_buyer())
+    shop.fake.cancel_payment(intent)  # canceled in the dashboard
+    _, handled = delivered(shop, "payment_intent.canceled")
+    assert handled == ("processed", [second])
+    failed = shop.purchase(purchase)
+    assert (failed.status, failed.failure_code) == ("failed", "payment_canceled")
+
+
+def test_a_payment_the_bank_is_still_processing_leaves_the_purchase_waiting(
+    shop: Shop,
+) -> None:
+    purchase, intent = awaiting_3ds(shop)
+    processing = shop.fake.intents[intent]
+    processing.status = "processing"
+    shop.fake._event("payment_intent.processing", processing)
+    _, handled = delivered(shop, "payment_intent.processing")
+    assert handled == ("processed", [])
+    assert shop.purchase(purchase).status == "requires_action"
+    assert shop.counts() == (3, 3) and shop.kept_money() == 0
+
+
+def test_a_refund_made_in_the_dashboard_is_an_alert_and_keeps_the_seats(shop: Shop) -> None:
+    purchase, intent = paid(shop)
+    shop.fake.refund_payment(intent)
+    event_id, handled = delivered(shop, "charge.refunded")
+    assert handled == ("processed", [])
+    amount = shop.purchase(purchase).amount_due
+    assert alerts_of(shop, event_id) == [("refund", purchase, amount)]
+    [alert] = shop.alerts()
+    assert intent in alert.message and "review the plan" in alert.message
+    assert shop.counts() == (4, 4) and shop.kept_money() == 0
+    assert handle(shop, event_id, again=True) == ("processed", [])
+    assert len(shop.alerts()) == 1
+
+
+def test_a_refund_of_a_payment_not_ours_is_an_alert_without_a_purchase(shop: Shop) -> None:
+    customer = shop.fake.create_customer(999_997, "someone else")
+    foreign = shop.fake.create_foreign_payment(700, "cad", customer, {})
+    shop.fake.refund_payment(foreign.id)
+    event_id, _ = delivered(shop, "charge.refunded")
+    assert alerts_of(shop, event_id) == [("refund", None, 700)]
+    assert shop.alerts() == []
+
+
+def test_a_dispute_is_an_alert_and_never_removes_seats(shop: Shop) -> None:
+    purchase, intent = paid(shop)
+    amount = shop.purchase(purchase).amount_due
+    stripe_sends(
+        shop,
+        "charge.dispute.created",
+        {
+            "id": f"dp_{secrets.token_hex(6)}",
+            "object": "dispute",
+            "charge": f"ch_{intent}",
+            "payment_intent": intent,
+            "amount": amount,
+            "currency": "cad",
+        },
+    )
+    event_id, handled = delivered(shop, "charge.dispute.created")
+    assert handled == ("processed", [])
+    assert alerts_of(shop, event_id) == [("dispute", purchase, amount)]
+    assert shop.counts() == (4, 4)
+
+
+@pytest.mark.parametrize("amount", [2**63, -1, True, 12.5, "700"])
+def test_a_refund_amount_we_cannot_hold_is_invalid_at_once_with_an_alert(
+    shop: Shop, amount: object
+) -> None:
+    customer = shop.fake.create_customer(999_996, "someone else")
+    foreign = shop.fake.create_foreign_payment(700, "cad", customer, {})
+    shop.fake.refund_payment(foreign.id)
+    event = recorded(shop, "charge.refunded")
+    event["data"]["object"]["amount_refunded"] = amount
+    deliver(shop, event)
+    assert handle(shop, event["id"]) == ("invalid", [])
+    row = stored(shop, event["id"])
+    assert row.outcome == "invalid" and "amount_refunded" in str(row.error)
+    assert alerts_of(shop, event["id"]) == [("invalid_event", None, None)]
+    assert handle(shop, event["id"]) == ("invalid", [])  # done: never retried
+
+
+def test_our_saved_card_follows_the_default_set_in_the_dashboard(shop: Shop) -> None:
+    paid(shop)
+    customer = str(shop.organization().stripe_customer_id)
+    other = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, other)
+    _, handled = delivered(shop, "customer.updated")
+    assert handled == ("processed", [])
+    organization = shop.organization()
+    assert organization.payment_method_id == other
+    assert (organization.payment_method_brand, organization.payment_method_last4) == (
+        "mastercard",
+        "4444",
+    )
+
+
+def test_an_update_of_a_customer_not_ours_is_ignored(shop: Shop) -> None:
+    customer = shop.fake.create_customer(999_995, "someone else")
+    shop.fake.set_default_card(customer, shop.fake.card())
+    event_id, handled = delivered(shop, "customer.updated")
+    assert handled == ("ignored", [])
+    assert stored(shop, event_id).outcome == "ignored"
+
+
+def test_a_detached_saved_card_is_no_longer_our_saved_card(shop: Shop) -> None:
+    card = shop.fake.card()
+    shop.charge(shop.checkout(4, card))
+    shop.fake.detach(card)  # the fake leaves it the customer's default: the code must not
+    stripe_sends(shop, "payment_method.detached", {"id": card, "object": "payment_method"})
+    _, handled = delivered(shop, "payment_method.detached")
+    assert handled == ("processed", [])
+    organization = shop.organization()
+    assert (organization.payment_method_id, organization.payment_method_last4) == (None, None)
+
+
+def test_a_detached_card_that_is_not_our_saved_card_is_ignored(shop: Shop) -> None:
+    card = shop.fake.card()
+    shop.charge(shop.checkout(4, card))
+    stranger = shop.fake.card()
+    stripe_sends(shop, "payment_method.detached", {"id": stranger, "object": "payment_method"})
+    _, handled = delivered(shop, "payment_method.detached")
+    assert handled == ("ignored", [])
+    assert shop.organization().payment_method_id == card
+
+
+def test_a_new_card_detached_before_its_sync_is_not_kept_as_our_saved_card(shop: Shop) -> None:
+    card = shop.fake.card()
+    purchase = shop.checkout(4, card)
+    shop.fake.fail("set_default_card")
+    shop.charge(purchase)
+    assert shop.purchase(purchase).card_sync_pending
+    shop.fake.detach(card)
+    stripe_sends(shop, "payment_method.detached", {"id": card, "object": "payment_method"})
+    delivered(shop, "payment_method.detached")
+    shop.charge(purchase)  # the sweep retries the card bookkeeping
+    assert shop.organization().payment_method_id != card
+
+
+def test_an_event_type_we_do_not_handle_is_stored_ignored(shop: Shop) -> None:
+    event = hand_made("invoice.paid")
+    deliver(shop, event)
+    assert handle(shop, event["id"]) == ("ignored", [])
+    row = stored(shop, event["id"])
+    assert (row.outcome, row.attempts) == ("ignored", 1) and row.processed_at is not None
+
+
+def test_an_event_never_stored_cannot_be_handled(shop: Shop) -> None:
+    with pytest.raises(NotFound):
+        handle(shop, "evt_never_received")
+
+
+def test_a_handler_failing_records_the_error_and_a_retry_finishes_it(shop: Shop) -> None:
+    purchase, intent = awaiting_3ds(shop)
+    shop.fake.authenticate(intent)
+    event = recorded(shop, "payment_intent.succeeded")
+    deliver(shop, event)
+    shop.fake.fail("get_payment")
+    with pytest.raises(PaymentUnavailable):
+        handle(shop, event["id"])
+    row = stored(shop, event["id"])
+    assert (row.outcome, row.attempts) == ("failed", 1)
+    assert str(row.error).startswith("PaymentUnavailable: APIConnectionError")
+    assert shop.purchase(purchase).status == "requires_action"
+    assert handle(shop, event["id"]) == ("processed", [])  # failed is not done: retried
+    row = stored(shop, event["id"])
+    assert (row.outcome, row.error, row.attempts) == ("processed", None, 2)
+    assert shop.purchase(purchase).status == "succeeded"
+
+
+# -- finding lost work -----------------------------------------------------------------
+
+
+def test_an_event_whose_wake_up_call_was_lost_is_found_once_old_enough(shop: Shop) -> None:
+    event = hand_made()
+    deliver(shop, event)
+    assert event["id"] in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=3600)
+    handle(shop, event["id"])
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
+
+
+def test_failed_events_are_paged_in_order_and_the_walk_ends(shop: Shop) -> None:
+    paid(shop)
+    customer = str(shop.organization().stripe_customer_id)
+    card = str(shop.organization().payment_method_id)
+    for _ in range(3):
+        shop.fake.set_default_card(customer, card)
+    updates = [e for e in shop.fake.events if e["type"] == "customer.updated"][-3:]
+    mine = webhooks.store_events(shop.rt.uow(), updates, "webhook")
+    shop.fake.fail("default_card", times=3)
+    for event_id in mine:
+        with pytest.raises(PaymentUnavailable):
+            handle(shop, event_id)
+    pages, after = [], None
+    while page := webhooks.failed_events(shop.rt.uow(), after, limit=2):
+        pages.append(page)
+        after = page[-1]
+    keys = [key for page in pages for key in page]
+    assert all(len(page) <= 2 for page in pages) and keys == sorted(set(keys))
+    assert sorted(mine) == [event_id for _, event_id in keys if event_id in mine]
+    for event_id in mine:
+        handle(shop, event_id, again=True)
+    assert not {event_id for _, event_id in webhooks.failed_events(shop.rt.uow())} & set(mine)
+
+
+def test_reconciliation_stores_the_events_we_never_received_once(shop: Shop) -> None:
+    paid(shop)
+    received, *missed = shop.fake.events
+    deliver(shop, received)
+    fresh = webhooks.backfill(shop.rt.uow(), shop.fake)
+    assert sorted(fresh) == sorted(event["id"] for event in missed) != []
+    assert {stored(shop, e["id"]).source for e in missed} == {"reconcile"}
+    assert stored(shop, received["id"]).source == "webhook"
+    assert webhooks.backfill(shop.rt.uow(), shop.fake) == []
+    assert cursor(shop) == max(event["created"] for event in shop.fake.events)
+    assert [handle(shop, event_id)[0] for event_id in fresh] == ["processed"] * len(fresh)
+
+
+def test_reconciliation_reads_from_its_cursor_with_five_minutes_of_overlap(shop: Shop) -> None:
+    with shop.rt.uow() as uow:
+        uow.session.execute(delete(SyncCursor))
+        uow.commit()
+    paid(shop)
+    webhooks.backfill(shop.rt.uow(), shop.fake)
+    last = cursor(shop)
+    assert last is not None
+    within, before = hand_made(), hand_made()
+    within["created"], before["created"] = last - 299, last - 301
+    shop.fake.events[:] = [within, before]
+    assert webhooks.backfill(shop.rt.uow(), shop.fake) == [within["id"]]
+    assert cursor(shop) == last  # a listing of older events never moves it back
+
+
+def test_reconciliation_with_nothing_listed_leaves_its_cursor_alone(shop: Shop) -> None:
+    paid(shop)
+    webhooks.backfill(shop.rt.uow(), shop.fake)
+    last = cursor(shop)
+    shop.fake.events.clear()
+    assert webhooks.backfill(shop.rt.uow(), shop.fake, now=NOW) == []
+    assert cursor(shop) == last
+
+
+def test_a_listing_that_fails_stores_nothing_and_the_next_run_catches_up(shop: Shop) -> None:
+    paid(shop)
+    before = cursor(shop)
+    shop.fake.fail("list_events")
+    with pytest.raises(PaymentUnavailable):
+        webhooks.backfill(shop.rt.uow(), shop.fake)
+    ids = [event["id"] for event in shop.fake.events]
+    with shop.rt.uow() as uow:
+        kept = uow.session.scalars(select(WebhookEvent.id).where(WebhookEvent.id.in_(ids)))
+        assert list(kept) == [] and cursor(shop) == before
+    assert sorted(webhooks.backfill(shop.rt.uow(), shop.fake)) == sorted(ids)
+
+
+def test_a_listed_event_we_cannot_hold_is_stored_invalid_and_not_handed_on(shop: Shop) -> None:
+    customer = shop.fake.create_customer(999_994, "someone else")
+    shop.fake.create_foreign_payment(700, "cad", customer, {"note": "a\x00b"})
+    [event] = shop.fake.events
+    assert webhooks.backfill(shop.rt.uow(), shop.fake) == []
+    assert stored(shop, event["id"]).outcome == "invalid"
+    assert alerts_of(shop, event["id"]) == [("invalid_event", None, None)]
+
+
+# -- the body and its signature header -------------------------------------------------
+
+
+def nested(levels: int) -> bytes:
+    """A well-formed event whose object holds lists down to `levels` levels in all; brackets
+    and an escaped quote inside a string do not count."""
+    deep = "[" * (levels - 3) + "]" * (levels - 3)
+    obj = '{"deep": ' + deep + ', "ratio": 0.5, "text": "[[[[ \\" {{{{"}'
+    return ('{"id": "evt_deep", "type": "x.y", "data": {"object": ' + obj + "}}").encode()
+
+
+def test_a_well_formed_event_is_parsed_as_sent() -> None:
+    event = webhooks.parse_event(nested(64))
+    obj = event["data"]["object"]
+    assert (event["id"], obj["ratio"], obj["text"]) == ("evt_deep", 0.5, '[[[[ " {{{{')
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe{}",
+        nested(65),
+        b'{"id": "evt_1", "type": "x", "data": {"object": {"a": NaN}}}',
+        b'{"id": "evt_1", "type": "x", "data": {"object": {"a": -Infinity}}}',
+        b'{"id": "evt_1", "type": "x", "data": {"object": {"a": 1e400}}}',
+        b'{"id": "evt_1", "type": "x", "data": {"object": {}}',
+        b'[{"id": "evt_1", "type": "x", "data": {"object": {}}}]',
+        b'{"id": "ch_1", "type": "x", "data": {"object": {}}}',
+        b'{"id": "evt_1-2", "type": "x", "data": {"object": {}}}',
+        b'{"id": 1, "type": "x", "data": {"object": {}}}',
+        b'{"id": "evt_1", "type": "Charge.Refunded", "data": {"object": {}}}',
+        b'{"id": "evt_1", "type": "x", "data": {"object": []}}',
+        b'{"id": "evt_1", "type": "x", "data": []}',
+        b'{"id": "evt_1", "type": "x"}',
+    ],
+    ids=[
+        "not-utf8",
+        "65-levels",
+        "nan",
+        "infinity",
+        "out-of-range-float",
+        "truncated",
+        "not-an-object",
+        "id-not-evt",
+        "id-with-a-dash",
+        "id-not-text",
+        "type-uppercase",
+        "object-not-an-object",
+        "data-not-an-object",
+        "no-data",
+    ],
+)
+def test_a_body_that_is_not_a_stripe_event_is_refused(raw: bytes) -> None:
+    with pytest.raises(webhooks.BadEvent) as refused:
+        webhooks.parse_event(raw)
+    assert refused.value.code == "malformed_event"
+
+
+@pytest.mark.parametrize(
+    ("header", "future"),
+    [
+        (None, False),
+        ("", False),
+        (f"t={NOW},v1=abc", False),
+        (f"t={NOW + 300},v1=abc", False),
+        (f"t={NOW + 301},v1=abc", True),
+        (f"v1=abc,t={NOW - 10},t={NOW + 3600}", True),
+        ("t=soon,v1=abc", False),
+        ("t,v1=abc", False),
+        (f"v1=t={NOW + 3600}", False),
+        (f" t={NOW + 3600}", False),
+    ],
+)
+def test_a_signature_dated_ahead_is_spotted(header: str | None, future: bool) -> None:
+    assert webhooks.signed_in_future(header, now=NOW) is future
