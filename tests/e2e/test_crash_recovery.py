@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -14,7 +15,13 @@ from shared.bootstrap import Runtime
 from shared.services import charging
 from shared.store.models import Purchase
 from tests.conftest import Server, Tenant, Worker
-from tests.e2e.stripe_helpers import buy, new_card, succeeded_charges, wait_for
+from tests.e2e.stripe_helpers import (
+    buy,
+    new_card,
+    stripe_client,
+    succeeded_charges,
+    wait_for,
+)
 from tests.e2e.test_buying_seats import customer_of
 
 pytestmark = pytest.mark.e2e
@@ -103,6 +110,19 @@ def test_flushed_broker_loses_no_purchase(
     assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
 
 
+def intents_for(stripe_base: str, customer: str, purchase_id: int) -> list[dict[str, Any]]:
+    """Every PaymentIntent the stand-in holds for this customer that names the purchase
+    (the stand-in filters lists by nothing, so all of them are read)."""
+    every = stripe_client(stripe_base).v1.payment_intents.list(params={"limit": 100})
+    found = []
+    for intent in every.auto_paging_iter():
+        fields = intent.to_dict()
+        names = (fields.get("metadata") or {}).get("purchase_id")
+        if fields.get("customer") == customer and names == str(purchase_id):
+            found.append(fields)
+    return found
+
+
 def test_the_same_charge_run_concurrently_charges_once(
     stack_runtime: Runtime, stack_web: Server, stripe_base: str, redis_url: str
 ) -> None:
@@ -111,23 +131,40 @@ def test_the_same_charge_run_concurrently_charges_once(
     redis.Redis.from_url(redis_url).flushdb()
     barrier = threading.Barrier(4)
     outcomes: list[str] = []
+    errors: list[BaseException] = []
 
     def run() -> None:
-        barrier.wait()
-        result = charging.charge(
-            stack_runtime.uow(), stack_runtime.engine, stack_runtime.gateway, purchase
-        )
-        outcomes.append(result.next.value)
+        try:
+            barrier.wait(timeout=30)
+            result = charging.charge(
+                stack_runtime.uow(), stack_runtime.engine, stack_runtime.gateway, purchase
+            )
+            outcomes.append(result.next.value)
+        except BaseException as error:  # collected: asserted empty below
+            errors.append(error)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [threading.Thread(target=run, name=f"charger-{i}") for i in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a charger never returned"
+    assert errors == []
+    assert len(outcomes) == 4 and "done" in outcomes, outcomes
+    assert set(outcomes) <= {"done", "busy"}, outcomes
     for _ in range(2):
-        charging.charge(stack_runtime.uow(), stack_runtime.engine, stack_runtime.gateway, purchase)
-    assert "done" in outcomes
+        again = charging.charge(
+            stack_runtime.uow(), stack_runtime.engine, stack_runtime.gateway, purchase
+        )
+        assert again.next.value == "done"
     assert purchase_row(stack_runtime, purchase)[0] == "succeeded"
-    assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
+    customer = customer_of(stack_runtime, shop.org)
+    intents = intents_for(stripe_base, customer, purchase)
+    assert [intent["id"] for intent in intents] == [purchase_row(stack_runtime, purchase)[1]]
+    assert intents[0]["status"] == "succeeded"
+    charged = succeeded_charges(stripe_base, customer)
+    assert [(c.payment_intent, c.amount) for c in charged] == [
+        (intents[0]["id"], intents[0]["amount"])
+    ]
     plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
     assert (plan["paid_seats"], plan["active_seats"]) == (6, 6)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
 from shared.cli.embedded import free_port
 from shared.payments.gateway import PaymentRefused, PaymentUnavailable
 from shared.payments.stripe_adapter import StripeGateway
+from shared.services import sweep
 from shared.store.models import Purchase
 from tests.conftest import Server, Tenant, Worker, seats_json
 from tests.e2e.stripe_helpers import buy, new_card, stripe_client, succeeded_charges, wait_for
@@ -83,6 +87,35 @@ def test_unreachable_stripe_is_transient() -> None:
         StripeGateway("sk_test_x", f"http://127.0.0.1:{free_port()}", timeout=2).get_payment("pi")
 
 
+SWEPT = re.compile(r"Task seats\.sweep\[[^\]]+\] succeeded")
+
+
+def sweeps_run(worker: Worker) -> int:
+    """How many sweeps the worker has finished, as its log tells."""
+    return len(SWEPT.findall(worker.log.read_text(errors="replace")))
+
+
+def wait_past_stuck_then_two_sweeps(
+    runtime: Runtime, worker: Worker, purchase_id: int, worker_env: dict[str, str]
+) -> None:
+    """Until the purchase has been left alone long enough for the sweep to re-send it
+    (`SEATS_STUCK_AFTER`), then until the worker has finished two more sweeps."""
+    stuck_after = timedelta(seconds=float(worker_env["SEATS_STUCK_AFTER"]))
+    deadline = time.monotonic() + 60
+    while True:
+        with runtime.uow() as uow:
+            touched = uow.session.get_one(Purchase, purchase_id).updated_at
+            now = uow.session.scalar(select(func.clock_timestamp()))
+        if now - touched > stuck_after:
+            break
+        assert time.monotonic() < deadline, "the purchase never became old enough"
+        time.sleep(0.2)
+    before = sweeps_run(worker)
+    while sweeps_run(worker) < before + 2:
+        assert time.monotonic() < deadline, "the worker stopped sweeping"
+        time.sleep(0.2)
+
+
 def test_outage_parks_the_purchase_and_an_operator_retries_it(
     stack_runtime: Runtime,
     stack_web: Server,
@@ -109,9 +142,14 @@ def test_outage_parks_the_purchase_and_an_operator_retries_it(
         assert status in ("pending", "processing") and attempts == 3
         parked = seats_json(worker_env, "purchases", "list", "--parked")["purchases"]
         assert purchase in [p["id"] for p in parked]  # type: ignore[union-attr, index]
-        time.sleep(2)
+        wait_past_stuck_then_two_sweeps(stack_runtime, outage, purchase, worker_env)
+        assert purchase not in sweep.due_purchases(
+            stack_runtime.uow(), float(worker_env["SEATS_STUCK_AFTER"])
+        )
         with stack_runtime.uow() as uow:
-            assert uow.session.get_one(Purchase, purchase).attempts == 3, "parked means no retry"
+            row = uow.session.get_one(Purchase, purchase)
+            assert row.attempts == 3, "parked means no retry"
+            assert row.attention == attention
         plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
         assert (plan["paid_seats"], plan["active_seats"]) == (3, 3)
     finally:

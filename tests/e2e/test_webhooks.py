@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import stripe
 from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
+from shared.cli.embedded import free_port
 from shared.cli.supervisor import register_webhook
 from shared.payments.gateway import PaymentRequest
 from shared.store.models import OperatorAlert, Organization, Purchase, SeatChange, WebhookEvent
@@ -284,23 +288,148 @@ def test_a_payment_made_before_the_purchase_was_charged_is_refunded(
     assert [c.payment_intent for c in kept] == [intent_of(stack_runtime, purchase)]
 
 
+DEAD_ENDPOINT = "http://127.0.0.1:9/webhooks/stripe"
+"""Where Stripe's deliveries go when they must be lost: nothing listens on port 9."""
+
+
+def events_of(runtime: Runtime, intent: str, kind: str) -> list[tuple[str, str | None]]:
+    """(source, outcome) of every stored event of this type about this PaymentIntent."""
+    with runtime.uow() as uow:
+        return [
+            (event.source, event.outcome)
+            for event in uow.session.scalars(
+                select(WebhookEvent)
+                .where(WebhookEvent.object_id == intent, WebhookEvent.type == kind)
+                .order_by(WebhookEvent.received_at)
+            )
+        ]
+
+
+@contextlib.contextmanager
+def webhooks_lost(stripe_base: str, stack_web: Server, secret: str) -> Iterator[None]:
+    """Stripe's deliveries go to a dead port until the block ends."""
+    register_webhook(stripe_base, DEAD_ENDPOINT, secret)
+    try:
+        yield
+    finally:
+        register_webhook(stripe_base, f"{stack_web.url}/webhooks/stripe", secret)
+
+
+@dataclass
+class Stage:
+    """The module's worker stopped and the broker emptied: only the workers a test starts
+    here run, each with its own settings (sweep, reconciliation, Stripe's address)."""
+
+    runtime: Runtime
+    web: Server
+    stripe_base: str
+    worker_env: dict[str, str]
+    tmp_path: Path
+    started: list[Worker] = field(default_factory=list)
+
+    def start(self, name: str, **env: str) -> Worker:
+        started = Worker(self.worker_env, self.tmp_path / f"{name}.log")
+        self.started.append(started)
+        started.start(**env)
+        return started
+
+    def paid_with_charger_paused(self, target: int, key: str) -> tuple[Worker, Tenant, int]:
+        """A purchase whose PaymentIntent succeeded at Stripe while its charger stopped right
+        after the confirmation, with no sweep and no reconciliation: until something else
+        settles it, it stays `processing`. The paused worker still handles webhooks with its
+        other process until the test kills it."""
+        marker = self.tmp_path / f"reached-{key}"
+        paused = self.start(
+            f"paused-{key}",
+            SEATS_FAILPOINT="payment_confirmed",
+            SEATS_FAILPOINT_FILE=str(marker),
+            SEATS_SWEEP_INTERVAL="3600",
+            SEATS_RECONCILE_INTERVAL="3600",
+        )
+        shop = Tenant(self.runtime, self.web.url)
+        purchase = buy(shop.buyer, shop.sub, target, key, new_card(self.stripe_base))
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the charger never reached payment_confirmed"
+            time.sleep(0.05)
+        assert shop.buyer.get(f"/api/purchases/{purchase}").json()["status"] == "processing"
+        intent = intent_as_stripe_has_it(self.runtime, self.stripe_base, purchase)
+        assert intent["status"] == "succeeded"
+        return paused, shop, purchase
+
+
+@pytest.fixture
+def stage(
+    worker: Worker,
+    redis_url: str,
+    stack_runtime: Runtime,
+    stack_web: Server,
+    stripe_base: str,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[Stage]:
+    worker.stop()
+    redis.Redis.from_url(redis_url).flushdb()
+    staged = Stage(stack_runtime, stack_web, stripe_base, worker_env, tmp_path)
+    try:
+        yield staged
+    finally:
+        for started in staged.started:
+            started.kill()
+        redis.Redis.from_url(redis_url).flushdb()
+        worker.start()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("payment_intent.payment_failed", "requires_payment_method"),
+        # Canceling is never retried on our side, so a handler that believed this body would
+        # leave the purchase failed until the success came.
+        ("payment_intent.canceled", "canceled"),
+    ],
+)
 def test_late_failure_never_undoes_a_success(
-    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
+    kind: str,
+    status: str,
+    stage: Stage,
+    stack_runtime: Runtime,
+    stack_web: Server,
+    stripe_base: str,
+    secret: str,
 ) -> None:
-    shop, purchase = paid_purchase(stack_runtime, stack_web, stripe_base, 5, "late-failure")
+    """The webhook is the only thing that can settle here. An event whose body says the
+    payment failed arrives for an intent that in fact succeeded at Stripe, then the success,
+    then the failure once more: handlers trust Stripe's current state, not the body, so the
+    purchase succeeds at the first event and stays succeeded, applied once."""
+    _, shop, purchase = stage.paid_with_charger_paused(5, f"late-{status}")
     intent = intent_as_stripe_has_it(stack_runtime, stripe_base, purchase)
     stale = {
         **intent,
-        "status": "requires_payment_method",
+        "status": status,
         "last_payment_error": {"code": "card_declined", "message": "declined"},
     }
-    body = event_around(stale, "payment_intent.payment_failed", f"evt_late_{purchase}")
-    assert post_event(stack_web, body, sign(body, secret)).status_code == 200
+    failed = event_around(stale, kind, f"evt_late_{purchase}")
+    assert post_event(stack_web, failed, sign(failed, secret)).status_code == 200
     assert wait_processed(stack_runtime, f"evt_late_{purchase}").outcome == "processed"
     after = shop.buyer.get(f"/api/purchases/{purchase}").json()
-    assert after["status"] == "succeeded" and "failure_code" not in after
+    assert after["status"] == "succeeded", after
+    assert after.get("failure_code") is None, after
+
+    for event_kind, body, event_id in [
+        ("payment_intent.succeeded", intent, f"evt_late_ok_{purchase}"),
+        (kind, stale, f"evt_later_{purchase}"),
+    ]:
+        event = event_around(body, event_kind, event_id)
+        assert post_event(stack_web, event, sign(event, secret)).status_code == 200
+        assert wait_processed(stack_runtime, event_id).outcome == "processed"
+    after = shop.buyer.get(f"/api/purchases/{purchase}").json()
+    assert after["status"] == "succeeded", after
+    assert after.get("failure_code") is None, after
+    assert audit_rows(stack_runtime, purchase) == 1
     plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
     assert (plan["paid_seats"], plan["active_seats"]) == (5, 5)
+    assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
 
 
 def test_three_d_secure_completed_by_the_stand_ins_webhook(
@@ -344,29 +473,51 @@ def test_three_d_secure_completed_by_the_stand_ins_webhook(
 
 
 def test_lost_webhooks_are_recovered_by_reconciliation(
-    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str, secret: str
+    stage: Stage, stack_runtime: Runtime, stack_web: Server, stripe_base: str, secret: str
 ) -> None:
-    register_webhook(stripe_base, "http://127.0.0.1:9/webhooks/stripe", secret)
-    try:
-        _, purchase = paid_purchase(stack_runtime, stack_web, stripe_base, 7, "lost-hook")
+    """The bank's answer comes after the charger left (3-D Secure), its webhook is lost and
+    the sweep never polls: only reconciliation, reading Stripe's event list, can settle it."""
+    stage.start("reconcile", SEATS_SWEEP_INTERVAL="3600", SEATS_RECONCILE_INTERVAL="2")
+    with webhooks_lost(stripe_base, stack_web, secret):
+        shop = Tenant(stack_runtime, stack_web.url)
+        card = new_card(stripe_base, THREE_D_SECURE)
+        purchase = buy(shop.buyer, shop.sub, 7, "lost-hook", card)
+        waiting = wait_for(shop.buyer, purchase, ("requires_action",))
         intent = intent_of(stack_runtime, purchase)
-        deadline = time.monotonic() + 30
-        while True:
-            with stack_runtime.uow() as uow:
-                found = uow.session.scalars(
-                    select(WebhookEvent).where(
-                        WebhookEvent.object_id == intent,
-                        WebhookEvent.type == "payment_intent.succeeded",
-                    )
-                ).all()
-                rows = [(e.source, e.outcome) for e in found]
-            if rows == [("reconcile", "processed")]:
-                break
-            assert time.monotonic() < deadline, rows
-            time.sleep(0.2)
-    finally:
-        register_webhook(stripe_base, f"{stack_web.url}/webhooks/stripe", secret)
+        authenticate(stripe_base, intent, waiting["client_secret"])
+        done = wait_for(shop.buyer, purchase, timeout=60)
+    assert done["status"] == "succeeded", done
+    deadline = time.monotonic() + 30
+    while (rows := events_of(stack_runtime, intent, "payment_intent.succeeded")) != [
+        ("reconcile", "processed")
+    ]:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
     assert audit_rows(stack_runtime, purchase) == 1
+    plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
+    assert (plan["paid_seats"], plan["active_seats"]) == (7, 7)
+    assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
+
+
+def test_the_sweep_alone_settles_a_payment_authenticated_at_the_bank(
+    stage: Stage, stack_runtime: Runtime, stack_web: Server, stripe_base: str, secret: str
+) -> None:
+    """Webhooks lost and reconciliation off: the sweep's poll of `requires_action` settles it."""
+    stage.start("sweep", SEATS_SWEEP_INTERVAL="1", SEATS_RECONCILE_INTERVAL="3600")
+    with webhooks_lost(stripe_base, stack_web, secret):
+        shop = Tenant(stack_runtime, stack_web.url)
+        card = new_card(stripe_base, THREE_D_SECURE)
+        purchase = buy(shop.buyer, shop.sub, 6, "swept-3ds", card)
+        waiting = wait_for(shop.buyer, purchase, ("requires_action",))
+        intent = intent_of(stack_runtime, purchase)
+        authenticate(stripe_base, intent, waiting["client_secret"])
+        done = wait_for(shop.buyer, purchase, timeout=60)
+        assert events_of(stack_runtime, intent, "payment_intent.succeeded") == []
+    assert done["status"] == "succeeded", done
+    assert audit_rows(stack_runtime, purchase) == 1
+    plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
+    assert (plan["paid_seats"], plan["active_seats"]) == (6, 6)
+    assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
 
 
 def test_refund_is_flagged_and_seats_stay(
@@ -411,8 +562,22 @@ def test_saved_card_follows_stripe_default(
     body = event_around(detached, "payment_method.detached", f"evt_detach_{purchase}")
     assert post_event(stack_web, body, sign(body, secret)).status_code == 200
     assert wait_processed(stack_runtime, f"evt_detach_{purchase}").outcome == "processed"
-    saved = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()["payment_method"]
-    assert saved is None or saved["id"] != second
+    # Stripe has no default card for renewals any more (the stand-in still names the detached
+    # card, which is gone): nothing is saved, and certainly not the older first card.
+    assert client.v1.payment_methods.retrieve(second).customer is None
+    assert shop.owner.get(f"/api/subscriptions/{shop.sub}").json()["payment_method"] is None
+    # Back to the first card at Stripe: ours follows, exactly that card.
+    client.v1.customers.update(
+        customer, params={"invoice_settings": {"default_payment_method": first}}
+    )
+    deadline = time.monotonic() + 30
+    while (saved := shop.owner.get(f"/api/subscriptions/{shop.sub}").json()["payment_method"]) != {
+        "id": first,
+        "brand": "visa",
+        "last4": "4242",
+    }:
+        assert time.monotonic() < deadline, f"our saved card never followed Stripe's: {saved}"
+        time.sleep(0.2)
 
 
 def test_replay_of_a_processed_event_changes_nothing(
@@ -437,3 +602,53 @@ def test_replay_of_a_processed_event_changes_nothing(
     assert audit_rows(stack_runtime, purchase) == 1
     assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
     assert stored(stack_runtime, event_id).attempts == 3  # type: ignore[union-attr]
+
+
+def test_a_replay_settles_an_event_that_failed_while_stripe_was_away(
+    stage: Stage,
+    stack_runtime: Runtime,
+    stack_web: Server,
+    stripe_base: str,
+    secret: str,
+    worker_env: dict[str, str],
+) -> None:
+    """The success event is the only thing that can settle this purchase, and handling it
+    failed while Stripe was unreachable: the operator's `seats webhooks replay` settles it
+    (no worker runs then); a second replay changes nothing."""
+    paused, shop, purchase = stage.paid_with_charger_paused(5, "replay-settles")
+    paused.kill()
+    intent = intent_as_stripe_has_it(stack_runtime, stripe_base, purchase)
+    event_id = f"evt_replay_settles_{purchase}"
+    outage = stage.start(
+        "outage",
+        STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
+        SEATS_CHARGE_RETRIES="1",
+        SEATS_SWEEP_INTERVAL="3600",
+        SEATS_RECONCILE_INTERVAL="3600",
+    )
+    body = event_around(intent, "payment_intent.succeeded", event_id)
+    assert post_event(stack_web, body, sign(body, secret)).status_code == 200
+    deadline = time.monotonic() + 30
+    while (event := wait_processed(stack_runtime, event_id)).attempts < 2:
+        assert time.monotonic() < deadline, (event.outcome, event.attempts)
+        time.sleep(0.2)
+    assert (event.outcome, event.attempts) == ("failed", 2)
+    assert "Unavailable" in str(event.error)
+    outage.stop()
+    assert shop.buyer.get(f"/api/purchases/{purchase}").json()["status"] == "processing"
+    plan = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
+    assert (plan["paid_seats"], plan["active_seats"]) == (3, 3)
+
+    replayed = seats_json(worker_env, "webhooks", "replay", event_id)
+    assert replayed == {"events": {event_id: "processed"}}
+    assert shop.buyer.get(f"/api/purchases/{purchase}").json()["status"] == "succeeded"
+    settled = shop.owner.get(f"/api/subscriptions/{shop.sub}").json()
+    assert (settled["paid_seats"], settled["active_seats"]) == (5, 5)
+    assert audit_rows(stack_runtime, purchase) == 1
+
+    replayed = seats_json(worker_env, "webhooks", "replay", event_id)
+    assert replayed == {"events": {event_id: "processed"}}
+    assert shop.owner.get(f"/api/subscriptions/{shop.sub}").json() == settled
+    assert audit_rows(stack_runtime, purchase) == 1
+    assert stored(stack_runtime, event_id).attempts == 4  # type: ignore[union-attr]
+    assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1

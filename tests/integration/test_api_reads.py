@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
-from tests.conftest import Client, Tenant
+from shared.cli.embedded import free_port
+from shared.domain.periods import today_in
+from shared.services import charging
+from shared.store.db import make_engine
+from shared.store.models import Purchase
+from tests.conftest import Client, Server, Tenant
 
 
 def test_every_role_of_the_organization_reads_the_plan(tenant: Tenant) -> None:
@@ -93,26 +102,52 @@ def test_above_paid_is_purchase_required_with_the_quote(tenant: Tenant) -> None:
     assert tenant.owner.get(f"/api/subscriptions/{tenant.sub}").json()["active_seats"] == 3
 
 
-def test_quote_is_the_money_rule(runtime: object, web: object) -> None:
-    today = date.today()
-    start = today - timedelta(days=10)
-    plan = Tenant(
-        runtime,
-        web.url,
-        seats=3,
-        unit_amount=50000,
-        period_start=start,  # type: ignore[arg-type, attr-defined]
-        interval="month",
-        renews_at=start + timedelta(days=30),
+def half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded to the nearest whole number, halves up."""
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def test_quote_is_the_money_rule(runtime: Runtime, web: Server) -> None:
+    """Priced on the organization's calendar: its zone is chosen so that its "today" is not
+    the server's, so a quote on the server's date would be a day or more off."""
+    # 25 hours apart, these two zones are never on the same date: one is not on the server's
+    zone = next(
+        z for z in ("Pacific/Kiritimati", "Pacific/Pago_Pago") if today_in(z) != date.today()
     )
-    quote = plan.member.post(
-        f"/api/subscriptions/{plan.sub}/quote", json={"active_seats": 4}
-    ).json()
-    assert quote["period_days"] == 30
-    assert quote["remaining_days"] in (20, 21)  # the billing time zone may still be on yesterday
-    expected = (50000 * quote["remaining_days"] * 2 + 30) // 60
-    assert quote["amount_due"] == expected
-    assert quote["proration_coupon"] == 50000 - expected
+    while True:
+        today = today_in(zone)
+        start = today - timedelta(days=20)
+        renews_at = start + timedelta(days=40)
+        plan = Tenant(
+            runtime,
+            web.url,
+            seats=3,
+            unit_amount=50001,
+            period_start=start,
+            interval="month",
+            renews_at=renews_at,
+            timezone=zone,
+        )
+        answer = plan.member.post(f"/api/subscriptions/{plan.sub}/quote", json={"active_seats": 4})
+        if today_in(zone) == today:  # not across the organization's midnight
+            break
+    assert answer.status_code == 200, answer.text
+    remaining_days = (renews_at - today).days
+    assert remaining_days == 20
+    # 50001 * 20 / 40 = 25000.5: half up is 25001 (half to even would say 25000)
+    amount_due = half_up(50001 * remaining_days, 40)
+    assert amount_due == 25001
+    assert answer.json() == {
+        "seats_to_buy": 1,
+        "unit_amount": 50001,
+        "subtotal": 50001,
+        "proration_coupon": 50001 - amount_due,
+        "amount_due": amount_due,
+        "currency": "cad",
+        "remaining_days": remaining_days,
+        "period_days": 40,
+        "renews_at": renews_at.isoformat(),
+    }
 
 
 def test_renewal_pending_refuses_a_purchase(runtime: object, web: object) -> None:
@@ -131,15 +166,117 @@ def test_renewal_pending_refuses_a_purchase(runtime: object, web: object) -> Non
     assert free.status_code == 200
 
 
-def test_healthz_and_metrics(web: object) -> None:
-    client = Client(web.url, None)  # type: ignore[attr-defined]
+def scraped(client: Client) -> dict[str, dict[str, float]]:
+    """The /metrics gauges this test reads: {family: {label value: value}}."""
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    labels = {"seats_purchases": "status", "seats_webhook_events": "outcome"}
+    found: dict[str, dict[str, float]] = {"seats_purchases": {}, "seats_purchases_parked": {}}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            if sample.name in labels:
+                found.setdefault(sample.name, {})[sample.labels[labels[sample.name]]] = sample.value
+            elif sample.name == "seats_purchases_parked":
+                found[sample.name][""] = sample.value
+    return found
+
+
+def purchases_in_the_database(runtime: Runtime) -> tuple[dict[str, float], float]:
+    with runtime.uow() as uow:
+        by_status = {
+            status: float(count)
+            for status, count in uow.session.execute(
+                select(Purchase.status, func.count()).group_by(Purchase.status)
+            )
+        }
+        parked = uow.session.scalar(
+            select(func.count()).select_from(Purchase).where(Purchase.attention.is_not(None))
+        )
+    return by_status, float(parked or 0)
+
+
+def test_healthz_and_metrics(web: Server, runtime: Runtime, tenant: Tenant) -> None:
+    client = Client(web.url, None)
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json()["database"] == "ok" and health.json()["broker"] == "ok"
-    metrics = client.get("/metrics")
-    assert metrics.status_code == 200
-    assert "seats_http_requests_total" in metrics.text
-    assert "seats_queue_depth" in metrics.text
+    assert health.json() == {"status": "ok", "web": "ok", "database": "ok", "broker": "ok"}
+
+    def figures() -> tuple[dict[str, float], float]:
+        metrics = scraped(client)
+        return metrics["seats_purchases"], metrics["seats_purchases_parked"][""]
+
+    before = figures()
+    assert before == purchases_in_the_database(runtime)
+
+    purchases = []
+    for role, target in (("buyer", 5), ("owner", 6)):  # two purchases of one organization
+        client_of = tenant.clients[role]
+        body = {"subscription_id": tenant.sub, "active_seats": target, "confirm": True}
+        assert client_of.post("/api/cart/items", json=body).status_code == 201
+        checkout = client_of.post(
+            "/api/checkout",
+            json={"payment_method": "pm_metrics"},
+            headers={"Idempotency-Key": f"metrics-{role}"},
+        )
+        assert checkout.status_code == 202, checkout.text
+        purchases.append(checkout.json()["purchase_id"])
+    pending = figures()
+    assert pending == purchases_in_the_database(runtime)
+    assert pending[0]["pending"] == before[0].get("pending", 0) + 2
+    assert pending[1] == before[1]
+
+    # an operator's view of parked work moves with it (parked before any PaymentIntent)
+    for purchase in purchases:
+        charging.park(runtime.uow(), runtime.engine, purchase, "test: processor unavailable")
+    parked = figures()
+    assert parked == purchases_in_the_database(runtime)
+    assert parked[0] == pending[0] and parked[1] == pending[1] + 2
+
+    text_body = client.get("/metrics").text
+    assert "seats_http_requests_total" in text_body
+    assert "seats_queue_depth" in text_body
+
+
+def app_with(runtime: Runtime, **changes: Any) -> Server:
+    """The app over a runtime with some of its parts replaced (settings or engine)."""
+    from web import create_app
+
+    settings = replace(runtime.settings, **changes.pop("settings", {}))
+    return Server(create_app(runtime=replace(runtime, settings=settings, **changes)))
+
+
+def test_healthz_says_the_database_is_down(runtime: Runtime) -> None:
+    dead = make_engine(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere", pool_size=1
+    )
+    server = app_with(runtime, engine=dead)
+    try:
+        health = Client(server.url, None).get("/healthz")
+    finally:
+        server.close()
+        dead.dispose()
+    assert health.status_code == 503
+    assert health.json() == {
+        "status": "degraded",
+        "web": "ok",
+        "database": "unavailable",
+        "broker": "ok",
+    }
+
+
+def test_healthz_says_the_broker_is_down(runtime: Runtime) -> None:
+    server = app_with(runtime, settings={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    try:
+        health = Client(server.url, None).get("/healthz")
+    finally:
+        server.close()
+    assert health.status_code == 503
+    assert health.json() == {
+        "status": "degraded",
+        "web": "ok",
+        "database": "ok",
+        "broker": "unavailable",
+    }
 
 
 # --- tenant before role: a member learns nothing from a 403 about ids that are not there --------

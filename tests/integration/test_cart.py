@@ -202,3 +202,43 @@ def test_a_purchase_stored_before_fingerprints_matches_any_card(tenant: Tenant) 
     again = checkout(tenant, "old-key", {"payment_method": "pm_second"})
     assert again.status_code == 202, again.text
     assert again.json()["purchase_id"] == bought.json()["purchase_id"]
+
+
+def test_a_cart_holds_plans_of_one_currency(runtime: Runtime, tenant: Tenant) -> None:
+    """The buyer's organization also has a plan billed in another currency (its billing
+    currency changed between the two plans): both cannot be paid in one checkout."""
+    with runtime.uow() as uow:
+        uow.session.get_one(Organization, tenant.org).currency = "usd"
+        uow.commit()
+    try:
+        dollars = provisioning.create_subscription(
+            runtime.uow(),
+            tenant.org,
+            "XLGL-US",
+            40000,
+            "year",
+            3,
+            date.today() - timedelta(days=30),
+        )
+    finally:
+        with runtime.uow() as uow:
+            uow.session.get_one(Organization, tenant.org).currency = "cad"
+            uow.commit()
+    assert tenant.buyer.get(f"/api/subscriptions/{dollars}").json()["currency"] == "usd"
+    assert add(tenant, "buyer", 5).status_code == 201
+    answer = tenant.buyer.post(
+        "/api/cart/items", json={"subscription_id": dollars, "active_seats": 5, "confirm": True}
+    )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "currency_mismatch"
+    cart = tenant.buyer.get("/api/cart").json()
+    assert [(line["subscription_id"], line["active_seats"]) for line in cart["items"]] == [
+        (tenant.sub, 5)
+    ]
+    assert cart["currency"] == "cad"
+    # another buyer's cart is their own: the dollar plan alone is fine there
+    owner = tenant.owner.post(
+        "/api/cart/items", json={"subscription_id": dollars, "active_seats": 5, "confirm": True}
+    )
+    assert owner.status_code == 201, owner.text
+    assert owner.json()["currency"] == "usd"

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from shared.bootstrap import Runtime
 from shared.cli import main
-from shared.services import provisioning, webhooks
+from shared.domain.errors import Conflict
+from shared.services import operations, provisioning, webhooks
 from shared.store.db import UnitOfWork, make_session_factory, upgrade
 from tests.conftest import Client, Server
+from web.errors import refused
 
 SCRIPT = Path(sys.executable).with_name("seats")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "shared.cli"]
@@ -788,3 +791,38 @@ def test_alerts_list_refuses_a_limit_out_of_range(
     run = seats_cli("alerts", "list", "--limit", limit, "--json")
     assert run.code == 2, run
     assert run.object()["error"] == "usage" and "limit" in run.object()["message"]
+
+
+def test_alerts_are_listed_resolved_once_and_then_listed_as_resolved(scratch: Scratch) -> None:
+    with scratch.engine.begin() as connection:
+        connection.execute(
+            ALERT_ROW, [{"message": f"refund {i}", "resolved": None} for i in range(3)]
+        )
+    listed = ok(scratch.seats("alerts", "list", "--json"))
+    assert [a["message"] for a in listed["alerts"]] == ["refund 0", "refund 1", "refund 2"]
+    assert all(a["kind"] == "refund" and a["resolved_at"] is None for a in listed["alerts"])
+    first, *rest = [a["id"] for a in listed["alerts"]]
+
+    assert ok(scratch.seats("alerts", "resolve", str(first), "--json")) == {
+        "id": first,
+        "resolved": True,
+    }
+    assert [a["id"] for a in ok(scratch.seats("alerts", "list", "--json"))["alerts"]] == rest
+    everything = ok(scratch.seats("alerts", "list", "--all", "--json"))["alerts"]
+    assert [a["id"] for a in everything] == [first, *rest]
+    assert everything[0]["resolved_at"] is not None
+    resolved_at = everything[0]["resolved_at"]
+
+    again = scratch.seats("alerts", "resolve", str(first), "--json")
+    assert again.code == 1, again
+    assert again.object()["error"] == "already_resolved"
+    with pytest.raises(Conflict) as conflict:
+        operations.resolve_alert(scratch.uow(), first)
+    with Flask(__name__).app_context():
+        answer = refused(conflict.value)
+    assert (answer.status_code, answer.get_json()["error"]) == (409, "already_resolved")
+    everything = ok(scratch.seats("alerts", "list", "--all", "--json"))["alerts"]
+    assert everything[0]["resolved_at"] == resolved_at  # the first resolution stands
+
+    missing = scratch.seats("alerts", "resolve", str(max(rest) + 1000), "--json")
+    assert missing.code == 1 and missing.object()["error"] == "not_found", missing

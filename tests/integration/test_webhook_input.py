@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -320,3 +321,37 @@ def test_a_type_with_digits_is_an_event(web: Server, runtime: Runtime, secret: s
     answer = post(web, body.encode(), sign(body.encode(), secret))
     assert answer.status_code == 200, answer.text
     assert stored(runtime, event_id) is not None
+
+
+# --- a secret roll: STRIPE_WEBHOOK_SECRET=old,new -----------------------------------------------
+
+
+@pytest.fixture
+def rolling_web(runtime: Runtime) -> Iterator[tuple[Server, str, str]]:
+    """The app of a server whose webhook endpoint is in the middle of a secret roll."""
+    from web import create_app
+
+    old, new = f"whsec_old_{secrets.token_hex(8)}", f"whsec_new_{secrets.token_hex(8)}"
+    settings = replace(runtime.settings, stripe_webhook_secret=f"{old},{new}")
+    rolled = replace(runtime, settings=settings)
+    server = Server(create_app(runtime=rolled))
+    yield server, old, new
+    server.close()
+
+
+def test_during_a_secret_roll_both_secrets_are_accepted_and_no_other(
+    rolling_web: tuple[Server, str, str], runtime: Runtime, secret: str
+) -> None:
+    server, old, new = rolling_web
+    for signer in (old, new):
+        event_id = new_id()
+        body = json.dumps(event(event_id, {"id": "cus_roll"}, "customer.created")).encode()
+        answer = post(server, body, sign(body, signer))
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"received": True, "duplicate": False}
+        assert stored(runtime, event_id) is not None
+    for signer in (f"whsec_third_{secrets.token_hex(8)}", secret, f"{old},{new}"):
+        event_id = new_id()
+        body = json.dumps(event(event_id, {"id": "cus_roll"}, "customer.created")).encode()
+        assert_refused(post(server, body, sign(body, signer)), 400, "bad_signature")
+        assert stored(runtime, event_id) is None
