@@ -99,6 +99,8 @@ AGAIN = text(
         (status = 'failed' AND next_attempt_at <= :now)
         OR (status IN ('pending', 'processing') AND updated_at < :stale)
         OR (status = 'failed' AND client_secret IS NOT NULL AND updated_at < :stale)
+        -- "stale" is real time since the row was last touched (the database's clock), while
+        -- "due" is the billing clock (`now`), which tests and `--as-of` may move
     )
     ORDER BY id
     LIMIT :batch
@@ -145,7 +147,7 @@ def scan(
         if row.made:
             yield list(row.made)
     after = 0
-    stale = now - timedelta(seconds=stuck_after)
+    stale = datetime.now(UTC) - timedelta(seconds=stuck_after)
     while True:
         with uow:
             found = list(
