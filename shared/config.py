@@ -18,6 +18,24 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def parse_dunning_days(text: str) -> tuple[int, ...]:
+    """`SEATS_DUNNING_DAYS=1,3,5,7`: the days after a failed renewal's date it is tried
+    again, each from 1 to 365."""
+    try:
+        days = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        days = ()
+    if not days or not all(1 <= day <= 365 for day in days):
+        raise ValueError(f"SEATS_DUNNING_DAYS={text!r}: list days from 1 to 365, such as 1,3,5,7")
+    return days
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None
@@ -33,6 +51,9 @@ class Settings:
     charge_retries: int
     requires_action_ttl: float
     secret_key_given: bool = False
+    dunning_days: tuple[int, ...] = (1, 3, 5, 7)
+    renewal_scan_interval: float = 300
+    off_session: bool = False
 
     @property
     def stripe_test_mode(self) -> bool:
@@ -57,4 +78,7 @@ class Settings:
             charge_retries=int(env.get("SEATS_CHARGE_RETRIES") or 5),
             requires_action_ttl=float(env.get("SEATS_REQUIRES_ACTION_TTL") or 3600),
             secret_key_given=bool(env.get("SECRET_KEY")),
+            dunning_days=parse_dunning_days(env.get("SEATS_DUNNING_DAYS") or "1,3,5,7"),
+            renewal_scan_interval=float(env.get("SEATS_RENEWAL_SCAN_INTERVAL") or 300),
+            off_session=_flag(env.get("SEATS_OFF_SESSION"), not env.get("STRIPE_API_BASE")),
         )

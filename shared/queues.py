@@ -11,18 +11,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 CHARGES = "charges"
+RENEWALS = "renewals"
 WEBHOOKS = "webhooks"
 DEFAULT = "default"
-ALL = (CHARGES, WEBHOOKS, DEFAULT)
-"""Every queue a worker consumes by default (`-Q charges,webhooks,default`)."""
+ALL = (CHARGES, RENEWALS, WEBHOOKS, DEFAULT)
+"""Every queue a worker consumes by default (`-Q charges,renewals,webhooks,default`). Renewals
+have their own, so a batch of 10,000 never delays a customer's purchase on `charges`."""
 
 CHARGE_PURCHASE = "seats.charge_purchase"
 PROCESS_EVENT = "seats.process_event"
 REFUND = "seats.refund"
+RENEW = "seats.renew"
 SWEEP = "seats.sweep"
 RECONCILE = "seats.reconcile"
+RENEWAL_SCAN = "seats.renewal_scan"
 
-ROUTES = {CHARGE_PURCHASE: CHARGES, PROCESS_EVENT: WEBHOOKS, REFUND: DEFAULT}
+ROUTES = {
+    CHARGE_PURCHASE: CHARGES,
+    PROCESS_EVENT: WEBHOOKS,
+    REFUND: DEFAULT,
+    RENEW: RENEWALS,
+    SWEEP: DEFAULT,
+    RECONCILE: DEFAULT,
+    RENEWAL_SCAN: DEFAULT,
+}
 
 log = logging.getLogger("seats.queues")
 
@@ -54,6 +66,10 @@ class Dispatcher:
     def refund(self, *alert_ids: int) -> None:
         for alert_id in alert_ids:
             self._send(REFUND, alert_id)
+
+    def renew(self, *renewal_ids: int, force: bool = False) -> None:
+        for renewal_id in renewal_ids:
+            self._send(RENEW, renewal_id, force)
 
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from shared.services import cart, checkout, purchases, seats
+from shared.services import cart, checkout, payment_methods, purchases, seats
 from shared.services.views import to_json
 from web.auth import current_actor
-from web.bodies import CartItemBody, CheckoutBody, SeatsBody, parse, resource_id
+from web.bodies import (
+    CartItemBody,
+    CheckoutBody,
+    PaymentMethodBody,
+    SeatsBody,
+    parse,
+    resource_id,
+)
 from web.extensions import dispatcher, runtime
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -75,6 +82,18 @@ def do_checkout() -> Response:
     response = answer({"purchase_id": purchase_id, "status": status}, 202)
     response.headers["Location"] = f"/api/purchases/{purchase_id}"
     return response
+
+
+@api.put("/payment-method")
+def save_payment_method() -> Response:
+    """The card for renewals; a past-due or suspended plan is tried again with it at once."""
+    actor = current_actor()
+    body = parse(PaymentMethodBody)
+    saved, retry = payment_methods.save_card(
+        runtime().uow(), runtime().gateway, actor, body.payment_method
+    )
+    dispatcher().renew(*retry, force=True)
+    return answer(saved)
 
 
 @api.get("/purchases/<int:purchase_id>")

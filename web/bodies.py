@@ -31,6 +31,10 @@ class CartItemBody(Strict):
     confirm: bool = False
 
 
+class PaymentMethodBody(Strict):
+    payment_method: str = Field(min_length=1, max_length=255)
+
+
 class CheckoutBody(Strict):
     payment_method: str | None = Field(default=None, min_length=1, max_length=255)
 

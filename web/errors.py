@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from shared.domain.errors import Conflict, Forbidden, Invalid, NotFound, Refused
+from shared.payments.gateway import PaymentUnavailable
 from shared.services.webhooks import BadEvent
 
 log = logging.getLogger("seats.web")
@@ -50,6 +51,16 @@ def http_error(error: HTTPException) -> Response:
     return response
 
 
+def unavailable(error: PaymentUnavailable) -> Response:
+    """Stripe could not be reached while the request waited on it: nothing was saved."""
+    log.warning("payment processor unavailable: %s", error)
+    response = error_response(
+        503, "payment_unavailable", "the card processor could not be reached; try again shortly"
+    )
+    response.headers["Retry-After"] = "30"
+    return response
+
+
 def unexpected(error: Exception) -> Response:
     log.exception("unexpected error")
     return error_response(500, "internal_error", "something went wrong on our side; try again")
@@ -57,5 +68,6 @@ def unexpected(error: Exception) -> Response:
 
 def register(app: Flask) -> None:
     app.register_error_handler(Refused, refused)
+    app.register_error_handler(PaymentUnavailable, unavailable)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected)

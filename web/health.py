@@ -76,6 +76,25 @@ class StateCollector(Collector):
             except redis.RedisError:
                 continue
         yield depth
+        renewals = GaugeMetricFamily(
+            "seats_renewals", "Renewals by status (one per plan and period)", labels=["status"]
+        )
+        for status, count in monitoring.renewal_counts(self.runtime.uow()).items():
+            renewals.add_metric([status], count)
+        yield renewals
+        plans = GaugeMetricFamily(
+            "seats_subscriptions",
+            "Plans by standing (active, past_due, suspended)",
+            labels=["status"],
+        )
+        for status, count in monitoring.subscription_counts(self.runtime.uow()).items():
+            plans.add_metric([status], count)
+        yield plans
+        yield GaugeMetricFamily(
+            "seats_renewals_due",
+            "Plans whose renewal date has come and whose period has not moved yet",
+            value=monitoring.renewals_due(self.runtime.uow()),
+        )
 
 
 def install_metrics(

@@ -26,6 +26,8 @@ app.conf.update(queues.celery_settings(settings.redis_url))
 app.conf.beat_schedule = {
     "sweep": {"task": queues.SWEEP, "schedule": settings.sweep_interval},
     "reconcile": {"task": queues.RECONCILE, "schedule": settings.reconcile_interval},
+    # every few minutes: a plan is due the moment its day starts in its own time zone
+    "renewals": {"task": queues.RENEWAL_SCAN, "schedule": settings.renewal_scan_interval},
 }
 app.conf.include = ["worker.tasks"]
 

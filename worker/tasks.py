@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from shared import queues
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import charging, sweep, webhooks
+from shared.services import charging, renewals, sweep, webhooks
 from worker.app import app, runtime, settings
 from worker.failpoints import checkpoint
 
@@ -93,6 +94,45 @@ def refund(self: Task, alert_id: int) -> str:
     except Exception as error:
         return retry_or_give_up(self, error, lambda cause: "pending")
     return "done"
+
+
+def dunning() -> renewals.Dunning:
+    return renewals.Dunning(settings.dunning_days, settings.off_session)
+
+
+@app.task(name=queues.RENEW, bind=True, max_retries=None)
+def renew(self: Task, renewal_id: int, force: bool = False) -> str:
+    """One renewal; a plan waiting on a purchase is picked up again by the next scan."""
+    rt = runtime()
+
+    def park(cause: str) -> str:
+        renewals.park(rt.uow(), renewal_id, cause)
+        return "parked"
+
+    try:
+        step = renewals.renew(
+            rt.uow(),
+            rt.engine,
+            rt.gateway,
+            renewal_id,
+            dunning=dunning(),
+            force=force,
+            checkpoint=checkpoint,
+        )
+    except Exception as error:
+        return retry_or_give_up(self, error, park)
+    return step.value
+
+
+@app.task(name=queues.RENEWAL_SCAN)
+def renewal_scan() -> int:
+    """Find what is due in the database and send one task per renewal, batch by batch."""
+    rt = runtime()
+    sent = 0
+    for batch in renewals.scan(rt.uow(), now=datetime.now(UTC), stuck_after=settings.stuck_after):
+        send.renew(*batch)
+        sent += len(batch)
+    return sent
 
 
 @app.task(name=queues.SWEEP)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -16,9 +16,11 @@ from shared.bootstrap import Runtime, build
 from shared.config import LOCALSTRIPE_KEY, Settings
 from shared.domain.errors import Refused
 from shared.domain.periods import INTERVALS
+from shared.domain.renewals import SubscriptionStatus
 from shared.domain.seats import PurchaseStatus, Role
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import operations, provisioning
+from shared.services import operations, provisioning, renewals
+from shared.services.views import to_json
 from shared.store.db import upgrade
 
 Handler = Callable[[argparse.Namespace, Callable[[], Runtime]], tuple[dict[str, Any], str]]
@@ -154,6 +156,35 @@ def alerts_resolve(
     return {"id": args.id, "resolved": True}, f"alert {args.id} resolved"
 
 
+def renewals_run(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    rt = runtime()
+    tally = renewals.run_due(
+        rt.uow(),
+        rt.engine,
+        rt.gateway,
+        renewals.Dunning(rt.settings.dunning_days, rt.settings.off_session),
+        now=datetime.now(UTC),
+        as_of=args.as_of,
+        stuck_after=rt.settings.stuck_after,
+    )
+    text = ", ".join(f"{key} {value}" for key, value in tally.items())
+    return tally, text
+
+
+def renewals_list(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    rows = renewals.unsettled(runtime().uow(), args.status)
+    text = "\n".join(
+        f"{r.subscription_id}\t{r.status}\t{r.renews_at}\t{r.attempts} tries\t"
+        f"{r.failure_code or ''}\tnext {r.next_attempt_at or 'none'}"
+        for r in rows
+    )
+    return {"renewals": to_json(rows)}, text or "no plan is past due or suspended"
+
+
 def up(args: argparse.Namespace, runtime: Callable[[], Runtime]) -> tuple[dict[str, Any], str]:
     from shared.cli.supervisor import run_stack
 
@@ -238,6 +269,16 @@ def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     replay.add_argument("event_id", nargs="?")
     replay.add_argument("--failed", action="store_true", help="every event whose processing failed")
     replay.set_defaults(run=webhooks_replay)
+
+    plans = _group(groups, "renewals", "renewals and failed payments")
+    run = plans.add_parser("run", parents=[common], help="renew the plans due now")
+    run.add_argument("--as-of", type=_date, default=None, help="the date to renew for")
+    run.set_defaults(run=renewals_run)
+    listing = plans.add_parser("list", parents=[common], help="plans past due or suspended")
+    listing.add_argument(
+        "--status", choices=[SubscriptionStatus.PAST_DUE.value, SubscriptionStatus.SUSPENDED.value]
+    )
+    listing.set_defaults(run=renewals_list)
 
     alerts = _group(groups, "alerts", "operators: refunds, disputes")
     listing = alerts.add_parser("list", parents=[common], help="open alerts")

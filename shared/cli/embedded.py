@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def home() -> Path:
@@ -93,6 +94,24 @@ def start_localstripe(port: int, log: Path | None = None) -> subprocess.Popen[by
     return process
 
 
+def _retry_like_stripe(resources: Any) -> None:
+    """Stripe lets an intent whose payment failed take another card (or amount) and be
+    confirmed again; localstripe keeps the failed charge and refuses. Teach it Stripe's way,
+    since renewals retry one intent per period after a decline."""
+    original = resources.PaymentIntent._update
+
+    def update(self: Any, **data: Any) -> None:
+        if "amount" in data:
+            data["amount"] = resources.try_convert_to_int(data["amount"])
+        retrying = self.status == "requires_payment_method" and "payment_method" in data
+        original(self, **data)
+        if retrying:
+            self.latest_charge = None
+            self._authentication_failed = False
+
+    resources.PaymentIntent._update = update
+
+
 def run_localstripe(host: str, port: int) -> None:
     """Serve localstripe in this process, from scratch, without its disk dump."""
     import logging
@@ -101,6 +120,7 @@ def run_localstripe(host: str, port: int) -> None:
     from localstripe import resources, server
 
     resources.Store.dump_to_disk = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    _retry_like_stripe(resources)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     web.run_app(server.app, host=host, port=port, access_log=None, print=None)
 

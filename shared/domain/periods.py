@@ -18,12 +18,23 @@ def add_months(start: date, months: int) -> date:
     return date(year, month, day)
 
 
-def next_renewal(period_start: date, interval: str) -> date:
-    if interval == "month":
-        return add_months(period_start, 1)
-    if interval == "year":
-        return add_months(period_start, 12)
-    raise ValueError(f"interval must be one of {', '.join(INTERVALS)}")
+def next_renewal(period_start: date, interval: str, anchor_day: int | None = None) -> date:
+    """One interval after `period_start`, on the plan's anchor day when the month has it,
+    else on the month's last day: an anchor of 31 gives Jan 31 -> Feb 28 (29) -> Mar 31,
+    and a Feb 29 yearly plan gives Feb 28 in common years and Feb 29 again in leap years."""
+    months = {"month": 1, "year": 12}.get(interval)
+    if months is None:
+        raise ValueError(f"interval must be one of {', '.join(INTERVALS)}")
+    moved = add_months(period_start, months)
+    if anchor_day is None:
+        return moved
+    last = calendar.monthrange(moved.year, moved.month)[1]
+    return moved.replace(day=min(anchor_day, last))
+
+
+def start_of_day(day: date, tz_name: str) -> datetime:
+    """The moment a date begins in a billing time zone (renewals are due then)."""
+    return datetime.combine(day, datetime.min.time(), ZoneInfo(tz_name)).astimezone(UTC)
 
 
 NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})

@@ -76,9 +76,13 @@ class SeatCounts:
             raise ValueError("a purchase must raise the paid count")
         return SeatCounts(target, target)
 
-    def renewed(self) -> SeatCounts:
-        """At renewal the customer pays for what is in use."""
-        return SeatCounts(self.active_seats, self.active_seats)
+    def renewed(self, charged_seats: int) -> SeatCounts:
+        """At renewal the customer paid for the seats in use when charged: those are the
+        new paid seats (and no more than them stay active, should a retry have charged
+        fewer)."""
+        if charged_seats < 1:
+            raise ValueError("a renewal charges at least one seat")
+        return SeatCounts(charged_seats, min(self.active_seats, charged_seats))
 
 
 def check_seat_count(value: int) -> None:

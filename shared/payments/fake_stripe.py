@@ -225,7 +225,9 @@ class FakeStripe:
         result: Payment = self._call("create_payment", request.idempotency_key, (request,), act)
         return replace(result, status=self.intents[result.id].status)
 
-    def confirm_payment(self, payment_id: str) -> Payment:
+    def confirm_payment(
+        self, payment_id: str, *, off_session: bool = False, attempt: int = 1
+    ) -> Payment:
         def act() -> Payment:
             intent = self.intents[payment_id]
             if intent.status == "requires_confirmation":
@@ -234,10 +236,29 @@ class FakeStripe:
                         "payment_method_unexpected_state",
                         friendly_message("payment_method_unexpected_state"),
                     )
-                self._confirm(intent)
+                self._confirm(intent, off_session)
             return self._payment(intent)
 
-        self._call("confirm_payment", f"{payment_id}-confirm", (payment_id,), act)
+        key = f"{payment_id}-confirm" + (f"-{attempt}" if attempt > 1 else "")
+        self._call("confirm_payment", key, (payment_id, off_session), act)
+        return self.get_payment(payment_id)
+
+    def update_payment(
+        self, payment_id: str, *, amount: int, payment_method_id: str, attempt: int
+    ) -> Payment:
+        def act() -> Payment:
+            intent = self.intents[payment_id]
+            if intent.status not in ("requires_payment_method", "requires_confirmation"):
+                raise PaymentRefused(
+                    "payment_intent_unexpected_state",
+                    friendly_message("payment_intent_unexpected_state"),
+                )
+            intent.amount, intent.method = amount, payment_method_id
+            intent.status, intent.failure_code = "requires_confirmation", None
+            return self._payment(intent)
+
+        key = f"{payment_id}-update-{attempt}"
+        self._call("update_payment", key, (payment_id, amount, payment_method_id), act)
         return self.get_payment(payment_id)
 
     def get_payment(self, payment_id: str) -> Payment:
@@ -320,9 +341,16 @@ class FakeStripe:
 
     # -- what Stripe does inside -------------------------------------------------
 
-    def _confirm(self, intent: _Intent) -> None:
+    def _confirm(self, intent: _Intent, off_session: bool = False) -> None:
         card = self.cards.get(intent.method or "")
         if card is not None and card["number"] == THREE_D_SECURE and intent.failure_code is None:
+            if off_session:  # the bank wants the customer, who is not there: a decline
+                intent.status, intent.failure_code = (
+                    "requires_payment_method",
+                    ("authentication_required"),
+                )
+                self._event("payment_intent.payment_failed", intent)
+                return
             intent.status = "requires_action"
             self._event("payment_intent.requires_action", intent)
             return

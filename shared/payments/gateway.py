@@ -20,11 +20,15 @@ class PaymentRequest:
     customer_id: str
     payment_method_id: str
     metadata: dict[str, str]
+    one_per_reference: bool = False
+    """True: one intent per reference whatever the amount (a renewal's period); False: the
+    amount is in the key, so a purchase priced again after it was parked gets a new
+    intent, never Stripe's idempotency error."""
 
     @property
     def idempotency_key(self) -> str:
-        # the amount is part of the key: a purchase priced again after it was parked gets
-        # a new intent, never Stripe's idempotency error
+        if self.one_per_reference:
+            return f"{self.reference}-intent"
         return f"{self.reference}-intent-{self.amount}"
 
 
@@ -70,7 +74,19 @@ class PaymentGateway(Protocol):
 
     def create_payment(self, request: PaymentRequest) -> Payment: ...
 
-    def confirm_payment(self, payment_id: str) -> Payment: ...
+    def confirm_payment(
+        self, payment_id: str, *, off_session: bool = False, attempt: int = 1
+    ) -> Payment:
+        """`attempt` numbers the confirmations of one intent (a renewal tried again after a
+        decline), each its own idempotent request; `off_session`: the customer is away."""
+        ...
+
+    def update_payment(
+        self, payment_id: str, *, amount: int, payment_method_id: str, attempt: int
+    ) -> Payment:
+        """Change what an unpaid intent charges and with which card, before confirming it
+        again."""
+        ...
 
     def get_payment(self, payment_id: str) -> Payment: ...
 

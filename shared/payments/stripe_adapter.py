@@ -140,12 +140,16 @@ class StripeGateway:
             raise _translate(error) from error
         return _payment(intent)
 
-    def confirm_payment(self, payment_id: str) -> Payment:
+    def confirm_payment(
+        self, payment_id: str, *, off_session: bool = False, attempt: int = 1
+    ) -> Payment:
         """A decline is an outcome, not an error: the intent then says why. A refusal
         that left the intent unconfirmed (a card detached since checkout, say) is final."""
+        key = f"{payment_id}-confirm" + (f"-{attempt}" if attempt > 1 else "")
+        params: Any = {"off_session": True} if off_session else {}
         try:
             intent = self.client.v1.payment_intents.confirm(
-                payment_id, options={"idempotency_key": f"{payment_id}-confirm"}
+                payment_id, params=params, options={"idempotency_key": key}
             )
         except (stripe.CardError, stripe.InvalidRequestError) as error:
             payment = self.get_payment(payment_id)
@@ -153,6 +157,19 @@ class StripeGateway:
                 code = error.code or "payment_failed"
                 raise PaymentRefused(code, friendly_message(code, error.user_message)) from error
             return payment
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        return _payment(intent)
+
+    def update_payment(
+        self, payment_id: str, *, amount: int, payment_method_id: str, attempt: int
+    ) -> Payment:
+        try:
+            intent = self.client.v1.payment_intents.update(
+                payment_id,
+                params={"amount": amount, "payment_method": payment_method_id},
+                options={"idempotency_key": f"{payment_id}-update-{attempt}"},
+            )
         except stripe.StripeError as error:
             raise _translate(error) from error
         return _payment(intent)

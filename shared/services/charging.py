@@ -11,13 +11,13 @@ owed, refunded automatically).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.domain.cards import Card
@@ -34,7 +34,7 @@ from shared.payments.gateway import (
 )
 from shared.services.alerts import raise_alert
 from shared.services.seats import price, record_change
-from shared.store.db import UnitOfWork
+from shared.store.db import PURCHASE_LOCKS, UnitOfWork, work_lock
 from shared.store.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
 
 log = logging.getLogger("seats.charging")
@@ -70,21 +70,9 @@ class FollowUp:
     refund_alert: int | None = None
 
 
-@contextmanager
-def purchase_lock(engine: Engine, purchase_id: int) -> Iterator[bool]:
-    """One charger per purchase at a time; a crashed holder's lock dies with its connection."""
-    with engine.connect() as connection:
-        got = bool(
-            connection.scalar(text("SELECT pg_try_advisory_lock(7301, :id)"), {"id": purchase_id})
-        )
-        try:
-            yield got
-        finally:
-            if got:
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(7301, :id)"), {"id": purchase_id}
-                )
-            connection.commit()
+def purchase_lock(engine: Engine, purchase_id: int) -> AbstractContextManager[bool]:
+    """One charger per purchase at a time."""
+    return work_lock(engine, PURCHASE_LOCKS, purchase_id)
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
@@ -480,7 +468,7 @@ def save_card_later(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) 
         log.warning("saving the card of purchase %s failed, will retry: %s", purchase_id, error)
 
 
-def _customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) -> str:
+def stripe_customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) -> str:
     """One Stripe customer per organization, even when two chargers race to make it.
 
     The organization's row is locked while the customer is created, so a
@@ -554,7 +542,7 @@ def charge(
         card: Card | None = None
         payment: Payment | None = None
         try:
-            customer = _customer(uow, gateway, organization_id)
+            customer = stripe_customer(uow, gateway, organization_id)
             if intent_id is None:
                 card = gateway.attach_card(method, customer) if new_card else None
                 created = gateway.create_payment(

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.domain.cards import check_payment_method
 from shared.domain.errors import Conflict, Invalid
 from shared.domain.seats import PurchaseStatus, require_manager
 from shared.services.access import Actor, organization_of
@@ -17,7 +18,6 @@ from shared.services.cart import priced_lines
 from shared.store.db import UnitOfWork
 from shared.store.models import Purchase, PurchaseItem, User
 
-PAYMENT_METHOD = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -83,10 +83,8 @@ def checkout(
     """Store the purchase and empty the cart in one transaction; the same key gives it back."""
     require_manager(actor.role)
     key = check_idempotency_key(idempotency_key)
-    if payment_method is not None and not PAYMENT_METHOD.match(payment_method):
-        raise Invalid(
-            "payment_method must be a Stripe PaymentMethod id (pm_...)", "invalid_payment_method"
-        )
+    if payment_method is not None:
+        check_payment_method(payment_method)
     with uow:
         session = uow.session
         session.scalars(

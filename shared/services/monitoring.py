@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from shared.store.db import UnitOfWork
-from shared.store.models import Purchase, WebhookEvent
+from shared.store.models import Purchase, Renewal, Subscription, WebhookEvent
 
 
 def purchase_counts(uow: UnitOfWork) -> dict[str, int]:
@@ -32,3 +32,31 @@ def event_counts(uow: UnitOfWork) -> dict[str, int]:
             )
         )
         return {outcome: count for outcome, count in rows}
+
+
+def renewal_counts(uow: UnitOfWork) -> dict[str, int]:
+    with uow:
+        rows = uow.session.execute(select(Renewal.status, func.count()).group_by(Renewal.status))
+        return {status: count for status, count in rows}
+
+
+def subscription_counts(uow: UnitOfWork) -> dict[str, int]:
+    """Plans by standing: active, past_due, suspended."""
+    with uow:
+        rows = uow.session.execute(
+            select(Subscription.status, func.count()).group_by(Subscription.status)
+        )
+        return {status: count for status, count in rows}
+
+
+def renewals_due(uow: UnitOfWork) -> int:
+    """Plans whose renewal date has come (UTC) and whose period has not moved yet."""
+    with uow:
+        return int(
+            uow.session.scalar(
+                select(func.count())
+                .select_from(Subscription)
+                .where(Subscription.renews_at <= func.current_date())
+            )
+            or 0
+        )

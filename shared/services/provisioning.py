@@ -93,6 +93,7 @@ def create_subscription(
         raise Invalid("the interval must be month or year", "invalid_interval")
     if not 1 <= seats <= MAX_SEATS:
         raise Invalid(f"seats must be between 1 and {MAX_SEATS}", "invalid_seats")
+    anchor_day = renews_at.day if renews_at is not None else period_start.day
     if renews_at is None:
         try:
             renews_at = next_renewal(period_start, interval)
@@ -118,6 +119,7 @@ def create_subscription(
             renews_at=renews_at,
             paid_seats=seats,
             active_seats=seats,
+            anchor_day=anchor_day,
         )
         uow.session.add(subscription)
         uow.session.flush()

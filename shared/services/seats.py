@@ -4,20 +4,40 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.domain.errors import Conflict
 from shared.domain.money import Quote, RenewalPending, quote
 from shared.domain.periods import today_in
-from shared.domain.seats import PurchaseNeeded, SeatCounts, check_seat_count
+from shared.domain.renewals import SubscriptionStatus
+from shared.domain.seats import MANAGING_ROLES, PurchaseNeeded, SeatCounts, check_seat_count
 from shared.services.access import Actor, subscription_for
-from shared.services.views import SubscriptionView, to_json
+from shared.services.views import RenewalView, SubscriptionView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import SeatChange, Subscription
+from shared.store.models import Renewal, SeatChange, Subscription
+
+PAST_DUE = (
+    "This plan's renewal could not be paid, so seats cannot be bought until it is: save a "
+    "card to renew it. Lowering seats, and raising them back up to the paid count, still work."
+)
+SUSPENDED = (
+    "This plan is suspended because its renewal could not be paid: save a card to renew it. "
+    "Until then its seats can be read but not changed."
+)
+
+
+def refuse_unless_active(subscription: Subscription, *, buying: bool) -> None:
+    """A past-due plan refuses purchases; a suspended one refuses every change."""
+    if subscription.status == SubscriptionStatus.SUSPENDED:
+        raise Conflict(SUSPENDED, "suspended")
+    if buying and subscription.status == SubscriptionStatus.PAST_DUE:
+        raise Conflict(PAST_DUE, "past_due")
 
 
 def price(subscription: Subscription, target: int, now: datetime | None = None) -> Quote:
     """Quote against the plan as it is now, on the organization's own calendar."""
+    refuse_unless_active(subscription, buying=True)
     try:
         return quote(
             target_seats=target,
@@ -62,9 +82,25 @@ def record_change(
 
 
 def get_subscription(uow: UnitOfWork, actor: Actor, subscription_id: int) -> SubscriptionView:
+    """The plan; when it is not active, its renewal's state (the client secret of a payment
+    waiting for the bank only to those who may pay)."""
     with uow:
         subscription = subscription_for(uow.session, actor, subscription_id, manage=False)
-        return SubscriptionView.of(subscription, subscription.organization)
+        return _view(uow.session, subscription, actor)
+
+
+def _view(session: Session, subscription: Subscription, actor: Actor) -> SubscriptionView:
+    renewal = None
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        current = session.scalar(
+            select(Renewal).where(
+                Renewal.subscription_id == subscription.id,
+                Renewal.period_start == subscription.renews_at,
+            )
+        )
+        if current is not None:
+            renewal = RenewalView.of(current, show_secret=actor.role in MANAGING_ROLES)
+    return SubscriptionView.of(subscription, subscription.organization, renewal)
 
 
 def quote_seats(
@@ -83,6 +119,7 @@ def change_seats(
     check_seat_count(target)
     with uow:
         subscription = subscription_for(uow.session, actor, subscription_id, manage=True, lock=True)
+        refuse_unless_active(subscription, buying=False)
         counts = SeatCounts(subscription.paid_seats, subscription.active_seats)
         decision = counts.change_to(target)
         if isinstance(decision, PurchaseNeeded):
@@ -97,6 +134,6 @@ def change_seats(
             record_change(
                 uow.session, subscription, decision, "free change", actor_user_id=actor.user_id
             )
-        view = SubscriptionView.of(subscription, subscription.organization)
+        view = _view(uow.session, subscription, actor)
         uow.commit()
         return view

@@ -16,7 +16,14 @@ from typing import Any
 
 from shared.domain.cards import Card
 from shared.domain.money import Quote
-from shared.store.models import CartItem, Organization, Purchase, PurchaseItem, Subscription
+from shared.store.models import (
+    CartItem,
+    Organization,
+    Purchase,
+    PurchaseItem,
+    Renewal,
+    Subscription,
+)
 
 OPTIONAL = {"omit_if_none": True}
 """Field metadata: leave the field out of the JSON while it is None."""
@@ -48,6 +55,24 @@ def _take(cls: type[Any], source: object, **given: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class RenewalView:
+    """Why a plan is past due or suspended, and what comes next."""
+
+    attempts: int
+    next_attempt_at: datetime | None
+    failure_code: str | None
+    failure_message: str | None
+    client_secret: str | None = field(default=None, metadata=OPTIONAL)
+
+    @classmethod
+    def of(cls, renewal: Renewal, show_secret: bool) -> RenewalView:
+        view: RenewalView = _take(
+            cls, renewal, client_secret=renewal.client_secret if show_secret else None
+        )
+        return view
+
+
+@dataclass(frozen=True)
 class SubscriptionView:
     id: int
     product: str
@@ -59,10 +84,19 @@ class SubscriptionView:
     paid_seats: int
     active_seats: int
     payment_method: Card | None
+    status: str
+    renewal: RenewalView | None = field(default=None, metadata=OPTIONAL)
 
     @classmethod
-    def of(cls, subscription: Subscription, organization: Organization) -> SubscriptionView:
-        view: SubscriptionView = _take(cls, subscription, payment_method=organization.saved_card)
+    def of(
+        cls,
+        subscription: Subscription,
+        organization: Organization,
+        renewal: RenewalView | None = None,
+    ) -> SubscriptionView:
+        view: SubscriptionView = _take(
+            cls, subscription, payment_method=organization.saved_card, renewal=renewal
+        )
         return view
 
 

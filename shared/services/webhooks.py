@@ -22,9 +22,16 @@ from sqlalchemy.orm import Session
 from shared.domain.errors import NotFound, Refused
 from shared.domain.ids import id_from_text
 from shared.payments.gateway import PaymentGateway
-from shared.services import charging
+from shared.services import charging, renewals
 from shared.store.db import UnitOfWork
-from shared.store.models import OperatorAlert, Organization, Purchase, SyncCursor, WebhookEvent
+from shared.store.models import (
+    OperatorAlert,
+    Organization,
+    Purchase,
+    Renewal,
+    SyncCursor,
+    WebhookEvent,
+)
 
 MAX_EVENT_BYTES = 256 * 1024
 MAX_DEPTH = 64
@@ -264,6 +271,18 @@ def on_payment_intent(
     uow: UnitOfWork, gateway: PaymentGateway, intent: dict[str, Any], event_id: str
 ) -> Handled:
     """Settle from the intent as Stripe has it now; the seats never wait for the card."""
+    metadata = intent.get("metadata") or {}
+    with uow:
+        known_renewal = uow.session.scalar(
+            select(Renewal.id).where(Renewal.stripe_payment_intent_id == intent["id"])
+        )
+    if known_renewal is not None or "renewal_id" in metadata:
+        payment = gateway.get_payment(intent["id"])
+        renewal_id = renewals.renewal_for_intent(uow, payment)
+        if renewal_id is None:
+            return "ignored", []
+        renewals.settle_success(uow, renewal_id, payment)
+        return "processed", []
     purchase_id = _purchase_for_intent(uow, intent)
     if purchase_id is None:
         return "ignored", []

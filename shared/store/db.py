@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -18,6 +20,29 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     database restart is discarded on its first error (the pool is invalidated) and
     old ones are recycled."""
     return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+
+
+PURCHASE_LOCKS = 7301
+RENEWAL_LOCKS = 7302
+"""Advisory lock namespaces: (namespace, id) pairs never collide across kinds of work."""
+
+
+@contextmanager
+def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
+    """Try to become the one worker on (namespace, key); yield whether we did.
+
+    A PostgreSQL advisory lock on a connection of its own: a crashed holder's lock
+    dies with its connection, so nothing is ever stuck behind a dead worker.
+    """
+    with engine.connect() as connection:
+        params = {"namespace": namespace, "key": key}
+        got = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :key)"), params))
+        try:
+            yield got
+        finally:
+            if got:
+                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), params)
+            connection.commit()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -86,6 +87,8 @@ class Subscription(Base):
     paid_seats: Mapped[int] = mapped_column(Integer)
     active_seats: Mapped[int] = mapped_column(Integer)
     charging_purchase_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(Text, default="active")
+    anchor_day: Mapped[int] = mapped_column(SmallInteger)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -93,10 +96,55 @@ class Subscription(Base):
     organization: Mapped[Organization] = relationship()
 
     __table_args__ = (
+        CheckConstraint("status IN ('active', 'past_due', 'suspended')", name="status_known"),
+        CheckConstraint("anchor_day BETWEEN 1 AND 31", name="anchor_day_valid"),
         CheckConstraint("active_seats >= 1 AND active_seats <= paid_seats", name="seat_counts"),
         CheckConstraint("unit_amount > 0", name="unit_amount_positive"),
         CheckConstraint("renews_at > current_period_start", name="period_order"),
         CheckConstraint("interval IN ('month', 'year')", name="interval_known"),
+    )
+
+
+class Renewal(Base):
+    """One per subscription and period: the charge that starts the period at `period_start`.
+
+    Unique on (subscription, period) so however many scans, workers or beats run, a
+    period is renewed once; its PaymentIntent is recorded before it is confirmed.
+    """
+
+    __tablename__ = "renewals"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    period_start: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+    seats: Mapped[int | None] = mapped_column(Integer)
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    payment_method_id: Mapped[str | None] = mapped_column(Text)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    client_secret: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failure_code: Mapped[str | None] = mapped_column(Text)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    attention: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    subscription: Mapped[Subscription] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "period_start", name="one_renewal_per_period"),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'requires_action', 'succeeded', 'failed')",
+            name="renewal_status_known",
+        ),
+        Index("ix_renewals_status_next", "status", "next_attempt_at"),
     )
 
 

@@ -3,7 +3,7 @@
 After every e2e test of the session has run, each organization the tests
 created is compared with the stand-in: the PaymentIntents that kept money
 (succeeded and not refunded) must be exactly the PaymentIntents of our
-succeeded purchases, or each difference must have an open operator alert.
+succeeded purchases and renewals, or each difference must have an open operator alert.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.bootstrap import Runtime
-from shared.store.models import OperatorAlert, Organization, Purchase
+from shared.store.models import OperatorAlert, Organization, Purchase, Renewal
 from tests.e2e.stripe_helpers import charges_of
 
 
@@ -33,6 +33,13 @@ def ledger_differences(runtime: Runtime, stripe_base: str) -> list[str]:
             for org, intent in uow.session.execute(
                 select(Purchase.organization_id, Purchase.stripe_payment_intent_id).where(
                     Purchase.status == "succeeded", Purchase.amount_due > 0
+                )
+            )
+        } | {
+            (org, intent)
+            for org, intent in uow.session.execute(
+                select(Renewal.organization_id, Renewal.stripe_payment_intent_id).where(
+                    Renewal.status == "succeeded"
                 )
             )
         }

@@ -39,7 +39,9 @@ def test_every_role_of_the_organization_reads_the_plan(tenant: Tenant) -> None:
             "paid_seats",
             "active_seats",
             "payment_method",
+            "status",
         }
+        assert body["status"] == "active"
 
 
 def test_another_organization_sees_nothing(tenant: Tenant, other_tenant: Tenant) -> None:

@@ -160,9 +160,9 @@ def insert_subscription(connection: Connection, org: int, **overrides: Any) -> i
     value: int = connection.execute(
         text(
             "INSERT INTO subscriptions (organization_id, product, unit_amount, currency, "
-            "interval, current_period_start, renews_at, paid_seats, active_seats) "
-            "VALUES (:org, 'XLGL', :unit_amount, 'cad', 'year', :start, :renews, :paid, :active) "
-            "RETURNING id"
+            "interval, current_period_start, renews_at, paid_seats, active_seats, anchor_day) "
+            "VALUES (:org, 'XLGL', :unit_amount, 'cad', 'year', :start, :renews, :paid, :active, "
+            "EXTRACT(DAY FROM CAST(:start AS date))) RETURNING id"
         ),
         row,
     ).scalar_one()

@@ -46,6 +46,12 @@ class Shop:
     plan: int
     buyer: Actor
 
+    def member_actor(self) -> Actor:
+        user, _ = provisioning.create_user(
+            self.rt.uow(), self.org, f"m-{secrets.token_hex(4)}@example.com", "member"
+        )
+        return Actor(user, self.org, "member")
+
     def another_buyer(self) -> Actor:
         user, _ = provisioning.create_user(
             self.rt.uow(), self.org, f"b-{secrets.token_hex(4)}@example.com", "buyer"

@@ -140,14 +140,18 @@ def test_after_purchase_property(counts: SeatCounts, extra: int) -> None:
 
 
 def test_renewed_pays_for_what_is_in_use() -> None:
-    assert SeatCounts(paid_seats=5, active_seats=2).renewed() == SeatCounts(2, 2)
-    assert SeatCounts(paid_seats=4, active_seats=4).renewed() == SeatCounts(4, 4)
+    assert SeatCounts(paid_seats=5, active_seats=2).renewed(2) == SeatCounts(2, 2)
+    assert SeatCounts(paid_seats=4, active_seats=4).renewed(4) == SeatCounts(4, 4)
+    # a retry that charged fewer seats than are now in use keeps only those paid for
+    assert SeatCounts(paid_seats=5, active_seats=4).renewed(3) == SeatCounts(3, 3)
+    with pytest.raises(ValueError):
+        SeatCounts(paid_seats=5, active_seats=4).renewed(0)
 
 
 @FAST
 @given(seat_counts())
 def test_renewed_property(counts: SeatCounts) -> None:
-    renewed = counts.renewed()
+    renewed = counts.renewed(counts.active_seats)
     assert renewed.paid_seats == counts.active_seats
     assert renewed.active_seats == counts.active_seats
 
