@@ -267,11 +267,21 @@ def _amount(obj: dict[str, Any], field: str) -> int:
     return value
 
 
+def _object_id(obj: dict[str, Any], prefix: str) -> str:
+    """The id of the object an event is about; without one it can never be applied."""
+    value = obj.get("id")
+    if not isinstance(value, str) or not value.startswith(prefix) or len(value) > 255:
+        raise InvalidEvent(f"the event's object has no {prefix}... id (it has {value!r})")
+    return value
+
+
 def on_payment_intent(
     uow: UnitOfWork, gateway: PaymentGateway, intent: dict[str, Any], event_id: str
 ) -> Handled:
     """Settle from the intent as Stripe has it now; the seats never wait for the card."""
-    metadata = intent.get("metadata") or {}
+    given = intent.get("metadata")
+    metadata: dict[str, Any] = given if isinstance(given, dict) else {}
+    intent = {**intent, "id": _object_id(intent, "pi_"), "metadata": metadata}
     with uow:
         known_renewal = uow.session.scalar(
             select(Renewal.id).where(Renewal.stripe_payment_intent_id == intent["id"])
@@ -372,12 +382,13 @@ def _sync_saved_card(
 def on_customer_updated(
     uow: UnitOfWork, gateway: PaymentGateway, customer: dict[str, Any], event_id: str
 ) -> Handled:
-    return _sync_saved_card(uow, gateway, customer["id"])
+    return _sync_saved_card(uow, gateway, _object_id(customer, "cus_"))
 
 
 def on_payment_method_detached(
     uow: UnitOfWork, gateway: PaymentGateway, method: dict[str, Any], event_id: str
 ) -> Handled:
+    method = {**method, "id": _object_id(method, "pm_")}
     with uow:
         customers = list(
             uow.session.scalars(

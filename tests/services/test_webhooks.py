@@ -562,3 +562,24 @@ def test_a_body_that_is_not_a_stripe_event_is_refused(raw: bytes) -> None:
 )
 def test_a_signature_dated_ahead_is_spotted(header: str | None, future: bool) -> None:
     assert webhooks.signed_in_future(header, now=NOW) is future
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj"),
+    [
+        ("payment_intent.succeeded", {"object": "payment_intent"}),
+        ("payment_intent.succeeded", {"id": 12, "metadata": []}),
+        ("customer.updated", {"id": "pi_wrong_kind"}),
+        ("payment_method.detached", {"name": "no id"}),
+    ],
+)
+def test_an_event_about_no_object_we_can_name_is_invalid_not_failed_forever(
+    shop: Shop, kind: str, obj: dict[str, Any]
+) -> None:
+    event_id = f"evt_noid{secrets.token_hex(4)}"
+    body = {"id": event_id, "object": "event", "type": kind, "data": {"object": obj}}
+    webhooks.store_event(shop.rt.uow(), body)
+    assert webhooks.process_event(shop.rt.uow(), shop.fake, event_id)[0] == "invalid"
+    with shop.rt.uow() as uow:
+        event = uow.session.get_one(WebhookEvent, event_id)
+        assert (event.outcome, event.attempts) == ("invalid", 1)
