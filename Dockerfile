@@ -17,7 +17,7 @@ COPY . /app
 # at install time, so a compiler is needed for the install step only.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir '.[ops]' \
     && apt-get purge -y --auto-remove build-essential \
     && rm -rf /var/lib/apt/lists/* \
     && chown -R app:app /app
@@ -26,4 +26,4 @@ USER app
 
 EXPOSE 8000
 
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "web:create_app()"]
+CMD ["gunicorn", "--config", "python:web.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2", "web:create_app()"]

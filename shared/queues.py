@@ -7,6 +7,7 @@ each hand in their own app's `send_task`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,13 @@ ROUTES = {
 
 log = logging.getLogger("seats.queues")
 
+SENT_AT = "seats_sent_at"
+"""A message header: the Unix time it was sent."""
+WORKER_KEYS = "seats:worker:"
+"""Each worker process keeps `seats:worker:<hostname>` alive in Redis while it runs."""
+METRIC_KEYS = "seats:metrics:"
+"""Task histograms the workers keep in Redis, so every web process reads the same figures."""
+
 
 @dataclass(frozen=True)
 class Dispatcher:
@@ -51,7 +59,14 @@ class Dispatcher:
 
     def _send(self, name: str, *args: object) -> None:
         try:
-            self.send_task(name, args=list(args), queue=ROUTES[name])
+            self.send_task(
+                name,
+                args=list(args),
+                queue=ROUTES[name],
+                # when it was sent: operators see each queue's oldest message age, and the
+                # worker measures how long a task waited
+                headers={SENT_AT: time.time()},
+            )
         except Exception:
             log.warning("could not enqueue %s%r; the sweep will pick it up", name, args)
 

@@ -6,15 +6,15 @@ import logging
 
 import redis
 from flask import Flask
-from prometheus_client import CollectorRegistry
 
-from shared import queues
+from shared import log_lines, queues
 from shared.bootstrap import Runtime, build, require_production
 from shared.config import Settings
 from web import errors, extensions
 from web.api import api
 from web.enqueue import dispatcher
-from web.health import health, install_metrics, observe
+from web.health import health
+from web.metrics import metrics, observe, scrape_registry
 from web.webhooks import stripe_webhooks
 
 MAX_BODY = 64 * 1024
@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     settings = settings or (runtime.settings if runtime else Settings.from_env())
     if runtime is None:  # production: gunicorn 'web:create_app()'
         require_production(settings)
+        log_lines.configure("web")
         runtime = build(settings)
     app = Flask(__name__)
     app.config.update(
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     broker = redis.Redis.from_url(
         settings.redis_url or queues.LOCAL_REDIS, socket_timeout=2, socket_connect_timeout=2
     )
-    registry = CollectorRegistry()
+    registry = scrape_registry(runtime, broker)
     secrets = (settings.stripe_webhook_secret or "").split(",")
     extensions.install(
         app,
@@ -45,12 +46,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             webhook_secrets=tuple(secret.strip() for secret in secrets if secret.strip()),
         ),
     )
-    start, finish = observe(*install_metrics(registry, runtime, broker))
+    start, finish = observe()
     app.before_request(start)
     app.after_request(finish)
     errors.register(app)
     app.register_blueprint(api)
     app.register_blueprint(health)
+    app.register_blueprint(metrics)
     app.register_blueprint(stripe_webhooks)
     logging.getLogger("seats").setLevel(logging.INFO)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import g, request
 
+from shared import log_lines
 from shared.services.access import Actor, actor_for_token
 from web.errors import Unauthorized
 from web.extensions import runtime
@@ -22,4 +23,5 @@ def current_actor() -> Actor:
     if actor is None:
         raise Unauthorized("this token is not valid", "unauthorized")
     g.actor = actor
+    log_lines.bind(organization_id=actor.organization_id, user_id=actor.user_id)
     return actor

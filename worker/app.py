@@ -6,9 +6,9 @@ import sys
 from collections.abc import Callable
 
 from celery import Celery
-from celery.signals import beat_init, worker_init, worker_process_init
+from celery.signals import beat_init, setup_logging, worker_init, worker_process_init
 
-from shared import queues
+from shared import log_lines, queues
 from shared.bootstrap import (
     ConfigurationError,
     Runtime,
@@ -29,7 +29,7 @@ app.conf.beat_schedule = {
     # every few minutes: a plan is due the moment its day starts in its own time zone
     "renewals": {"task": queues.RENEWAL_SCAN, "schedule": settings.renewal_scan_interval},
 }
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["worker.tasks", "worker.telemetry"]
 
 _runtime: Runtime | None = None
 
@@ -41,6 +41,12 @@ def _refuse(check: Callable[[Settings], object]) -> None:
     except ConfigurationError as error:
         print(f"seats: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@setup_logging.connect
+def _json_logs(**_: object) -> None:
+    """Our structured lines instead of Celery's own format (README "Operating it")."""
+    log_lines.configure("worker")
 
 
 @worker_init.connect

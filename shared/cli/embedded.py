@@ -29,6 +29,11 @@ def home() -> Path:
 
 def embedded_database_url(data_dir: Path | None = None) -> str:
     """Start (or join) the embedded PostgreSQL; it stops when its last user exits."""
+    # pgserver keeps its bookkeeping in the user's runtime folder; a machine without a
+    # session (XDG_RUNTIME_DIR unset) would get a warning a user can do nothing about
+    runtime = home() / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     import pgserver
 
     server = pgserver.get_server(data_dir or home() / "postgres", cleanup_mode="stop")

@@ -19,6 +19,7 @@ from typing import Any
 from shared import queues
 from shared.bootstrap import ConfigurationError, require_production
 from shared.cli import embedded as devstack
+from shared.cli import stackfile
 from shared.config import LOCALSTRIPE_KEY, Settings
 from shared.store.db import upgrade
 
@@ -88,6 +89,14 @@ def register_webhook(api_base: str, url: str, secret: str) -> None:
 
 
 def run_stack(port: int | None) -> int:
+    other = stackfile.running()
+    if other is not None:
+        print(
+            f"seats: already running (pid {other.get('pid')}) at {other.get('web')}; "
+            "stop it with Ctrl-C in its terminal, or `kill` that pid",
+            file=sys.stderr,
+        )
+        return 1
     settings = Settings.from_env()
     env = dict(os.environ)
     stack = Stack()
@@ -146,6 +155,8 @@ def run_stack(port: int | None) -> int:
             "web",
             [
                 str(python_bin / "gunicorn"),
+                "--config",
+                "python:web.gunicorn_conf",
                 "--bind",
                 f"127.0.0.1:{web_port}",
                 "--workers",
@@ -190,13 +201,19 @@ def run_stack(port: int | None) -> int:
     except BaseException:
         stack.stop()
         raise
+    stackfile.write(env, f"http://127.0.0.1:{web_port}/")
     print("seats is running:", flush=True)
     for line in [
         f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
         *lines,
         f"worker: celery, queues {', '.join(queues.ALL)}",
-        "beat: celery beat (sweeps)",
+        "beat: celery beat (sweeps, reconciliation, renewals)",
+        f"other terminals: `seats ...` commands and `seats flower` use this stack "
+        f"({stackfile.path()})",
         "press Ctrl-C to stop everything",
     ]:
         print(f"  {line}", flush=True)
-    return stack.watch()
+    try:
+        return stack.watch()
+    finally:
+        stackfile.remove()

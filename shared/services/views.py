@@ -48,7 +48,7 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def _take(cls: type[Any], source: object, **given: Any) -> Any:
+def take(cls: type[Any], source: object, **given: Any) -> Any:
     """A read model whose fields not `given` are read off `source` by the same names."""
     names = [item.name for item in dataclasses.fields(cls) if item.name not in given]
     return cls(**{name: getattr(source, name) for name in names}, **given)
@@ -66,7 +66,7 @@ class RenewalView:
 
     @classmethod
     def of(cls, renewal: Renewal, show_secret: bool) -> RenewalView:
-        view: RenewalView = _take(
+        view: RenewalView = take(
             cls, renewal, client_secret=renewal.client_secret if show_secret else None
         )
         return view
@@ -94,7 +94,7 @@ class SubscriptionView:
         organization: Organization,
         renewal: RenewalView | None = None,
     ) -> SubscriptionView:
-        view: SubscriptionView = _take(
+        view: SubscriptionView = take(
             cls, subscription, payment_method=organization.saved_card, renewal=renewal
         )
         return view
@@ -124,7 +124,7 @@ class CartLineView:
         priced = ("seats_to_buy", "subtotal", "proration_coupon", "amount_due")
         days = ("remaining_days", "period_days")
         amounts = {name: getattr(offer, name) if offer else 0 for name in priced + days}
-        view: CartLineView = _take(
+        view: CartLineView = take(
             cls,
             item,
             unit_amount=item.subscription.unit_amount,
@@ -153,7 +153,7 @@ class PurchaseLineView:
 
     @classmethod
     def of(cls, item: PurchaseItem) -> PurchaseLineView:
-        view: PurchaseLineView = _take(cls, item)
+        view: PurchaseLineView = take(cls, item)
         return view
 
 
@@ -181,7 +181,7 @@ class PurchaseView:
 
     @classmethod
     def of(cls, purchase: Purchase, show_secret: bool, waiting: Waiting | None) -> PurchaseView:
-        view: PurchaseView = _take(
+        view: PurchaseView = take(
             cls,
             purchase,
             items=[PurchaseLineView.of(item) for item in purchase.items],

@@ -457,6 +457,7 @@ def process_event(
             return "ignored", []
         obj = event.payload["data"]["object"]
         event_type = event.type
+        before = event.outcome
     try:
         outcome, wake = handler(uow, gateway, obj, event_id)
     except InvalidEvent as error:
@@ -469,7 +470,8 @@ def process_event(
         )
         return "invalid", []
     except Exception as error:
-        _finish(uow, event_id, "failed", f"{type(error).__name__}: {error}"[:1000])
+        if before not in DONE:  # a replay that could not reach Stripe keeps what was done
+            _finish(uow, event_id, "failed", f"{type(error).__name__}: {error}"[:1000])
         raise
     _finish(uow, event_id, outcome, None)
     return outcome, wake

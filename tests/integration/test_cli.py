@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +55,10 @@ IN_PROCESS = threading.Lock()
 
 @contextlib.contextmanager
 def environment(**values: str) -> Iterator[None]:
+    """The test's values; SEATS_HOME empty, so no `seats up` running on this machine is
+    taken for the stack (its stack file lives there)."""
     saved = dict(os.environ)
-    os.environ.pop("SEATS_HOME", None)
+    os.environ["SEATS_HOME"] = tempfile.mkdtemp(prefix="seats-home-")
     os.environ.update(values)
     try:
         yield
@@ -64,14 +67,20 @@ def environment(**values: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def run_seats(database_url: str, *args: str, cwd: Path | None = None, process: bool = False) -> Run:
+def run_seats(
+    database_url: str,
+    *args: str,
+    cwd: Path | None = None,
+    process: bool = False,
+    env: dict[str, str] | None = None,
+) -> Run:
     """The command's own `main`, in this process (a process costs a second of CPU); with
     `process=True`, the installed console script in a process of its own, as a person runs it."""
     if not process:
         out, err = io.StringIO(), io.StringIO()
         with (
             IN_PROCESS,
-            environment(DATABASE_URL=database_url),
+            environment(DATABASE_URL=database_url, **(env or {})),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
         ):
@@ -666,7 +675,9 @@ def scratch(fresh_database: Callable[[], str], tmp_path: Path) -> Iterator[Scrat
     url = fresh_database()
     upgrade(url)
     engine = create_engine(url)
-    yield Scratch(url, engine, lambda *args: run_seats(url, *args, cwd=tmp_path))
+    # Stripe unreachable, at once: an event whose handler must ask it fails every time
+    dead = {"STRIPE_API_BASE": "http://127.0.0.1:9"}
+    yield Scratch(url, engine, lambda *args: run_seats(url, *args, cwd=tmp_path, env=dead))
     engine.dispose()
 
 
@@ -674,7 +685,7 @@ EVENT_ROW = text(
     "INSERT INTO webhook_events (id, type, payload, source, received_at, outcome, error, attempts)"
     " VALUES (:id, :type, CAST(:payload AS jsonb), 'webhook', :received_at, :outcome, 'x', 0)"
 )
-FAILS_AGAIN = "payment_intent.succeeded"  # its object has no id: the handler fails every time
+FAILS_AGAIN = "payment_intent.succeeded"  # a renewal's intent: asks Stripe, which is unreachable
 RECOVERS = "customer.updated"  # an unknown customer: ignored, without asking Stripe
 
 
@@ -686,7 +697,13 @@ def store_failed_events(engine: Engine, count: int) -> list[tuple[datetime, str]
             "id": f"evt_page_{index:04d}_{secrets.token_hex(2)}",
             "type": FAILS_AGAIN if index % 2 else RECOVERS,
             "payload": json.dumps(
-                {"data": {"object": {} if index % 2 else {"id": "cus_nobody_of_ours"}}}
+                {
+                    "data": {
+                        "object": {"id": f"pi_again{index}", "metadata": {"renewal_id": "1"}}
+                        if index % 2
+                        else {"id": "cus_nobody_of_ours"}
+                    }
+                }
             ),
             "received_at": instants[index % 3],
             "outcome": "failed",
@@ -714,7 +731,11 @@ def test_replay_failed_walks_every_page_once_even_when_events_fail_again(
     scratch: Scratch,
 ) -> None:
     expected = store_failed_events(scratch.engine, 230)
-    outcomes = ok(scratch.seats("webhooks", "replay", "--failed", "--json"))["events"]
+    run = scratch.seats("webhooks", "replay", "--failed", "--json")
+    assert run.code == 1, "a replay that failed says so"
+    body = run.object()
+    assert body["error"] == "replay_failed"
+    outcomes = body["events"]
     assert sorted(outcomes) == sorted(event_id for _, event_id in expected)
     with scratch.engine.connect() as connection:
         rows = connection.execute(

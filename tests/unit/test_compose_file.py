@@ -106,6 +106,7 @@ def test_expected_services_present(compose: dict[str, Any]) -> None:
         "worker",
         "beat",
         "localstripe",
+        "flower",
     }
 
 
@@ -141,12 +142,20 @@ def test_web_waits_for_migrations(compose: dict[str, Any]) -> None:
     assert compose["services"]["migrate"]["restart"] == "no"
 
 
-def test_localstripe_only_in_dev_profile(compose: dict[str, Any]) -> None:
+def test_localstripe_only_in_dev_profile_and_flower_in_ops(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
         if name == "localstripe":
             assert svc.get("profiles") == ["dev"]
+        elif name == "flower":
+            assert svc.get("profiles") == ["ops"]
         else:
             assert "profiles" not in svc, f"service {name!r} must not be behind a profile"
+
+
+def test_flower_asks_for_a_password_and_watches_the_app_broker(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in " ".join(flower["command"])
+    assert flower["environment"] is compose["x-app-env"]  # REDIS_URL: the workers' broker
 
 
 def test_app_services_share_the_env_anchor(compose: dict[str, Any]) -> None:
