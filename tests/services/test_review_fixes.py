@@ -139,7 +139,7 @@ def test_a_parked_purchase_that_gets_paid_is_no_longer_parked(shop: Shop) -> Non
     with pytest.raises(Exception, match="APIConnectionError"):
         shop.charge(purchase)
     charging.park(shop.rt.uow(), shop.rt.engine, purchase, "payment processor unavailable")
-    assert monitoring.parked_purchases(shop.rt.uow()) >= 1
+    assert monitoring.figures(shop.rt.uow()).purchases_parked >= 1
     intent = str(shop.purchase(purchase).stripe_payment_intent_id)
     shop.fake.fail("set_default_card")
     settle_by_webhook(shop, intent)
