@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOCALSTRIPE_KEY = "sk_test_localstripe"
+LOCALSTRIPE_PUBLISHABLE_KEY = "pk_test_localstripe"
+STRIPE_JS = "https://js.stripe.com/v3/"
 
 
 def normalize_database_url(url: str) -> str:
@@ -33,6 +35,15 @@ class Settings:
     charge_retries: int
     requires_action_ttl: float
     secret_key_given: bool = False
+    stripe_js_url: str = STRIPE_JS
+    stripe_publishable_key: str | None = None
+    base_url: str | None = None
+    """Where people reach the pages (sign-in links point there); http://127.0.0.1:PORT when
+    unset. An https address also makes the cookies Secure."""
+
+    @property
+    def public_url(self) -> str:
+        return (self.base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
 
     @property
     def stripe_test_mode(self) -> bool:
@@ -57,4 +68,7 @@ class Settings:
             charge_retries=int(env.get("SEATS_CHARGE_RETRIES") or 5),
             requires_action_ttl=float(env.get("SEATS_REQUIRES_ACTION_TTL") or 3600),
             secret_key_given=bool(env.get("SECRET_KEY")),
+            stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
+            stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or None,
+            base_url=env.get("SEATS_BASE_URL") or None,
         )
