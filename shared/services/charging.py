@@ -506,6 +506,11 @@ def _customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) ->
         return created
 
 
+def ensure_customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) -> str:
+    """The organization's Stripe customer, made once (see `_customer`), for other services."""
+    return _customer(uow, gateway, organization_id)
+
+
 def charge(
     uow: UnitOfWork,
     engine: Engine,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.domain.errors import Conflict
@@ -11,9 +12,9 @@ from shared.domain.money import Quote, RenewalPending, quote
 from shared.domain.periods import today_in
 from shared.domain.seats import PurchaseNeeded, SeatCounts, check_seat_count
 from shared.services.access import Actor, subscription_for
-from shared.services.views import SubscriptionView, to_json
+from shared.services.views import ProfileView, SubscriptionView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import SeatChange, Subscription
+from shared.store.models import SeatChange, Subscription, User
 
 
 def price(subscription: Subscription, target: int, now: datetime | None = None) -> Quote:
@@ -65,6 +66,24 @@ def get_subscription(uow: UnitOfWork, actor: Actor, subscription_id: int) -> Sub
     with uow:
         subscription = subscription_for(uow.session, actor, subscription_id, manage=False)
         return SubscriptionView.of(subscription, subscription.organization)
+
+
+def get_profile(uow: UnitOfWork, actor: Actor) -> ProfileView:
+    """Who is signed in and every plan of their organization, by product then id."""
+    with uow:
+        user = uow.session.get_one(User, actor.user_id)
+        plans = uow.session.scalars(
+            select(Subscription)
+            .where(Subscription.organization_id == actor.organization_id)
+            .order_by(Subscription.product, Subscription.id)
+        )
+        return ProfileView(
+            user_id=user.id,
+            email=user.email,
+            role=user.role,
+            organization=user.organization.name,
+            subscriptions=[SubscriptionView.of(plan, user.organization) for plan in plans],
+        )
 
 
 def quote_seats(

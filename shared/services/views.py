@@ -72,6 +72,7 @@ class CartLineView:
 
     id: int
     subscription_id: int
+    product: str
     active_seats: int
     seats_to_buy: int
     unit_amount: int
@@ -93,6 +94,7 @@ class CartLineView:
         view: CartLineView = _take(
             cls,
             item,
+            product=item.subscription.product,
             unit_amount=item.subscription.unit_amount,
             error=error,
             message=message,
@@ -111,6 +113,7 @@ class CartView:
 @dataclass(frozen=True)
 class PurchaseLineView:
     subscription_id: int
+    product: str
     active_seats: int
     seats_to_buy: int
     subtotal: int
@@ -119,7 +122,7 @@ class PurchaseLineView:
 
     @classmethod
     def of(cls, item: PurchaseItem) -> PurchaseLineView:
-        view: PurchaseLineView = _take(cls, item)
+        view: PurchaseLineView = _take(cls, item, product=item.subscription.product)
         return view
 
 
@@ -144,6 +147,8 @@ class PurchaseView:
     failure_message: str | None = field(default=None, metadata=OPTIONAL)
     client_secret: str | None = field(default=None, metadata=OPTIONAL)
     waiting: Waiting | None = field(default=None, metadata=OPTIONAL)
+    retry_of: int | None = field(default=None, metadata=OPTIONAL)
+    """The failed purchase whose lines this one pays again."""
 
     @classmethod
     def of(cls, purchase: Purchase, show_secret: bool, waiting: Waiting | None) -> PurchaseView:
@@ -154,5 +159,24 @@ class PurchaseView:
             failure_message=purchase.failure_message if purchase.failure_code else None,
             client_secret=purchase.client_secret if show_secret else None,
             waiting=waiting,
+            retry_of=purchase.retry_of_id,
         )
         return view
+
+
+@dataclass(frozen=True)
+class CardSetupView:
+    """What the browser needs to confirm a new card with Stripe.js."""
+
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """Who is signed in, and the organization's plans (the Profile page)."""
+
+    user_id: int
+    email: str
+    role: str
+    organization: str
+    subscriptions: list[SubscriptionView]
