@@ -93,6 +93,17 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
         owner.post(
             "/api/cart/items", json={"subscription_id": sub, "active_seats": 4, "confirm": True}
         )
+        # the pages: the printed sign-in hint works, and they load the stand-in's Stripe.js
+        hint = re.search(r"sign in with a one-time link: (.+)", text).group(1)  # type: ignore[union-attr]
+        assert hint == f"SEATS_BASE_URL={base} seats user login-link --email EMAIL"
+        link = seats_json(
+            {**env, "SEATS_BASE_URL": base}, "user", "login-link", "--email", "n@example.com"
+        )["url"]
+        person = requests.Session()
+        assert person.get(link, timeout=10).url == f"{base}/profile"
+        cart_page = person.get(f"{base}/cart", timeout=10).text
+        assert f'<script src="{stripe_base}/js.stripe.com/v3/"' in cart_page
+        assert 'data-stripe-key="pk_test_' in cart_page
         answer = owner.post(
             "/api/checkout",
             json={"payment_method": new_card(stripe_base)},

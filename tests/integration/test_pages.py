@@ -316,3 +316,67 @@ def test_every_message_has_a_french_translation_and_the_catalog_is_compiled() ->
     assert pairs(compiled) == pairs(catalog), (
         "the .mo is older than the .po: run pybabel compile -d web/translations"
     )
+
+
+def test_a_purchase_queued_behind_another_buyers_3d_secure_says_why_and_shows_both_amounts(
+    tenant: Tenant, web: Server, runtime: Runtime
+) -> None:
+    """No worker runs in this tier: the first buyer's purchase is put where a charger leaves
+    it when the bank asks for 3-D Secure, holding the plan."""
+    from sqlalchemy import update
+
+    from shared.store.models import Purchase
+
+    card = {"payment_method": "pm_card_visa"}
+    first = tenant.owner
+    first.post(
+        "/api/cart/items", json={"subscription_id": tenant.sub, "active_seats": 4, "confirm": True}
+    )
+    held = first.post("/api/checkout", json=card, headers={"Idempotency-Key": "held"}).json()
+    with runtime.uow() as uow:
+        uow.session.execute(
+            update(Purchase)
+            .where(Purchase.id == held["purchase_id"])
+            .values(status="requires_action", client_secret="pi_x_secret_y")
+        )
+        uow.session.execute(
+            update(Subscription)
+            .where(Subscription.id == tenant.sub)
+            .values(charging_purchase_id=held["purchase_id"])
+        )
+        uow.commit()
+    browser = sign_in(web, tenant, "buyer", FR)
+    page = browser.get(f"{web.url}/cart", timeout=10).text
+    browser.post(
+        f"{web.url}/cart/items",
+        data={
+            "subscription_id": str(tenant.sub),
+            "active_seats": "5",
+            "confirm": "yes",
+            "csrf_token": csrf(page),
+        },
+        timeout=10,
+    )
+    page = browser.get(f"{web.url}/cart", timeout=10).text
+    key = re.search(r'name="checkout_key" value="([^"]+)"', page)
+    assert key
+    answer = browser.post(
+        f"{web.url}/checkout",
+        data={
+            "csrf_token": csrf(page),
+            "checkout_key": key.group(1),
+            "card": "new",
+            "payment_method": "pm_card_visa",
+        },
+        timeout=10,
+    )
+    assert re.search(r"/purchases/\d+$", answer.url), answer.text
+    seen = text(answer.text)
+    assert "En attente du prélèvement" in seen
+    assert "attend que son acheteur confirme le paiement auprès de sa banque" in seen
+    assert "Montant confirmé" in seen and "Montant à prélever" in seen
+    live = browser.get(answer.url + "/live", timeout=10).json()
+    assert live["status"] == "pending" and live["terminal"] is False
+    assert live["client_secret"] is None and "Montant confirmé" in live["html"]
+    other = requests.get(answer.url + "/live", timeout=10)
+    assert other.status_code == 401
