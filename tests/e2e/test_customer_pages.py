@@ -246,7 +246,9 @@ def test_a_3d_secure_card_is_completed_in_the_dialog(
     page.get_by_role("button", name="Payer").click()
     # The bank checks the card as it is saved, then again for the payment itself.
     page.get_by_role("button", name="Complete authentication").click()
-    expect(page.get_by_role("heading", name="Votre banque demande de confirmer le paiement"))
+    expect(
+        page.get_by_role("heading", name="Votre banque demande de confirmer le paiement")
+    ).to_be_visible(timeout=PAYMENT_TIMEOUT)
     page.get_by_role("button", name="Complete authentication").click(timeout=PAYMENT_TIMEOUT)
     expect(page.get_by_role("heading", name="Paiement réussi")).to_be_visible(
         timeout=PAYMENT_TIMEOUT
