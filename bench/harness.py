@@ -1,4 +1,5 @@
-"""What both benchmarks share: a throw-away database, child processes and CPU accounting.
+"""What the benchmarks share: a throw-away database, child processes, CPU accounting,
+the Stripe stand-in and the Redis database they use.
 
 Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL
 of the whole group) when the `Processes` context ends, also on an error or Ctrl-C.
@@ -202,6 +203,122 @@ def reset_redis(url: str) -> None:
     client.close()
 
 
+def redis_neighbours(url: str) -> list[str]:
+    """Other connections using this Redis database (a test run's worker, another benchmark):
+    their workers would take our tasks, and `reset_redis` would empty their queues."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        me = client.client_id()
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        return [
+            f"{c.get('addr')} {c.get('name') or ''} cmd={c.get('cmd')}".replace("  ", " ")
+            for c in client.client_list()
+            if int(c.get("db", -1)) == db and int(c.get("id", -1)) != me
+        ]
+    finally:
+        client.close()
+
+
+def stripe_client(base: str) -> Any:
+    """A `stripe.StripeClient` for the stand-in, configured like the app's gateway
+    (requests, no SDK retries)."""
+    import stripe
+
+    from shared.config import LOCALSTRIPE_KEY
+
+    return stripe.StripeClient(
+        LOCALSTRIPE_KEY,
+        base_addresses={"api": base},
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=20),
+    )
+
+
+def index_localstripe(resources: Any) -> None:
+    """Give localstripe's store an index by object type, so that listing one type reads
+    only that type: same objects, same order, same answers.
+
+    localstripe (1.15) lists by walking its whole store, and it lists on every export of
+    a charge (`Charge.refunds`, `amount_refunded`): about a dozen walks per PaymentIntent
+    created and confirmed, so each renewal costs time in proportion to everything made
+    before it (about 25 ms at 1,000 customers, over 300 ms at 10,000, on the 2-core
+    machine). Resetting between phases does not help within a phase of 10,000.
+    """
+    store = resources.store
+    kind = type(store)
+    by_type: dict[str, dict[str, Any]] = {}
+    set_item, del_item, clear = kind.__setitem__, kind.__delitem__, kind.clear
+
+    def indexed_set(self: Any, key: str, value: Any) -> None:
+        set_item(self, key, value)
+        by_type.setdefault(key.split(":", 1)[0], {})[key] = value
+
+    def indexed_del(self: Any, key: str) -> None:
+        del_item(self, key)
+        by_type.get(key.split(":", 1)[0], {}).pop(key, None)
+
+    def indexed_clear(self: Any) -> None:
+        clear(self)
+        by_type.clear()
+
+    kind.__setitem__ = indexed_set
+    kind.__delitem__ = indexed_del
+    kind.clear = indexed_clear
+    for key, value in list(store.items()):
+        by_type.setdefault(key.split(":", 1)[0], {})[key] = value
+
+    def list_all(
+        cls: Any, url: str, limit: Any = None, starting_after: Any = None, **kwargs: Any
+    ) -> Any:
+        if kwargs:
+            raise resources.UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+        listed = resources.List(url, limit=limit, starting_after=starting_after)
+        listed._list = list(by_type.get(cls.object, {}).values())
+        return listed
+
+    resources.StripeObject._api_list_all = classmethod(list_all)
+
+
+def run_indexed_localstripe(port: int) -> None:
+    """The stand-in as `seats up` runs it (`shared.cli.embedded`), with the index above."""
+    from localstripe import resources
+
+    from shared.cli.embedded import run_localstripe
+
+    index_localstripe(resources)
+    run_localstripe("127.0.0.1", port)
+
+
+def start_stand_in(port: int, log: Path, indexed: bool) -> subprocess.Popen[bytes]:
+    """localstripe on loopback in a process group of its own: plain (as `seats up` starts
+    it) or with `index_localstripe`."""
+    from shared.cli.embedded import start_localstripe, wait_for_port
+
+    if not indexed:
+        return start_localstripe(port, log)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__)), "localstripe", "--port", str(port)],
+            env=python_env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_for_port(port)
+    return process
+
+
+def reset_localstripe(base: str) -> None:
+    """Empty the stand-in's store: it answers more slowly as the store grows."""
+    import requests
+
+    requests.delete(f"{base}/_config/data", timeout=30).raise_for_status()
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile; nan for no values."""
     if not values:
@@ -273,3 +390,14 @@ class CpuMeter:
 
 def machine_facts() -> str:
     return f"nproc={os.cpu_count()} python={sys.version.split()[0]}"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench/harness.py")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("localstripe", help="the stand-in with an index by type")
+    serve.add_argument("--port", type=int, required=True)
+    arguments = parser.parse_args()
+    run_indexed_localstripe(arguments.port)

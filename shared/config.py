@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOCALSTRIPE_KEY = "sk_test_localstripe"
+LOCALSTRIPE_PUBLISHABLE_KEY = "pk_test_localstripe"
+STRIPE_JS = "https://js.stripe.com/v3/"
 
 
 def normalize_database_url(url: str) -> str:
@@ -54,6 +56,15 @@ class Settings:
     dunning_days: tuple[int, ...] = (1, 3, 5, 7)
     renewal_scan_interval: float = 300
     off_session: bool = False
+    stripe_js_url: str = STRIPE_JS
+    stripe_publishable_key: str | None = None
+    base_url: str | None = None
+    """Where people reach the pages (sign-in links point there); http://127.0.0.1:PORT when
+    unset. An https address also makes the cookies Secure."""
+
+    @property
+    def public_url(self) -> str:
+        return (self.base_url or f"http://127.0.0.1:{self.port}").rstrip("/")
 
     @property
     def stripe_test_mode(self) -> bool:
@@ -81,4 +92,7 @@ class Settings:
             dunning_days=parse_dunning_days(env.get("SEATS_DUNNING_DAYS") or "1,3,5,7"),
             renewal_scan_interval=float(env.get("SEATS_RENEWAL_SCAN_INTERVAL") or 300),
             off_session=_flag(env.get("SEATS_OFF_SESSION"), not env.get("STRIPE_API_BASE")),
+            stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
+            stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or None,
+            base_url=env.get("SEATS_BASE_URL") or None,
         )

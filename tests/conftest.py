@@ -32,7 +32,12 @@ from werkzeug.serving import make_server
 from shared import queues
 from shared.bootstrap import Runtime, build
 from shared.cli.embedded import embedded_database_url, free_port, start_localstripe, start_redis
-from shared.config import LOCALSTRIPE_KEY, Settings, normalize_database_url
+from shared.config import (
+    LOCALSTRIPE_KEY,
+    LOCALSTRIPE_PUBLISHABLE_KEY,
+    Settings,
+    normalize_database_url,
+)
 from shared.services import provisioning
 from shared.store.db import upgrade
 
@@ -138,6 +143,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         stripe_api_key=LOCALSTRIPE_KEY,
         stripe_api_base=None,
         stripe_webhook_secret="whsec_test_" + secrets.token_hex(8),
+        stripe_publishable_key=LOCALSTRIPE_PUBLISHABLE_KEY,
     )
 
 
@@ -351,7 +357,14 @@ def worker_env(settings: Settings, stripe_base: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack_runtime(settings: Settings, stripe_base: str) -> Iterator[Runtime]:
     """The test process's own view of the stack, talking to the same localstripe."""
-    rt = build(replace(settings, stripe_api_base=stripe_base), pool_size=10)
+    rt = build(
+        replace(
+            settings,
+            stripe_api_base=stripe_base,
+            stripe_js_url=f"{stripe_base}/js.stripe.com/v3/",  # what `seats up` sets
+        ),
+        pool_size=10,
+    )
     yield rt
     rt.engine.dispose()
 

@@ -10,11 +10,12 @@ from flask import Flask
 from shared import log_lines, queues
 from shared.bootstrap import Runtime, build, require_production
 from shared.config import Settings
-from web import errors, extensions
+from web import errors, extensions, i18n, security
 from web.api import api
 from web.enqueue import dispatcher
 from web.health import health
 from web.metrics import metrics, observe, scrape_registry
+from web.pages import pages
 from web.webhooks import stripe_webhooks
 
 MAX_BODY = 64 * 1024
@@ -50,9 +51,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.before_request(start)
     app.after_request(finish)
     errors.register(app)
+    security.install(app, settings.stripe_js_url, settings.public_url.startswith("https://"))
+    i18n.install(app)
+    for machine_facing in (api, health, metrics, stripe_webhooks):  # tokens, signatures
+        security.csrf.exempt(machine_facing)
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(metrics)
     app.register_blueprint(stripe_webhooks)
+    app.register_blueprint(pages)
     logging.getLogger("seats").setLevel(logging.INFO)
     return app

@@ -96,6 +96,24 @@ def save_payment_method() -> Response:
     return answer(saved)
 
 
+@api.post("/purchases/<int:purchase_id>/retry")
+def retry_purchase(purchase_id: int) -> Response:
+    """A failed purchase's lines paid again with another card (README "Using it")."""
+    actor = current_actor()
+    body = parse(CheckoutBody)
+    new_id, status = checkout.retry_purchase(
+        runtime().uow(),
+        actor,
+        resource_id(purchase_id),
+        request.headers.get("Idempotency-Key"),
+        body.payment_method,
+    )
+    dispatcher().charge(new_id)
+    response = answer({"purchase_id": new_id, "status": status, "retry_of": purchase_id}, 202)
+    response.headers["Location"] = f"/api/purchases/{new_id}"
+    return response
+
+
 @api.get("/purchases/<int:purchase_id>")
 def get_purchase(purchase_id: int) -> Response:
     actor = current_actor()

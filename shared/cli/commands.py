@@ -28,7 +28,7 @@ from shared.domain.periods import INTERVALS
 from shared.domain.renewals import SubscriptionStatus
 from shared.domain.seats import PurchaseStatus, Role
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import operations, operators, provisioning, renewals
+from shared.services import operations, operators, provisioning, renewals, signin
 from shared.services.views import to_json
 from shared.store.db import upgrade
 
@@ -109,6 +109,19 @@ def user_create(
     return (
         {"id": user_id, "token": token},
         f"user {user_id} created; API token (shown once, keep it safe):\n{token}",
+    )
+
+
+def user_login_link(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    rt = runtime()
+    link = signin.issue_link(rt.uow(), args.email, args.org)
+    url = link.url(rt.settings.public_url)
+    minutes = int(signin.LINK_LIFETIME.total_seconds() // 60)
+    return (
+        {"url": url, "expires_at": link.expires_at.isoformat()},
+        f"sign-in link for {args.email} (valid {minutes} minutes, works once):\n{url}",
     )
 
 
@@ -365,6 +378,14 @@ def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     create.add_argument("--email", required=True)
     create.add_argument("--role", choices=[role.value for role in Role], required=True)
     create.set_defaults(run=user_create)
+    link = user.add_parser(
+        "login-link",
+        parents=[common],
+        help="a one-time sign-in link to the customer pages (valid 15 minutes)",
+    )
+    link.add_argument("--email", required=True)
+    link.add_argument("--org", type=_positive, default=None, help="when several share the email")
+    link.set_defaults(run=user_login_link)
 
     sub = _group(groups, "subscription", "plans")
     create = sub.add_parser("create", parents=[common], help="create a plan")

@@ -41,10 +41,25 @@ def embedded_database_url(data_dir: Path | None = None) -> str:
     return "postgresql+psycopg://" + uri.split("://", 1)[1]
 
 
+STAND_IN_PORT = 8420
+"""localstripe's own default port: `seats up` takes it when free, so the README's curl
+examples reach the stand-in as written."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def preferred_port(port: int) -> int:
+    """`port` when nothing listens there, any free port otherwise."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20) -> None:

@@ -20,7 +20,7 @@ from shared import queues
 from shared.bootstrap import ConfigurationError, require_production
 from shared.cli import embedded as devstack
 from shared.cli import stackfile
-from shared.config import LOCALSTRIPE_KEY, Settings
+from shared.config import LOCALSTRIPE_KEY, LOCALSTRIPE_PUBLISHABLE_KEY, Settings
 from shared.store.db import upgrade
 
 
@@ -88,6 +88,14 @@ def register_webhook(api_base: str, url: str, secret: str) -> None:
     ).raise_for_status()
 
 
+def sign_in_hint(web_port: int, settings: Settings) -> str:
+    """The command that prints a sign-in link to this web server, from another terminal."""
+    command = "seats user login-link --email EMAIL"
+    if settings.base_url or web_port == 8000:
+        return command
+    return f"SEATS_BASE_URL=http://127.0.0.1:{web_port} {command}"
+
+
 def run_stack(port: int | None) -> int:
     other = stackfile.running()
     if other is not None:
@@ -121,13 +129,16 @@ def run_stack(port: int | None) -> int:
         web_port = port or settings.port
         stand_in = not settings.stripe_api_key
         if stand_in:
-            stripe_port = devstack.free_port()
+            stripe_port = devstack.preferred_port(devstack.STAND_IN_PORT)
             stack.adopt(
                 "localstripe", devstack.start_localstripe(stripe_port, logs / "localstripe.log")
             )
             env["STRIPE_API_KEY"] = LOCALSTRIPE_KEY
             env["STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
             env.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_" + secrets.token_hex(16))
+            # the pages load the stand-in's fake Stripe.js, which takes any pk_test_ key
+            env["STRIPE_JS_URL"] = f"{env['STRIPE_API_BASE']}/js.stripe.com/v3/"
+            env["STRIPE_PUBLISHABLE_KEY"] = LOCALSTRIPE_PUBLISHABLE_KEY
             register_webhook(
                 env["STRIPE_API_BASE"],
                 f"http://127.0.0.1:{web_port}/webhooks/stripe",
@@ -205,6 +216,7 @@ def run_stack(port: int | None) -> int:
     print("seats is running:", flush=True)
     for line in [
         f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
+        f"pages: sign in with a one-time link: {sign_in_hint(web_port, settings)}",
         *lines,
         f"worker: celery, queues {', '.join(queues.ALL)}",
         "beat: celery beat (sweeps, reconciliation, renewals)",

@@ -15,3 +15,8 @@ def new_token() -> str:
 def hash_token(token: str) -> str:
     """SHA-256 is enough: tokens carry 256 random bits, so no key stretching is needed."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_login_token() -> str:
+    """A one-time sign-in link's secret: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)

@@ -19,6 +19,7 @@ from typing import Any
 
 from shared.domain.cards import Card
 from shared.payments.gateway import (
+    CardSetup,
     Payment,
     PaymentRefused,
     PaymentRequest,
@@ -66,6 +67,7 @@ class FakeStripe:
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)
     intents: dict[str, _Intent] = field(default_factory=dict)
     refunds: dict[str, tuple[str, int]] = field(default_factory=dict)
+    setups: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
@@ -189,6 +191,17 @@ class FakeStripe:
             return self.get_card(payment_method_id)
 
         result: Card = self._call("attach_card", None, (), act)
+        return result
+
+    def create_card_setup(self, customer_id: str, metadata: dict[str, str]) -> CardSetup:
+        def act() -> CardSetup:
+            if customer_id not in self.customers:
+                raise PaymentRefused("resource_missing", friendly_message("resource_missing"))
+            setup = f"seti_fake{self.tag}x{next(self.ids)}"
+            self.setups[setup] = {"customer": customer_id, "metadata": dict(metadata)}
+            return CardSetup(setup, f"{setup}_secret_x")
+
+        result: CardSetup = self._call("create_card_setup", None, (), act)
         return result
 
     def _new_intent(

@@ -53,6 +53,15 @@ class Payment:
         return id_from_text(self.metadata.get("purchase_id"))
 
 
+@dataclass(frozen=True)
+class CardSetup:
+    """A card being saved for later (a Stripe SetupIntent): the browser confirms it with
+    Stripe.js using `client_secret` and gets back a PaymentMethod id."""
+
+    id: str
+    client_secret: str
+
+
 class PaymentRefused(Exception):
     """The processor said no for good: a decline, an unknown card, an invalid amount."""
 
@@ -71,6 +80,10 @@ class PaymentGateway(Protocol):
     def create_customer(self, organization_id: int, name: str) -> str: ...
 
     def attach_card(self, payment_method_id: str, customer_id: str) -> Card: ...
+
+    def create_card_setup(self, customer_id: str, metadata: dict[str, str]) -> CardSetup:
+        """Start saving a new card for off-session use (renewals) for this customer."""
+        ...
 
     def create_payment(self, request: PaymentRequest) -> Payment: ...
 

@@ -10,6 +10,7 @@ import stripe
 
 from shared.domain.cards import Card
 from shared.payments.gateway import (
+    CardSetup,
     Payment,
     PaymentRefused,
     PaymentRequest,
@@ -123,6 +124,21 @@ class StripeGateway:
         except stripe.StripeError as error:
             raise _translate(error) from error
         return _card(method.to_dict())
+
+    def create_card_setup(self, customer_id: str, metadata: dict[str, str]) -> CardSetup:
+        """No idempotency key: each page that offers a new card gets its own SetupIntent, a
+        repeated one moves no money and is simply never confirmed."""
+        params: Any = {
+            "customer": customer_id,
+            "usage": "off_session",
+            "payment_method_types": ["card"],
+            "metadata": metadata,
+        }
+        try:
+            intent = self.client.v1.setup_intents.create(params=params)
+        except stripe.StripeError as error:
+            raise _translate(error) from error
+        return CardSetup(str(intent.id), str(intent.client_secret))
 
     def create_payment(self, request: PaymentRequest) -> Payment:
         try:

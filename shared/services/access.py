@@ -27,6 +27,14 @@ def actor_for_token(session: Session, token: str) -> Actor | None:
     return Actor(user.id, user.organization_id, user.role)
 
 
+def actor_for_user(session: Session, user_id: int) -> Actor | None:
+    """The actor a page session names (the user may have been removed since)."""
+    user = session.get(User, user_id)
+    if user is None:
+        return None
+    return Actor(user.id, user.organization_id, user.role)
+
+
 def subscription_for(
     session: Session, actor: Actor, subscription_id: int, *, manage: bool, lock: bool = False
 ) -> Subscription:

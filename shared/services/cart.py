@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.domain.errors import Conflict, NotFound
-from shared.domain.money import Quote
+from shared.domain.money import Quote, plain_amount
 from shared.domain.seats import check_seat_count, require_manager
 from shared.services.access import Actor, organization_of, subscription_for
 from shared.services.seats import price
@@ -93,8 +93,9 @@ def add_item(
             )
         if not confirmed:
             raise Conflict(
-                f"buying {offer.seats_to_buy} more seats costs {offer.amount_due} "
-                f"{offer.currency.upper()} minor units after the prorated coupon; "
+                f"buying {offer.seats_to_buy} more seats costs "
+                f"{plain_amount(offer.amount_due, offer.currency)} after the prorated coupon "
+                f"({offer.remaining_days} days left of {offer.period_days}); "
                 'send "confirm": true to add them to the cart',
                 "confirmation_required",
                 quote=to_json(offer),

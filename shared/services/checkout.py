@@ -1,22 +1,26 @@
-"""Turning a cart into a purchase: stored first, charged later by a worker."""
+"""Turning a cart into a purchase, or a failed purchase's lines into a new one: stored first,
+charged later by a worker."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.domain.cards import check_payment_method
-from shared.domain.errors import Conflict, Invalid
+from shared.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.domain.money import Quote, plain_amount
 from shared.domain.seats import PurchaseStatus, require_manager
-from shared.services.access import Actor, organization_of
+from shared.services.access import Actor, organization_of, subscription_for
 from shared.services.cart import priced_lines
+from shared.services.seats import price
 from shared.store.db import UnitOfWork
-from shared.store.models import Purchase, PurchaseItem, User
+from shared.store.models import Organization, Purchase, PurchaseItem, User
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -41,12 +45,91 @@ def _existing(session: Session, actor: Actor, key: str) -> Purchase | None:
     )
 
 
-def request_fingerprint(payment_method: str | None) -> str:
-    """What of the body decides the purchase (the card; null for the saved one), canonically."""
-    canonical = json.dumps(
-        {"payment_method": payment_method}, sort_keys=True, separators=(",", ":")
-    )
+def request_fingerprint(payment_method: str | None, retry_of: int | None = None) -> str:
+    """What of the request decides the purchase (the card, null for the saved one, and the
+    failed purchase a retry pays again), canonically."""
+    decided: dict[str, object] = {"payment_method": payment_method}
+    if retry_of is not None:
+        decided["retry_of"] = retry_of
+    canonical = json.dumps(decided, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _reused() -> Conflict:
+    return Conflict(
+        "this Idempotency-Key was used for another request: use a new key for a new checkout",
+        "idempotency_key_reused",
+    )
+
+
+def _check_card(payment_method: str | None) -> None:
+    if payment_method is not None:
+        check_payment_method(payment_method)
+
+
+def _lock_buyer(session: Session, actor: Actor) -> None:
+    """One checkout or retry per buyer at a time: the key check and the insert agree."""
+    session.scalars(
+        select(User).where(User.id == actor.user_id).with_for_update(key_share=True)
+    ).one()
+
+
+def _card_to_use(organization: Organization, payment_method: str | None) -> str:
+    method = payment_method or organization.payment_method_id
+    if method is None:
+        raise Conflict("there is no saved card: give a payment_method", "payment_method_required")
+    return method
+
+
+@dataclass(frozen=True)
+class _Line:
+    subscription_id: int
+    active_seats: int
+    offer: Quote
+
+
+def _store(
+    session: Session,
+    actor: Actor,
+    key: str,
+    organization: Organization,
+    method: str,
+    lines: list[_Line],
+    fingerprint: str,
+    confirmed_amount: int,
+    retry_of: int | None = None,
+) -> Purchase:
+    due = sum(line.offer.amount_due for line in lines)
+    purchase = Purchase(
+        organization_id=actor.organization_id,
+        user_id=actor.user_id,
+        idempotency_key=key,
+        status=PurchaseStatus.PENDING,
+        currency=lines[0].offer.currency,
+        confirmed_amount=confirmed_amount,
+        amount_due=due,
+        payment_method_id=method,
+        new_card=method != organization.payment_method_id,
+        attempts=0,
+        request_fingerprint=fingerprint,
+        retry_of_id=retry_of,
+    )
+    session.add(purchase)
+    session.flush()
+    for line in lines:
+        session.add(
+            PurchaseItem(
+                purchase_id=purchase.id,
+                subscription_id=line.subscription_id,
+                active_seats=line.active_seats,
+                seats_to_buy=line.offer.seats_to_buy,
+                subtotal=line.offer.subtotal,
+                proration_coupon=line.offer.proration_coupon,
+                amount_due=line.offer.amount_due,
+                renews_at=line.offer.renews_at,
+            )
+        )
+    return purchase
 
 
 def _check_same_request(
@@ -57,10 +140,9 @@ def _check_same_request(
     An empty cart is the normal retry (the first call emptied it); a cart that holds other lines
     means the caller is buying something else. NULL fingerprints predate the check: they match.
     """
-    reused = Conflict(
-        "this Idempotency-Key was used for another request: use a new key for a new checkout",
-        "idempotency_key_reused",
-    )
+    reused = _reused()
+    if purchase.retry_of_id is not None:
+        raise reused
     if purchase.request_fingerprint not in (None, fingerprint):
         raise reused
     in_cart = {  # lines the first call left behind (a plan due for renewal) do not count
@@ -83,24 +165,17 @@ def checkout(
     """Store the purchase and empty the cart in one transaction; the same key gives it back."""
     require_manager(actor.role)
     key = check_idempotency_key(idempotency_key)
-    if payment_method is not None:
-        check_payment_method(payment_method)
+    _check_card(payment_method)
     with uow:
         session = uow.session
-        session.scalars(
-            select(User).where(User.id == actor.user_id).with_for_update(key_share=True)
-        ).one()
+        _lock_buyer(session, actor)
         fingerprint = request_fingerprint(payment_method)
         existing = _existing(session, actor, key)
         if existing is not None:
             _check_same_request(session, actor, existing, fingerprint, now)
             return existing.id, existing.status
         organization = organization_of(session, actor)
-        method = payment_method or organization.payment_method_id
-        if method is None:
-            raise Conflict(
-                "there is no saved card: give a payment_method", "payment_method_required"
-            )
+        method = _card_to_use(organization, payment_method)
         lines = priced_lines(session, actor.user_id, now, lock=True)
         buying = [line for line in lines if line.offer and line.offer.seats_to_buy > 0]
         blocked = [line for line in lines if line.problem is not None]
@@ -114,35 +189,110 @@ def checkout(
                 items = [line.item.id for line in blocked]
                 raise Conflict(problem.message, problem.code, items=items)
             raise Conflict("your cart is empty: add seats before checking out", "cart_empty")
-        purchase = Purchase(
-            organization_id=actor.organization_id,
-            user_id=actor.user_id,
-            idempotency_key=key,
-            status=PurchaseStatus.PENDING,
-            currency=buying[0].item.subscription.currency,
-            confirmed_amount=sum(line.offer.amount_due for line in buying if line.offer),
-            amount_due=sum(line.offer.amount_due for line in buying if line.offer),
-            payment_method_id=method,
-            new_card=method != organization.payment_method_id,
-            attempts=0,
-            request_fingerprint=fingerprint,
+        chosen = [
+            _Line(line.item.subscription_id, line.item.active_seats, line.offer)
+            for line in buying
+            if line.offer is not None
+        ]
+        purchase = _store(
+            session,
+            actor,
+            key,
+            organization,
+            method,
+            chosen,
+            fingerprint,
+            confirmed_amount=sum(line.offer.amount_due for line in chosen),
         )
-        session.add(purchase)
-        session.flush()
         for line in buying:
-            assert line.offer is not None
-            session.add(
-                PurchaseItem(
-                    purchase_id=purchase.id,
-                    subscription_id=line.item.subscription_id,
-                    active_seats=line.item.active_seats,
-                    seats_to_buy=line.offer.seats_to_buy,
-                    subtotal=line.offer.subtotal,
-                    proration_coupon=line.offer.proration_coupon,
-                    amount_due=line.offer.amount_due,
-                    renews_at=line.offer.renews_at,
-                )
-            )
             session.delete(line.item)
+        uow.commit()
+        return purchase.id, purchase.status
+
+
+def retry_purchase(
+    uow: UnitOfWork,
+    actor: Actor,
+    purchase_id: int,
+    idempotency_key: str | None,
+    payment_method: str | None,
+    now: datetime | None = None,
+) -> tuple[int, str]:
+    """Pay a failed purchase's lines again, with another card, in one step.
+
+    A new purchase of the same plans and counts, priced again now (seats bought
+    meanwhile are not bought twice) and never above what the buyer confirmed
+    the first time; the cart is left alone. The same key gives it back.
+    """
+    with uow:
+        session = uow.session
+        failed = session.scalar(
+            select(Purchase).where(
+                Purchase.id == purchase_id, Purchase.organization_id == actor.organization_id
+            )
+        )
+        if failed is None:
+            raise NotFound("no such purchase", "not_found")
+        require_manager(actor.role)
+        if failed.user_id != actor.user_id:
+            raise Forbidden("only the buyer who made this purchase may pay it again", "forbidden")
+        key = check_idempotency_key(idempotency_key)
+        _check_card(payment_method)
+        _lock_buyer(session, actor)
+        fingerprint = request_fingerprint(payment_method, retry_of=failed.id)
+        existing = _existing(session, actor, key)
+        if existing is not None:
+            if existing.retry_of_id != failed.id or existing.request_fingerprint != fingerprint:
+                raise _reused()
+            return existing.id, existing.status
+        if failed.status != PurchaseStatus.FAILED:
+            raise Conflict(
+                f"purchase {failed.id} is {failed.status}: only a failed purchase is paid again",
+                "not_failed",
+            )
+        again = session.scalar(
+            select(Purchase.id)
+            .where(Purchase.retry_of_id == failed.id, Purchase.status != PurchaseStatus.FAILED)
+            .order_by(Purchase.id)
+            .limit(1)
+        )
+        if again is not None:
+            raise Conflict(
+                f"purchase {failed.id} is already being paid again by purchase {again}",
+                "already_retried",
+                purchase_id=again,
+            )
+        organization = organization_of(session, actor)
+        method = _card_to_use(organization, payment_method)
+        lines = []
+        for item in failed.items:
+            plan = subscription_for(session, actor, item.subscription_id, manage=True)
+            offer = price(plan, item.active_seats, now)
+            if offer.seats_to_buy > 0:
+                lines.append(_Line(item.subscription_id, item.active_seats, offer))
+        if not lines:
+            raise Conflict(
+                "these seats have been bought since: there is nothing left to pay",
+                "nothing_to_buy",
+            )
+        total = sum(line.offer.amount_due for line in lines)
+        if total > failed.confirmed_amount:
+            raise Conflict(
+                f"these seats now cost {plain_amount(total, failed.currency)}, more than the "
+                f"{plain_amount(failed.confirmed_amount, failed.currency)} you confirmed: "
+                "add them to your cart again to see the new price",
+                "quote_expired",
+            )
+        purchase = _store(
+            session,
+            actor,
+            key,
+            organization,
+            method,
+            lines,
+            fingerprint,
+            confirmed_amount=failed.confirmed_amount,
+            retry_of=failed.id,
+        )
         uow.commit()
         return purchase.id, purchase.status

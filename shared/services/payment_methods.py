@@ -1,4 +1,7 @@
-"""Saving a card outside a purchase: the card for renewals, here and as Stripe's default."""
+"""Cards outside a purchase: taking a new one on the pages (a SetupIntent for the
+organization's Stripe customer: the browser confirms it with Stripe.js, 3-D Secure
+included, which is also how Stripe saves a card for later off-session renewals), and
+saving one as the card for renewals, here and as Stripe's default."""
 
 from __future__ import annotations
 
@@ -11,8 +14,20 @@ from shared.payments.gateway import PaymentGateway, PaymentRefused
 from shared.services import renewals
 from shared.services.access import Actor
 from shared.services.charging import stripe_customer
+from shared.services.views import CardSetupView
 from shared.store.db import UnitOfWork
 from shared.store.models import Organization
+
+
+def start_card_setup(uow: UnitOfWork, gateway: PaymentGateway, actor: Actor) -> CardSetupView:
+    """Only owners and buyers may choose the card; the customer is made if needed."""
+    require_manager(actor.role)
+    customer = stripe_customer(uow, gateway, actor.organization_id)
+    setup = gateway.create_card_setup(
+        customer,
+        {"organization_id": str(actor.organization_id), "user_id": str(actor.user_id)},
+    )
+    return CardSetupView(client_secret=setup.client_secret)
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,16 @@ def get_purchase(uow: UnitOfWork, actor: Actor, purchase_id: int) -> PurchaseVie
             show_secret=actor.user_id == purchase.user_id,
             waiting=_waiting(uow.session, purchase),
         )
+
+
+def bought_by(uow: UnitOfWork, actor: Actor, purchase_id: int) -> int:
+    """The user who made the purchase (only they may pay it again after a failure)."""
+    with uow:
+        buyer = uow.session.scalar(
+            select(Purchase.user_id).where(
+                Purchase.id == purchase_id, Purchase.organization_id == actor.organization_id
+            )
+        )
+        if buyer is None:
+            raise NotFound("no such purchase", "not_found")
+        return buyer

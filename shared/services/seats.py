@@ -13,9 +13,9 @@ from shared.domain.periods import today_in
 from shared.domain.renewals import SubscriptionStatus
 from shared.domain.seats import MANAGING_ROLES, PurchaseNeeded, SeatCounts, check_seat_count
 from shared.services.access import Actor, subscription_for
-from shared.services.views import RenewalView, SubscriptionView, to_json
+from shared.services.views import ProfileView, RenewalView, SubscriptionView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import Renewal, SeatChange, Subscription
+from shared.store.models import Renewal, SeatChange, Subscription, User
 
 PAST_DUE = (
     "This plan's renewal could not be paid, so seats cannot be bought until it is: save a "
@@ -101,6 +101,24 @@ def _view(session: Session, subscription: Subscription, actor: Actor) -> Subscri
         if current is not None:
             renewal = RenewalView.of(current, show_secret=actor.role in MANAGING_ROLES)
     return SubscriptionView.of(subscription, subscription.organization, renewal)
+
+
+def get_profile(uow: UnitOfWork, actor: Actor) -> ProfileView:
+    """Who is signed in and every plan of their organization, by product then id."""
+    with uow:
+        user = uow.session.get_one(User, actor.user_id)
+        plans = uow.session.scalars(
+            select(Subscription)
+            .where(Subscription.organization_id == actor.organization_id)
+            .order_by(Subscription.product, Subscription.id)
+        )
+        return ProfileView(
+            user_id=user.id,
+            email=user.email,
+            role=user.role,
+            organization=user.organization.name,
+            subscriptions=[SubscriptionView.of(plan, user.organization) for plan in plans],
+        )
 
 
 def quote_seats(

@@ -106,6 +106,7 @@ class CartLineView:
 
     id: int
     subscription_id: int
+    product: str
     active_seats: int
     seats_to_buy: int
     unit_amount: int
@@ -127,6 +128,7 @@ class CartLineView:
         view: CartLineView = take(
             cls,
             item,
+            product=item.subscription.product,
             unit_amount=item.subscription.unit_amount,
             error=error,
             message=message,
@@ -145,6 +147,7 @@ class CartView:
 @dataclass(frozen=True)
 class PurchaseLineView:
     subscription_id: int
+    product: str
     active_seats: int
     seats_to_buy: int
     subtotal: int
@@ -153,7 +156,7 @@ class PurchaseLineView:
 
     @classmethod
     def of(cls, item: PurchaseItem) -> PurchaseLineView:
-        view: PurchaseLineView = take(cls, item)
+        view: PurchaseLineView = take(cls, item, product=item.subscription.product)
         return view
 
 
@@ -178,6 +181,8 @@ class PurchaseView:
     failure_message: str | None = field(default=None, metadata=OPTIONAL)
     client_secret: str | None = field(default=None, metadata=OPTIONAL)
     waiting: Waiting | None = field(default=None, metadata=OPTIONAL)
+    retry_of: int | None = field(default=None, metadata=OPTIONAL)
+    """The failed purchase whose lines this one pays again."""
 
     @classmethod
     def of(cls, purchase: Purchase, show_secret: bool, waiting: Waiting | None) -> PurchaseView:
@@ -188,5 +193,24 @@ class PurchaseView:
             failure_message=purchase.failure_message if purchase.failure_code else None,
             client_secret=purchase.client_secret if show_secret else None,
             waiting=waiting,
+            retry_of=purchase.retry_of_id,
         )
         return view
+
+
+@dataclass(frozen=True)
+class CardSetupView:
+    """What the browser needs to confirm a new card with Stripe.js."""
+
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """Who is signed in, and the organization's plans (the Profile page)."""
+
+    user_id: int
+    email: str
+    role: str
+    organization: str
+    subscriptions: list[SubscriptionView]

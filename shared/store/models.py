@@ -210,6 +210,8 @@ class Purchase(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("purchases.id"), index=True)
+    """The failed purchase whose lines this one pays again with another card."""
 
     items: Mapped[list[PurchaseItem]] = relationship(order_by="PurchaseItem.subscription_id")
 
@@ -237,6 +239,19 @@ class PurchaseItem(Base):
     renews_at: Mapped[date | None] = mapped_column(Date)
 
     subscription: Mapped[Subscription] = relationship()
+
+
+class LoginLink(Base):
+    """A one-time sign-in link for the customer pages: only its hash is kept."""
+
+    __tablename__ = "login_links"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookEvent(Base):

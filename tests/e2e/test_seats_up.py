@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,39 @@ from tests.conftest import ROOT, Client, seats_json
 from tests.e2e.stripe_helpers import new_card, wait_for
 
 pytestmark = pytest.mark.e2e
+
+
+def readme_example() -> str:
+    """The README's provisioning and API example, its code lines exactly as written."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- the example:")
+    end = readme.index("<!-- end of the API example -->")
+    lines = [line[4:] for line in readme[start:end].splitlines() if line.startswith("    ")]
+    return "\n".join(lines) + "\n"
+
+
+def run_readme_example(env: dict[str, str], web: str, stripe_base: str, where: Path) -> None:
+    """A fresh shell runs it; only the two addresses `seats up` printed are put in."""
+    script = readme_example()
+    assert "W=http://127.0.0.1:8000\n" in script and "S=http://127.0.0.1:8420\n" in script
+    script = script.replace("W=http://127.0.0.1:8000\n", f"W={web}\n")
+    script = script.replace("S=http://127.0.0.1:8420\n", f"S={stripe_base}\n")
+    script += 'sleep 5; curl -s -H "Authorization: Bearer $T" $W/api/subscriptions/$SUB\n'
+    shell_env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=shell_env,
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert answers[2]["active_seats"] == 3 and answers[3]["error"] == "purchase_required"
+    assert answers[-1]["paid_seats"] == 5 and answers[-1]["active_seats"] == 5, done.stdout
+    assert answers[-1]["payment_method"]["last4"] == "4242"
 
 
 def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
@@ -93,6 +127,17 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
         owner.post(
             "/api/cart/items", json={"subscription_id": sub, "active_seats": 4, "confirm": True}
         )
+        # the pages: the printed sign-in hint works, and they load the stand-in's Stripe.js
+        hint = re.search(r"sign in with a one-time link: (.+)", text).group(1)  # type: ignore[union-attr]
+        assert hint == f"SEATS_BASE_URL={base} seats user login-link --email EMAIL"
+        link = seats_json(
+            {**env, "SEATS_BASE_URL": base}, "user", "login-link", "--email", "n@example.com"
+        )["url"]
+        person = requests.Session()
+        assert person.get(link, timeout=10).url == f"{base}/profile"
+        cart_page = person.get(f"{base}/cart", timeout=10).text
+        assert f'<script src="{stripe_base}/js.stripe.com/v3/"' in cart_page
+        assert 'data-stripe-key="pk_test_' in cart_page
         answer = owner.post(
             "/api/checkout",
             json={"payment_method": new_card(stripe_base)},
@@ -102,6 +147,8 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
         assert wait_for(owner, answer.json()["purchase_id"])["status"] == "succeeded"
         plan = owner.get(f"/api/subscriptions/{sub}").json()
         assert (plan["paid_seats"], plan["active_seats"]) == (4, 4)
+
+        run_readme_example(env, base, stripe_base, tmp_path)
 
         family = {p.pid for p in psutil.Process(up.pid).children(recursive=True)}
         family |= {

@@ -291,6 +291,7 @@ ID_ROUTES: list[tuple[str, str, dict[str, object] | None]] = [
     ("PUT", "/api/subscriptions/<int:subscription_id>/seats", {"active_seats": 2}),
     ("DELETE", "/api/cart/items/<int:item_id>", None),
     ("GET", "/api/purchases/<int:purchase_id>", None),
+    ("POST", "/api/purchases/<int:purchase_id>/retry", {}),
 ]
 
 
