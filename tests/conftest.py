@@ -333,6 +333,9 @@ class Worker:
         if self.process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        # a restart must wait for its own "ready.", not find the stopped one's in the log
+        if self.log.exists():
+            self.log.write_text(self.log.read_text(errors="replace").replace("ready.", "was-ready."))
 
 
 @pytest.fixture(scope="session")

@@ -150,6 +150,27 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
 
         run_readme_example(env, base, stripe_base, tmp_path)
 
+        # a second terminal with nothing set reaches the same stack through its stack file
+        stack_file = tmp_path / "home" / "run" / "stack.json"
+        assert stack_file.stat().st_mode & 0o777 == 0o600
+        status = seats_json(env, "ops", "status")
+        assert status["broker"] == "ok" and status["workers"], status  # the embedded Redis
+        events = seats_json(env, "webhooks", "list", "--type", "payment_intent.succeeded")
+        assert events["events"], "the stand-in's signed webhooks reached the web"
+        replayed = seats_json(env, "webhooks", "replay", events["events"][0]["id"])
+        assert set(replayed["events"].values()) == {"processed"}  # it asked the stand-in
+        again = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "up", "--port", str(free_port())],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 1 and "already running" in again.stderr, again.stderr
+        assert base in again.stderr
+
         family = {p.pid for p in psutil.Process(up.pid).children(recursive=True)}
         family |= {
             p.pid
@@ -170,3 +191,4 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
     ]
     assert alive == [], [psutil.Process(p).cmdline() for p in alive]
     assert "seats: stopped" in log.read_text()
+    assert not (tmp_path / "home" / "run" / "stack.json").exists()
