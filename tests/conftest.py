@@ -68,12 +68,13 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def fresh_database(server_url: str) -> Iterator[Any]:
     """Make empty databases on the server and drop them at the end.
 
+    `make(migrated=True)`: the caller migrates it next and needs no empty schema.
     bench/mutation runs one short test session per mutant, where creating, migrating and
     dropping databases would take most of the time: it names a directory in
-    SEATS_TEST_DATABASE_POOL, and a session then takes databases from a pool instead (one
+    SEATS_TEST_DATABASE_POOL, and such a database is then taken from a pool instead (one
     lock file each, held while the session runs, freed by the kernel if it is killed),
-    emptied when taken. The pool's databases are named with SEATS_TEST_DATABASE_PREFIX and
-    bench/mutation drops them at the end.
+    its tables emptied when taken. The pool's databases are named with
+    SEATS_TEST_DATABASE_PREFIX and bench/mutation drops them at the end.
     """
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     made: list[str] = []
@@ -84,8 +85,8 @@ def fresh_database(server_url: str) -> Iterator[Any]:
     def url_of(name: str) -> str:
         return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
-    def make() -> str:
-        if pool:
+    def make(migrated: bool = False) -> str:
+        if pool and migrated:
             return from_pool(Path(pool))
         name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
         with admin.connect() as connection:
@@ -142,7 +143,7 @@ def empty_tables(url: str) -> None:
 
 @pytest.fixture(scope="session")
 def database_url(fresh_database: Any) -> str:
-    url: str = fresh_database()
+    url: str = fresh_database(migrated=True)
     upgrade(url)
     return url
 
