@@ -5,14 +5,26 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from shared.services import webhooks
-from shared.store.models import WebhookEvent
+from shared.services.alerts import raise_alert
+from shared.store.models import Organization, SyncCursor, WebhookEvent
 from tests.services.conftest import Shop
-from tests.services.test_webhooks import NOW, deliver, hand_made
+from tests.services.test_webhooks import (
+    NOW,
+    alerts_of,
+    cursor,
+    deliver,
+    delivered,
+    hand_made,
+    handle,
+    paid,
+    stored,
+)
 
 
 @pytest.fixture
@@ -62,3 +74,128 @@ def test_lost_events_are_found_oldest_first(shop: Shop) -> None:
         uow.commit()
     found = webhooks.unprocessed_events(shop.rt.uow(), older_than=-600)
     assert [e for e in found if e in (first["id"], second["id"])] == [second["id"], first["id"]]
+
+
+def event_around(obj: str) -> bytes:
+    return ('{"id": "evt_shape", "type": "x.y", "data": {"object": ' + obj + "}}").encode()
+
+
+def levels(count: int) -> str:
+    return "[" * count + "]" * count
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xff\xfe{}", "the body is not UTF-8 JSON"),
+        (event_around(levels(63)), "the body is nested deeper than 64 levels"),
+        (b'{"id": "evt_1", "type": "x", "data": {"object": {"a": NaN}}}', "the body is not JSON"),
+        (
+            b'{"id": "evt_1", "type": "x"}',
+            "an event is a JSON object with id, type and data.object",
+        ),
+        # closed brackets count down again: 3 levels around, a closed one, then 62 more
+        (
+            event_around('{"b": {}, "c": ' + levels(62) + "}"),
+            "the body is nested deeper than 64 levels",
+        ),
+    ],
+    ids=["not-utf8", "65-levels", "nan", "no-data", "65-levels-after-a-closed-one"],
+)
+def test_stripe_is_told_why_a_body_is_refused(raw: bytes, message: str) -> None:
+    with pytest.raises(webhooks.BadEvent) as refused:
+        webhooks.parse_event(raw)
+    assert (refused.value.code, refused.value.message) == ("malformed_event", message)
+
+
+def test_a_wide_event_is_not_deep(shop: Shop) -> None:
+    """Many objects and lists side by side, each closed before the next opens."""
+    siblings = ", ".join(f'"k{n}": {{"l": [[]]}}' for n in range(100))
+    event = webhooks.parse_event(event_around("{" + siblings + "}"))
+    assert len(event["data"]["object"]) == 100
+
+
+def test_a_refund_of_nothing_and_a_dispute_of_nothing_are_still_alerts(shop: Shop) -> None:
+    refund = hand_made("charge.refunded", amount_refunded=0, currency="cad")
+    dispute = hand_made("charge.dispute.created", amount=0, currency="cad")
+    for event in (refund, dispute):
+        deliver(shop, event)
+        assert handle(shop, event["id"]) == ("processed", [])
+    assert alerts_of(shop, refund["id"]) == [("refund", None, 0)]
+    assert alerts_of(shop, dispute["id"]) == [("dispute", None, 0)]
+
+
+def test_the_event_of_our_refund_made_before_we_recorded_it_raises_nothing_more(
+    shop: Shop,
+) -> None:
+    """Our automatic refund went through but its answer was lost: the alert still says
+    `refund_pending` when Stripe's `charge.refunded` arrives."""
+    _, intent = paid(shop)
+    with shop.rt.uow() as uow:
+        raise_alert(
+            uow.session,
+            kind="late_payment",
+            message="refunded automatically",
+            organization_id=shop.org,
+            stripe_object_id=intent,
+            dedupe_key=f"payment:{intent}",
+            refund_pending=True,
+        )
+        uow.commit()
+    shop.fake.refund_payment(intent)
+    event_id, handled = delivered(shop, "charge.refunded")
+    assert handled == ("processed", [])
+    assert stored(shop, event_id).outcome == "processed"
+    assert alerts_of(shop, event_id) == []
+
+
+def test_a_dispute_without_a_payment_intent_names_no_purchase(shop: Shop) -> None:
+    shop.checkout(4)  # a purchase not charged yet: it has no payment intent either
+    event = hand_made("charge.dispute.created", amount=700, currency="cad", payment_intent=None)
+    deliver(shop, event)
+    assert handle(shop, event["id"]) == ("processed", [])
+    assert alerts_of(shop, event["id"]) == [("dispute", None, 700)]
+
+
+def test_a_detached_card_of_an_organization_without_a_stripe_customer_is_ignored(
+    shop: Shop,
+) -> None:
+    card = shop.fake.card()
+    with shop.rt.uow() as uow:
+        uow.session.execute(
+            update(Organization).where(Organization.id == shop.org).values(payment_method_id=card)
+        )
+        uow.commit()
+    event = hand_made("payment_method.detached", id=card)
+    deliver(shop, event)
+    assert handle(shop, event["id"]) == ("ignored", [])
+
+
+class Listing:
+    """A Stripe whose event list is given."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+
+    def list_events(self, created_after: int) -> list[dict[str, Any]]:
+        return self.events
+
+
+def no_cursor(shop: Shop) -> None:
+    with shop.rt.uow() as uow:
+        uow.session.execute(delete(SyncCursor))
+        uow.commit()
+
+
+def test_a_first_reconciliation_with_nothing_listed_sets_no_cursor(shop: Shop) -> None:
+    no_cursor(shop)
+    assert webhooks.backfill(shop.rt.uow(), Listing([]), now=NOW) == []  # type: ignore[arg-type]
+    assert cursor(shop) is None
+
+
+def test_listed_events_without_a_creation_time_do_not_move_the_cursor(shop: Shop) -> None:
+    no_cursor(shop)
+    undated = hand_made()
+    del undated["created"]
+    assert webhooks.backfill(shop.rt.uow(), Listing([undated]), now=NOW) == [undated["id"]]  # type: ignore[arg-type]
+    assert cursor(shop) is None
