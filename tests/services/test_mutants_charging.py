@@ -230,3 +230,9 @@ def test_a_refusal_after_the_webhook_settled_the_purchase_leaves_it_paid(shop: S
         intent,
     )
     assert shop.counts() == (5, 5) and shop.kept_money() == done.amount_due
+
+
+def test_a_long_parking_reason_is_kept_to_500_characters(shop: Shop) -> None:
+    purchase = shop.checkout(4)
+    charging.park(shop.rt.uow(), shop.rt.engine, purchase, "x" * 600)
+    assert shop.purchase(purchase).attention == "x" * 500

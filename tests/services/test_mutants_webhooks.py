@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from shared.services import webhooks
 from shared.services.alerts import raise_alert
-from shared.store.models import Organization, SyncCursor, WebhookEvent
+from shared.store.models import OperatorAlert, Organization, SyncCursor, WebhookEvent
 from tests.services.conftest import Shop
 from tests.services.test_webhooks import (
     NOW,
@@ -199,3 +199,30 @@ def test_listed_events_without_a_creation_time_do_not_move_the_cursor(shop: Shop
     del undated["created"]
     assert webhooks.backfill(shop.rt.uow(), Listing([undated]), now=NOW) == [undated["id"]]  # type: ignore[arg-type]
     assert cursor(shop) is None
+
+
+def test_a_refund_alert_tells_an_operator_what_went_back_and_for_what(shop: Shop) -> None:
+    purchase, intent = paid(shop)
+    amount = shop.purchase(purchase).amount_due
+    shop.fake.refund_payment(intent)
+    event_id, _ = delivered(shop, "charge.refunded")
+    [alert] = shop.alerts()
+    assert (alert.event_id, alert.stripe_object_id) == (event_id, f"ch_{intent}")
+    assert alert.message == (
+        f"ch_{intent} was refunded ({amount} cad) for purchase {purchase}; "
+        "seat counts were left as they are: review the plan"
+    )
+
+
+def test_a_dispute_of_a_payment_not_ours_says_so(shop: Shop) -> None:
+    event = hand_made("charge.dispute.created", id="dp_elsewhere", amount=700, currency="usd")
+    deliver(shop, event)
+    handle(shop, event["id"])
+    with shop.rt.uow() as uow:
+        alert = uow.session.scalars(
+            select(OperatorAlert).where(OperatorAlert.event_id == event["id"])
+        ).one()
+        assert alert.message == (
+            "dp_elsewhere is disputed (700 usd) for no purchase of ours; "
+            "seat counts were left as they are: review the plan"
+        )
