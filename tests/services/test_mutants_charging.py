@@ -79,6 +79,9 @@ def test_a_second_payment_alert_says_what_was_paid_by_what_and_that_it_is_refund
     )
     assert alert.refund_id is not None and not alert.refund_pending
     assert shop.kept_money() == paid.amount_due
+    calls = len(shop.fake.calls)
+    charging.refund(shop.rt.uow(), shop.fake, alert.id)  # the sweep, late: nothing to do
+    assert len(shop.fake.calls) == calls
 
 
 def test_our_customer_paying_a_purchase_not_yet_charged_is_refunded_as_not_owed(

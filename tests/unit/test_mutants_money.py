@@ -11,6 +11,7 @@ from shared.domain.money import minor_digits, plain_amount
     ("amount", "currency", "text"),
     [
         (57600, "cad", "576.00 CAD"),
+        (0, "cad", "0.00 CAD"),
         (123456789, "CAD", "1,234,567.89 CAD"),
         (-5, "usd", "-0.05 USD"),
         (5000, "jpy", "5,000 JPY"),
