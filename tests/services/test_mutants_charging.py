@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from shared.domain.cards import Card
 from shared.domain.money import plain_amount
-from shared.payments.fake_stripe import DECLINED_ON_ATTACH, FakeStripe
+from shared.payments.fake_stripe import DECLINED_ON_ATTACH, THREE_D_SECURE, FakeStripe
 from shared.payments.gateway import PaymentRefused, friendly_message
 from shared.services import charging, provisioning, webhooks
 from shared.store.models import Subscription
@@ -239,3 +239,24 @@ def test_a_long_parking_reason_is_kept_to_500_characters(shop: Shop) -> None:
     purchase = shop.checkout(4)
     charging.park(shop.rt.uow(), shop.rt.engine, purchase, "x" * 600)
     assert shop.purchase(purchase).attention == "x" * 500
+
+
+def test_money_arriving_late_for_one_seat_bought_meanwhile_is_refunded(shop: Shop) -> None:
+    purchase = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
+    shop.charge(purchase)
+    intent = str(shop.purchase(purchase).stripe_payment_intent_id)
+    shop.fake.authenticate(intent, success=False)
+    shop.fake.fail("cancel_payment")
+    shop.charge(purchase)
+    other = shop.checkout(4, buyer=shop.another_buyer())
+    shop.charge(other)
+    shop.fake.pay_with(intent, shop.fake.card())
+    settle_by_webhook(shop, intent)
+    assert shop.purchase(purchase).status == "failed" and shop.counts() == (4, 4)
+    [alert] = shop.alerts()
+    assert (alert.kind, alert.purchase_id, alert.refund_id is not None) == (
+        "late_payment",
+        purchase,
+        True,
+    )
+    assert shop.kept_money() == shop.purchase(other).amount_due
