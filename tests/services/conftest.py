@@ -24,7 +24,7 @@ from shared.store.models import OperatorAlert, Organization, Purchase, Subscript
 def runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
     """A database of the tier's own: the in-memory Stripe's customers never meet the
     stand-in's, so the e2e tier's ledger audit reads only real ones."""
-    url: str = fresh_database()
+    url: str = fresh_database(migrated=True)
     upgrade(url)
     rt = build(replace(settings, database_url=url), pool_size=10)
     yield rt
