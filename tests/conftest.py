@@ -394,7 +394,9 @@ class Worker:
                 os.killpg(self.process.pid, signal.SIGKILL)
         # a restart must wait for its own "ready.", not find the stopped one's in the log
         if self.log.exists():
-            self.log.write_text(self.log.read_text(errors="replace").replace("ready.", "was-ready."))
+            self.log.write_text(
+                self.log.read_text(errors="replace").replace("ready.", "was-ready.")
+            )
 
 
 @pytest.fixture(scope="session")
