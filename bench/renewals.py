@@ -772,6 +772,12 @@ def print_summary(
             f"direct Stripe calls, {args.width} threads (create+confirm)",
             f"{direct.rate:.1f} renewals/s ({direct.seconds:.1f} s)",
         )
+        per = {k: v / max(direct.succeeded, 1) * 1000 for k, v in direct.cpu.items()}
+        row(
+            "  CPU ms per renewal: client / stand-in; other processes",
+            f"{per.get('client (this script)', 0):.1f} / {per.get('localstripe', 0):.1f}; "
+            f"{direct.cpu.get('other', 0) / (direct.seconds * (os.cpu_count() or 1)):.0%}",
+        )
     if settle is not None:
         row(
             f"scan -> all {settle.total:,} succeeded, worker x{args.width}",
@@ -781,6 +787,17 @@ def print_summary(
         row("  of which the scan sending the tasks", f"{settle_scan:.2f} s")
         if direct is not None and direct.rate:
             row("ratio worker / direct", f"{settle.rate / direct.rate:.2f}")
+        per = {k: v / max(settle.succeeded, 1) * 1000 for k, v in settle.cpu.items()}
+        row(
+            "  CPU ms per renewal: worker / PostgreSQL / stand-in",
+            f"{per.get('worker (celery)', 0):.1f} / {per.get('postgresql', 0):.1f} / "
+            f"{per.get('localstripe', 0):.1f}",
+        )
+        row(
+            "  machine busy / of which other processes",
+            f"{sum(settle.cpu.values()) / (settle.seconds * (os.cpu_count() or 1)):.0%} / "
+            f"{settle.cpu.get('other', 0) / (settle.seconds * (os.cpu_count() or 1)):.0%}",
+        )
         row(
             "PostgreSQL transactions per renewal, worker (pg_stat)",
             f"{worker_xacts / max(settle.total, 1):.2f}",
