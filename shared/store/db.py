@@ -27,6 +27,13 @@ RENEWAL_LOCKS = 7302
 """Advisory lock namespaces: (namespace, id) pairs never collide across kinds of work."""
 
 
+def lock_key(namespace: int, key: int) -> int:
+    """One bigint per (namespace, id): ids past 2**31 fit too, kinds never collide."""
+    if not 0 <= key < 2**48:
+        raise ValueError("advisory lock keys are ids below 2**48")
+    return (namespace << 48) | key
+
+
 @contextmanager
 def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
     """Try to become the one worker on (namespace, key); yield whether we did.
@@ -34,14 +41,14 @@ def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
     A PostgreSQL advisory lock on a connection of its own: a crashed holder's lock
     dies with its connection, so nothing is ever stuck behind a dead worker.
     """
+    params = {"lock": lock_key(namespace, key)}
     with engine.connect() as connection:
-        params = {"namespace": namespace, "key": key}
-        got = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :key)"), params))
+        got = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:lock)"), params))
         try:
             yield got
         finally:
             if got:
-                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), params)
+                connection.execute(text("SELECT pg_advisory_unlock(:lock)"), params)
             connection.commit()
 
 
