@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from shared.domain.cards import Card
@@ -34,7 +34,7 @@ from shared.payments.gateway import (
 )
 from shared.services.alerts import raise_alert
 from shared.services.seats import price, record_change
-from shared.store.db import PURCHASE_LOCKS, UnitOfWork, lock_key, work_lock
+from shared.store.db import PURCHASE_LOCKS, AdvisoryLock, UnitOfWork, work_lock
 from shared.store.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
 
 log = logging.getLogger("seats.charging")
@@ -557,44 +557,16 @@ def charge(
     """
     with engine.connect() as connection:
         own = UnitOfWork(sessionmaker(bind=connection, expire_on_commit=False))
-        lock = PurchaseLock(connection, purchase_id)
+        lock = AdvisoryLock(connection, PURCHASE_LOCKS, purchase_id)
         try:
             return _charge(own, lock, gateway, purchase_id, now, checkpoint, action_ttl)
         finally:
             lock.release()
 
 
-class PurchaseLock:
-    """The advisory lock of one purchase, held on the charger's own connection."""
-
-    def __init__(self, connection: Connection, purchase_id: int) -> None:
-        self.connection = connection
-        self.key = lock_key(PURCHASE_LOCKS, purchase_id)
-        self.held = False
-
-    def take(self, session: Session) -> bool:
-        """Inside the first transaction: no round trip of its own for BEGIN/COMMIT."""
-        self.held = bool(session.scalar(select(func.pg_try_advisory_lock(self.key))))
-        return self.held
-
-    def release(self) -> None:
-        """One statement in autocommit; a connection that cannot unlock is thrown away, so
-        the lock never travels back to the pool with it."""
-        if not self.held:
-            return
-        try:
-            unlocking = self.connection.execution_options(isolation_level="AUTOCOMMIT")
-            unlocking.scalar(select(func.pg_advisory_unlock(self.key)))
-        except Exception:
-            self.connection.invalidate()
-            raise
-        finally:
-            self.held = False
-
-
 def _charge(
     uow: UnitOfWork,
-    lock: PurchaseLock,
+    lock: AdvisoryLock,
     gateway: PaymentGateway,
     purchase_id: int,
     now: datetime | None,

@@ -9,7 +9,7 @@ from types import TracebackType
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -50,6 +50,34 @@ def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
             if got:
                 connection.execute(text("SELECT pg_advisory_unlock(:lock)"), params)
             connection.commit()
+
+
+class AdvisoryLock:
+    """A worker's advisory lock, held on its own working connection: taken inside its first
+    transaction (no round trip of its own for BEGIN/COMMIT), released in autocommit at the
+    end; a connection that cannot unlock is thrown away, so the lock never goes back to the
+    pool with it. A crashed holder's lock dies with its connection."""
+
+    def __init__(self, connection: Connection, namespace: int, key: int) -> None:
+        self.connection = connection
+        self.key = lock_key(namespace, key)
+        self.held = False
+
+    def take(self, session: Session) -> bool:
+        self.held = bool(session.scalar(select(func.pg_try_advisory_lock(self.key))))
+        return self.held
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        try:
+            unlocking = self.connection.execution_options(isolation_level="AUTOCOMMIT")
+            unlocking.scalar(select(func.pg_advisory_unlock(self.key)))
+        except Exception:
+            self.connection.invalidate()
+            raise
+        finally:
+            self.held = False
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
