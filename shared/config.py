@@ -56,6 +56,8 @@ class Settings:
     dunning_days: tuple[int, ...] = (1, 3, 5, 7)
     renewal_scan_interval: float = 300
     off_session: bool = False
+    worker_concurrency: int = 16
+    task_events: bool = False
     stripe_js_url: str = STRIPE_JS
     stripe_publishable_key: str | None = None
     base_url: str | None = None
@@ -92,6 +94,8 @@ class Settings:
             dunning_days=parse_dunning_days(env.get("SEATS_DUNNING_DAYS") or "1,3,5,7"),
             renewal_scan_interval=float(env.get("SEATS_RENEWAL_SCAN_INTERVAL") or 300),
             off_session=_flag(env.get("SEATS_OFF_SESSION"), not env.get("STRIPE_API_BASE")),
+            worker_concurrency=int(env.get("SEATS_WORKER_CONCURRENCY") or 16),
+            task_events=_flag(env.get("SEATS_TASK_EVENTS"), False),
             stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or None,
             base_url=env.get("SEATS_BASE_URL") or None,

@@ -90,7 +90,7 @@ class Dispatcher:
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def celery_settings(redis_url: str | None) -> dict[str, object]:
+def celery_settings(redis_url: str | None, task_events: bool = False) -> dict[str, object]:
     """Broker settings for both the sender (web) and the consumer (worker).
 
     Late acks with reject-on-lost so a killed worker's task comes back; prefetch 1
@@ -115,8 +115,11 @@ def celery_settings(redis_url: str | None) -> dict[str, object]:
             "interval_start": 0.1,
             "interval_step": 0.5,
         },
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # off by default: they cost the worker about a fifth of its time per webhook, and
+        # Flower switches them on in the workers when it connects (SEATS_TASK_EVENTS=1
+        # keeps them on for other monitors)
+        "worker_send_task_events": task_events,
+        "task_send_sent_event": task_events,
         "task_serializer": "json",
         "accept_content": ["json"],
         "timezone": "UTC",

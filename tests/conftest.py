@@ -346,8 +346,10 @@ class Worker:
                 str(schedule),
                 "-Q",
                 ",".join(queues.ALL),
+                "--pool",  # as production runs it
+                "threads",
                 "--concurrency",
-                "2",
+                "4",
                 "--loglevel",
                 "INFO",
                 "--without-mingle",
@@ -413,6 +415,7 @@ def worker_env(settings: Settings, stripe_base: str) -> dict[str, str]:
         SEATS_CHARGE_RETRIES="3",
         SEATS_RECONCILE_INTERVAL="2",
         SEATS_ENABLE_FAILPOINTS="1",  # the crash tests arm one by naming SEATS_FAILPOINT
+        SEATS_WORKER_CONCURRENCY="4",
         PYTHONPATH=str(ROOT),
     )
     return env

@@ -16,3 +16,12 @@ def child_exit(server: object, worker: object) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(getattr(worker, "pid", 0))
+
+
+# Short requests, many of them, from clients that keep their connection (Stripe, a
+# browser polling a purchase): threads per worker and keep-alive, measured to take about
+# a third more webhooks per second than sync workers closing every connection
+# (README "Benchmarks"). SEATS_WEB_THREADS=1 with SEATS_WEB_WORKER_CLASS=sync goes back.
+worker_class = os.environ.get("SEATS_WEB_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("SEATS_WEB_THREADS", "4"))
+keepalive = 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 
 from celery import Celery
@@ -22,7 +23,7 @@ from worker import failpoints
 settings = Settings.from_env()
 
 app = Celery("seats")
-app.conf.update(queues.celery_settings(settings.redis_url))
+app.conf.update(queues.celery_settings(settings.redis_url, settings.task_events))
 app.conf.beat_schedule = {
     "sweep": {"task": queues.SWEEP, "schedule": settings.sweep_interval},
     "reconcile": {"task": queues.RECONCILE, "schedule": settings.reconcile_interval},
@@ -61,11 +62,18 @@ def _check_beat(**_: object) -> None:
     _refuse(require_database)
 
 
+_building = threading.Lock()
+
+
 def runtime() -> Runtime:
-    """Built on first use in each process: a database pool must not cross a fork."""
+    """Built on first use in each process (a database pool must not cross a fork), once
+    even when a thread pool's threads ask at the same time; its database pool has a
+    connection for every thread (`SEATS_WORKER_CONCURRENCY`) and the sweeps."""
     global _runtime
     if _runtime is None:
-        _runtime = build(settings, pool_size=2)
+        with _building:
+            if _runtime is None:
+                _runtime = build(settings, pool_size=settings.worker_concurrency + 2)
     return _runtime
 
 

@@ -9,6 +9,7 @@ two instances overwrite each other's file).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import subprocess
@@ -103,9 +104,20 @@ def start_redis(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
     return process
 
 
-def start_localstripe(port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_localstripe(
+    port: int, log: Path | None = None, latency_ms: float = 0
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli.embedded", "localstripe", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "shared.cli.embedded",
+            "localstripe",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+        ],
         stdout=subprocess.DEVNULL if log is None else log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -132,8 +144,12 @@ def _retry_like_stripe(resources: Any) -> None:
     resources.PaymentIntent._update = update
 
 
-def run_localstripe(host: str, port: int) -> None:
-    """Serve localstripe in this process, from scratch, without its disk dump."""
+def run_localstripe(host: str, port: int, latency_ms: float = 0) -> None:
+    """Serve localstripe in this process, from scratch, without its disk dump.
+
+    `latency_ms` delays every API answer as real Stripe's 100 to 300 ms would (the
+    benchmarks' "slow Stripe" runs); the stand-in's own pages and config are not delayed.
+    """
     import logging
 
     from aiohttp import web
@@ -142,6 +158,15 @@ def run_localstripe(host: str, port: int) -> None:
     resources.Store.dump_to_disk = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     _retry_like_stripe(resources)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if latency_ms > 0:
+
+        @web.middleware
+        async def slow(request: Any, handler: Any) -> Any:
+            if request.path.startswith("/v1/"):
+                await asyncio.sleep(latency_ms / 1000)
+            return await handler(request)
+
+        server.app.middlewares.insert(0, slow)
     web.run_app(server.app, host=host, port=port, access_log=None, print=None)
 
 
@@ -151,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     stand_in = commands.add_parser("localstripe", help="run the Stripe stand-in")
     stand_in.add_argument("--host", default="127.0.0.1")
     stand_in.add_argument("--port", type=int, default=8420)
+    stand_in.add_argument("--latency-ms", type=float, default=0, help="delay every API answer")
     args = parser.parse_args(argv)
-    run_localstripe(args.host, args.port)
+    run_localstripe(args.host, args.port, args.latency_ms)
 
 
 if __name__ == "__main__":

@@ -189,8 +189,11 @@ def run_stack(port: int | None) -> int:
                 "INFO",
                 "-Q",
                 ",".join(queues.ALL),
+                # the work waits on Stripe and PostgreSQL, not the CPU: threads
+                "--pool",
+                "threads",
                 "--concurrency",
-                "2",
+                str(settings.worker_concurrency),
             ],
             env,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from typing import Any
 
@@ -84,21 +85,37 @@ def _payment(resource: Any) -> Payment:
 
 
 class StripeGateway:
-    """Idempotency keys come from our own ids, so a retried call is the same call."""
+    """Idempotency keys come from our own ids, so a retried call is the same call.
+
+    Safe to share between threads (a worker's thread pool): each thread gets its own
+    client and HTTP session, since a requests session is not made for several threads.
+    """
 
     def __init__(self, api_key: str, api_base: str | None = None, timeout: float = 20) -> None:
-        addresses: Any = {"api": api_base} if api_base else {}
+        self._api_key = api_key
+        self._addresses: Any = {"api": api_base} if api_base else {}
+        self._timeout = timeout
         # Proxy settings are read from the environment once here; left to requests,
         # they would be re-read from os.environ on every call (a few ms per charge).
-        session = requests.Session()
-        session.trust_env = False
-        proxy = urllib.request.getproxies().get("https")
-        self.client = stripe.StripeClient(
-            api_key,
-            base_addresses=addresses,
-            max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=timeout, session=session, proxy=proxy),
-        )
+        self._proxy = urllib.request.getproxies().get("https")
+        self._local = threading.local()
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        found: stripe.StripeClient | None = getattr(self._local, "client", None)
+        if found is None:
+            session = requests.Session()
+            session.trust_env = False
+            found = stripe.StripeClient(
+                self._api_key,
+                base_addresses=self._addresses,
+                max_network_retries=0,
+                http_client=stripe.RequestsClient(
+                    timeout=self._timeout, session=session, proxy=self._proxy
+                ),
+            )
+            self._local.client = found
+        return found
 
     def create_customer(self, organization_id: int, name: str) -> str:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.errors import NotFound
 from shared.domain.seats import require_manager
@@ -39,12 +39,16 @@ def subscription_for(
     session: Session, actor: Actor, subscription_id: int, *, manage: bool, lock: bool = False
 ) -> Subscription:
     """Another tenant's plan is indistinguishable from one that does not exist."""
-    query = select(Subscription).where(
-        Subscription.id == subscription_id,
-        Subscription.organization_id == actor.organization_id,
+    query = (
+        select(Subscription)
+        .where(
+            Subscription.id == subscription_id,
+            Subscription.organization_id == actor.organization_id,
+        )
+        .options(joinedload(Subscription.organization, innerjoin=True))  # its time zone prices
     )
     if lock:
-        query = query.with_for_update(key_share=True)
+        query = query.with_for_update(key_share=True, of=Subscription)
     subscription = session.scalar(query)
     if subscription is None:
         raise NotFound("no such subscription", "not_found")

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.errors import Conflict, NotFound
 from shared.domain.money import Quote, plain_amount
@@ -16,7 +16,7 @@ from shared.services.access import Actor, organization_of, subscription_for
 from shared.services.seats import price
 from shared.services.views import CartLineView, CartView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import CartItem
+from shared.store.models import CartItem, Subscription
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,18 @@ def priced_lines(
     Each line is priced on its own: a plan due for renewal blocks its own line,
     never the rest of the cart.
     """
-    query = select(CartItem).where(CartItem.user_id == user_id).order_by(CartItem.id)
+    query = (
+        select(CartItem)
+        .where(CartItem.user_id == user_id)
+        .order_by(CartItem.id)
+        .options(
+            joinedload(CartItem.subscription, innerjoin=True).joinedload(
+                Subscription.organization, innerjoin=True
+            )
+        )
+    )
     if lock:
-        query = query.with_for_update(key_share=True)
+        query = query.with_for_update(key_share=True, of=CartItem)
     lines = []
     for item in session.scalars(query):
         try:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from shared.domain.cards import Card
 from shared.domain.errors import Conflict
@@ -34,7 +34,7 @@ from shared.payments.gateway import (
 )
 from shared.services.alerts import raise_alert
 from shared.services.seats import price, record_change
-from shared.store.db import PURCHASE_LOCKS, UnitOfWork, work_lock
+from shared.store.db import PURCHASE_LOCKS, AdvisoryLock, UnitOfWork, work_lock
 from shared.store.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
 
 log = logging.getLogger("seats.charging")
@@ -76,18 +76,33 @@ def purchase_lock(engine: Engine, purchase_id: int) -> AbstractContextManager[bo
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
-    return session.scalars(
-        select(Purchase).where(Purchase.id == purchase_id).with_for_update(key_share=True)
-    ).one()
+    """The purchase, row-locked, read with its lines and its organization in one round trip
+    (only the purchase's own row is locked)."""
+    return (
+        session.scalars(
+            select(Purchase)
+            .where(Purchase.id == purchase_id)
+            .options(
+                joinedload(Purchase.items, innerjoin=True),
+                joinedload(Purchase.organization, innerjoin=True),
+            )
+            .with_for_update(key_share=True, of=Purchase)
+        )
+        .unique()
+        .one()
+    )
 
 
 def _locked_plans(session: Session, purchase: Purchase) -> dict[int, Subscription]:
+    """The plans, row-locked in id order (no deadlock between chargers), with their
+    organization (its time zone prices the lines) read in the same round trip."""
     ids = sorted(item.subscription_id for item in purchase.items)
     plans = session.scalars(
         select(Subscription)
         .where(Subscription.id.in_(ids))
         .order_by(Subscription.id)
-        .with_for_update(key_share=True)
+        .options(joinedload(Subscription.organization, innerjoin=True))
+        .with_for_update(key_share=True, of=Subscription)
     )
     return {plan.id: plan for plan in plans}
 
@@ -109,25 +124,42 @@ def next_in_line(session: Session, plan_ids: list[int], before: int | None = Non
     return sorted(set(session.scalars(query)))
 
 
-def _release(session: Session, purchase: Purchase) -> list[int]:
-    """Free the plans this purchase held and name the purchases next in line for them."""
+def _release(
+    session: Session, purchase: Purchase, plans: dict[int, Subscription] | None = None
+) -> list[int]:
+    """Free the plans this purchase held and name the purchases next in line for them.
+
+    Plans already loaded (and locked) are freed in the same UPDATE that writes their
+    counts; otherwise one UPDATE frees them all.
+    """
     plan_ids = [item.subscription_id for item in purchase.items]
-    session.execute(
-        update(Subscription)
-        .where(Subscription.id.in_(plan_ids), Subscription.charging_purchase_id == purchase.id)
-        .values(charging_purchase_id=None)
-    )
+    if plans is None:
+        session.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(plan_ids), Subscription.charging_purchase_id == purchase.id)
+            .values(charging_purchase_id=None)
+        )
+    else:
+        for plan in plans.values():
+            if plan.charging_purchase_id == purchase.id:
+                plan.charging_purchase_id = None
     return [waiting for waiting in next_in_line(session, plan_ids) if waiting != purchase.id]
 
 
-def _fail(session: Session, purchase: Purchase, code: str, message: str) -> list[int]:
+def _fail(
+    session: Session,
+    purchase: Purchase,
+    code: str,
+    message: str,
+    plans: dict[int, Subscription] | None = None,
+) -> list[int]:
     purchase.status = PurchaseStatus.FAILED
     purchase.attention = None
     purchase.failure_code = code
     purchase.failure_message = message
     purchase.client_secret = None
     purchase.completed_at = datetime.now(UTC)
-    return _release(session, purchase)
+    return _release(session, purchase, plans)
 
 
 def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None) -> Outcome | None:
@@ -153,7 +185,8 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
         try:
             offers.append((item, price(plans[item.subscription_id], item.active_seats, now)))
         except Conflict as refusal:
-            return Outcome(Next.DONE, _fail(session, purchase, refusal.code, refusal.message))
+            wake = _fail(session, purchase, refusal.code, refusal.message, plans)
+            return Outcome(Next.DONE, wake)
     total = sum(offer.amount_due for _, offer in offers)
     if total > purchase.confirmed_amount:
         message = (
@@ -161,7 +194,7 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
             f"instead of {plain_amount(purchase.confirmed_amount, purchase.currency)}), so "
             "nothing was charged. Add the seats to your cart again to see the new price."
         )
-        return Outcome(Next.DONE, _fail(session, purchase, "quote_expired", message))
+        return Outcome(Next.DONE, _fail(session, purchase, "quote_expired", message, plans))
     for item, offer in offers:
         item.seats_to_buy = offer.seats_to_buy
         item.subtotal = offer.subtotal
@@ -171,17 +204,11 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
     purchase.amount_due = total
     if not any(offer.seats_to_buy for _, offer in offers):
         message = "These seats were already bought, so nothing was charged."
-        return Outcome(Next.DONE, _fail(session, purchase, "already_paid", message))
+        return Outcome(Next.DONE, _fail(session, purchase, "already_paid", message, plans))
     for plan in plans.values():
         plan.charging_purchase_id = purchase.id
     purchase.status = PurchaseStatus.PROCESSING
     return None
-
-
-def _customer_of(session: Session, purchase: Purchase) -> str | None:
-    return session.scalar(
-        select(Organization.stripe_customer_id).where(Organization.id == purchase.organization_id)
-    )
 
 
 def _stray(session: Session, purchase: Purchase, payment: Payment, ours: bool) -> FollowUp:
@@ -272,7 +299,7 @@ def _settle(
     session: Session, purchase_id: int, payment: Payment, card: Card | None
 ) -> tuple[Outcome, FollowUp]:
     purchase = _locked_purchase(session, purchase_id)
-    customer = _customer_of(session, purchase)
+    customer = purchase.organization.stripe_customer_id
     ours = (
         customer is not None
         and payment.customer_id == customer
@@ -416,18 +443,16 @@ def _apply_success(
             purchase_id=purchase.id,
         )
     if purchase.new_card:
-        organization = session.get_one(
-            Organization, purchase.organization_id, with_for_update={"key_share": True}
-        )
+        # loaded with the purchase; its UPDATE takes the row lock
         known = card if card and card.id == purchase.payment_method_id else None
-        organization.keep_card(known or Card(purchase.payment_method_id, None, None))
+        purchase.organization.keep_card(known or Card(purchase.payment_method_id, None, None))
         purchase.card_sync_pending = True
     purchase.status = PurchaseStatus.SUCCEEDED
     purchase.attention = None
     purchase.amount_due = payment.amount
     purchase.client_secret = None
     purchase.completed_at = datetime.now(UTC)
-    return _release(session, purchase)
+    return _release(session, purchase, plans)
 
 
 def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> None:
@@ -438,25 +463,41 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
     card is pushed, so a late run never brings back an older card.
     """
     with uow:
-        purchase = uow.session.get_one(Purchase, purchase_id)
-        if not purchase.card_sync_pending:
-            return
-        organization = uow.session.get_one(Organization, purchase.organization_id)
-        method = purchase.payment_method_id
-        customer = organization.stripe_customer_id
-        current = organization.payment_method_id == method
+        found = uow.session.execute(
+            select(
+                Purchase.card_sync_pending,
+                Purchase.payment_method_id,
+                Purchase.organization_id,
+                Organization.payment_method_id.label("current"),
+                Organization.payment_method_brand,
+                Organization.stripe_customer_id,
+            )
+            .join(Organization, Organization.id == Purchase.organization_id)
+            .where(Purchase.id == purchase_id)
+        ).one()
+    if not found.card_sync_pending:
+        return
+    method, current = found.payment_method_id, found.current == found.payment_method_id
     card = None
-    if current and customer:
-        gateway.set_default_card(customer, method)
-        card = gateway.get_card(method)
+    if current and found.stripe_customer_id:
+        gateway.set_default_card(found.stripe_customer_id, method)
+        if found.payment_method_brand is None:
+            card = gateway.get_card(method)
     with uow:
-        purchase = _locked_purchase(uow.session, purchase_id)
-        purchase.card_sync_pending = False
-        organization = uow.session.get_one(
-            Organization, purchase.organization_id, with_for_update={"key_share": True}
+        uow.session.execute(
+            update(Purchase)
+            .where(Purchase.id == purchase_id)
+            .values(card_sync_pending=False, updated_at=func.now())
         )
-        if card is not None and organization.payment_method_id == method:
-            organization.keep_card(card)
+        if card is not None:
+            uow.session.execute(
+                update(Organization)
+                .where(
+                    Organization.id == found.organization_id,
+                    Organization.payment_method_id == method,
+                )
+                .values(payment_method_brand=card.brand, payment_method_last4=card.last4)
+            )
         uow.commit()
 
 
@@ -506,98 +547,126 @@ def charge(
 ) -> Outcome:
     """Take one purchase as far as it can go now. Safe to call any number of times.
 
-    A payment still waiting for 3-D Secure `action_ttl` seconds after checkout
-    is canceled, which frees the plan for other buyers.
-    """
-    with purchase_lock(engine, purchase_id) as mine:
-        if not mine:
-            return Outcome(Next.BUSY)
-        with uow:
-            purchase = _locked_purchase(uow.session, purchase_id)
-            card_pending = purchase.card_sync_pending
-            if purchase.status in TERMINAL or purchase.attention:
-                finished = True
-            else:
-                finished = False
-                if purchase.status == PurchaseStatus.PENDING:
-                    stopped = _claim_and_price(uow.session, purchase, now)
-                    if stopped is not None:
-                        uow.commit()
-                        return stopped
-                purchase.attempts += 1
-                uow.commit()
-                intent_id = purchase.stripe_payment_intent_id
-                organization_id = purchase.organization_id
-                amount, currency = purchase.amount_due, purchase.currency
-                method, new_card = purchase.payment_method_id, purchase.new_card
-                asked = purchase.action_required_at
-                waited = ((now or datetime.now(UTC)) - asked).total_seconds() if asked else 0.0
-        if finished:
-            if card_pending:
-                save_card(uow, gateway, purchase_id)
-            return Outcome(Next.DONE)
+    A payment still waiting for 3-D Secure `action_ttl` seconds after the bank
+    asked is canceled, which frees the plan for other buyers.
 
-        if intent_id is None and amount == 0:
-            return _settle_free(uow, purchase_id)
-        card: Card | None = None
-        payment: Payment | None = None
+    The whole run uses one database connection: the advisory lock that makes this
+    charger the only one is taken in its first transaction and released on the same
+    connection at the end, so no second connection sits idle in a transaction
+    through the Stripe calls (`uow` serves the steps other callers share).
+    """
+    with engine.connect() as connection:
+        own = UnitOfWork(sessionmaker(bind=connection, expire_on_commit=False))
+        lock = AdvisoryLock(connection, PURCHASE_LOCKS, purchase_id)
         try:
-            customer = stripe_customer(uow, gateway, organization_id)
-            if intent_id is None:
-                card = gateway.attach_card(method, customer) if new_card else None
-                created = gateway.create_payment(
-                    PaymentRequest(
-                        reference=f"purchase-{purchase_id}",
-                        amount=amount,
-                        currency=currency,
-                        customer_id=customer,
-                        payment_method_id=method,
-                        metadata={"purchase_id": str(purchase_id)},
-                    )
+            return _charge(own, lock, gateway, purchase_id, now, checkpoint, action_ttl)
+        finally:
+            lock.release()
+
+
+def _charge(
+    uow: UnitOfWork,
+    lock: AdvisoryLock,
+    gateway: PaymentGateway,
+    purchase_id: int,
+    now: datetime | None,
+    checkpoint: Checkpoint,
+    action_ttl: float | None,
+) -> Outcome:
+    with uow:
+        if not lock.take(uow.session):
+            return Outcome(Next.BUSY)
+        purchase = _locked_purchase(uow.session, purchase_id)
+        card_pending = purchase.card_sync_pending
+        if purchase.status in TERMINAL or purchase.attention:
+            finished = True
+        else:
+            finished = False
+            if purchase.status == PurchaseStatus.PENDING:
+                stopped = _claim_and_price(uow.session, purchase, now)
+                if stopped is not None:
+                    uow.commit()
+                    return stopped
+            purchase.attempts += 1
+            uow.commit()
+            intent_id = purchase.stripe_payment_intent_id
+            organization_id = purchase.organization_id
+            customer = purchase.organization.stripe_customer_id
+            amount, currency = purchase.amount_due, purchase.currency
+            method, new_card = purchase.payment_method_id, purchase.new_card
+            asked = purchase.action_required_at
+            waited = ((now or datetime.now(UTC)) - asked).total_seconds() if asked else 0.0
+    if finished:
+        if card_pending:
+            save_card(uow, gateway, purchase_id)
+        return Outcome(Next.DONE)
+
+    if intent_id is None and amount == 0:
+        return _settle_free(uow, purchase_id)
+    card: Card | None = None
+    payment: Payment | None = None
+    try:
+        customer = customer or stripe_customer(uow, gateway, organization_id)
+        if intent_id is None:
+            card = gateway.attach_card(method, customer) if new_card else None
+            created = gateway.create_payment(
+                PaymentRequest(
+                    reference=f"purchase-{purchase_id}",
+                    amount=amount,
+                    currency=currency,
+                    customer_id=customer,
+                    payment_method_id=method,
+                    metadata={"purchase_id": str(purchase_id)},
                 )
-                checkpoint("payment_unrecorded")
-                recorded = _record_intent(uow, purchase_id, created)
-                if recorded is None:  # parked or settled meanwhile: this intent is not needed
-                    gateway.cancel_payment(created.id)
-                    return Outcome(Next.DONE)
-                intent_id = recorded
-                payment = created if created.id == intent_id else None
-                checkpoint("payment_created")
-            if payment is None:
-                payment = gateway.get_payment(intent_id)
-            if payment.status == "requires_confirmation":
-                payment = gateway.confirm_payment(intent_id)
-            if (
-                payment.status == "requires_action"
-                and action_ttl is not None
-                and waited > action_ttl
-            ):
-                payment = gateway.cancel_payment(intent_id)
-            checkpoint("payment_confirmed")
-        except PaymentRefused as refusal:
-            return _refused(uow, gateway, purchase_id, refusal)
-        outcome = settle(uow, gateway, purchase_id, payment, card)
-        if new_card:
-            save_card_later(uow, gateway, purchase_id)
-        return outcome
+            )
+            checkpoint("payment_unrecorded")
+            recorded = _record_intent(uow, purchase_id, created)
+            if recorded is None:  # parked or settled meanwhile: this intent is not needed
+                gateway.cancel_payment(created.id)
+                return Outcome(Next.DONE)
+            intent_id = recorded
+            payment = created if created.id == intent_id else None
+            checkpoint("payment_created")
+        if payment is None:
+            payment = gateway.get_payment(intent_id)
+        if payment.status == "requires_confirmation":
+            payment = gateway.confirm_payment(intent_id)
+        if payment.status == "requires_action" and action_ttl is not None and waited > action_ttl:
+            payment = gateway.cancel_payment(intent_id)
+        checkpoint("payment_confirmed")
+    except PaymentRefused as refusal:
+        return _refused(uow, gateway, purchase_id, refusal)
+    outcome = settle(uow, gateway, purchase_id, payment, card)
+    if new_card:
+        save_card_later(uow, gateway, purchase_id)
+    return outcome
 
 
 def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str | None:
     """Write the intent id before confirming; if another run got there first, use theirs.
 
-    None when the purchase is no longer being charged (an operator or a parking
-    task released it): the caller must not confirm anything.
+    One conditional UPDATE in the usual case. None when the purchase is no longer
+    being charged (an operator or a parking task released it): the caller must not
+    confirm anything.
     """
     with uow:
+        recorded = uow.session.scalar(
+            update(Purchase)
+            .where(
+                Purchase.id == purchase_id,
+                Purchase.stripe_payment_intent_id.is_(None),
+                Purchase.status == PurchaseStatus.PROCESSING,
+                Purchase.attention.is_(None),
+            )
+            .values(stripe_payment_intent_id=created.id, updated_at=func.now())
+            .returning(Purchase.stripe_payment_intent_id)
+        )
+        if recorded is not None:
+            uow.commit()
+            return recorded
         purchase = _locked_purchase(uow.session, purchase_id)
         if purchase.attention or purchase.status in TERMINAL:
             return None
-        if purchase.stripe_payment_intent_id is None:
-            if purchase.status != PurchaseStatus.PROCESSING:
-                return None
-            purchase.stripe_payment_intent_id = created.id
-            uow.commit()
-            return created.id
         return purchase.stripe_payment_intent_id
 
 

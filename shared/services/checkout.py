@@ -9,18 +9,18 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.cards import check_payment_method
 from shared.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.domain.money import Quote, plain_amount
 from shared.domain.seats import PurchaseStatus, require_manager
-from shared.services.access import Actor, organization_of, subscription_for
+from shared.services.access import Actor, subscription_for
 from shared.services.cart import priced_lines
 from shared.services.seats import price
 from shared.store.db import UnitOfWork
-from shared.store.models import Organization, Purchase, PurchaseItem, User
+from shared.store.models import CartItem, Organization, Purchase, PurchaseItem, User
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -67,11 +67,16 @@ def _check_card(payment_method: str | None) -> None:
         check_payment_method(payment_method)
 
 
-def _lock_buyer(session: Session, actor: Actor) -> None:
-    """One checkout or retry per buyer at a time: the key check and the insert agree."""
-    session.scalars(
-        select(User).where(User.id == actor.user_id).with_for_update(key_share=True)
+def _lock_buyer(session: Session, actor: Actor) -> Organization:
+    """One checkout or retry per buyer at a time: the key check and the insert agree.
+    The buyer's organization comes in the same round trip."""
+    buyer = session.scalars(
+        select(User)
+        .where(User.id == actor.user_id)
+        .options(joinedload(User.organization, innerjoin=True))
+        .with_for_update(key_share=True, of=User)
     ).one()
+    return buyer.organization
 
 
 def _card_to_use(organization: Organization, payment_method: str | None) -> str:
@@ -168,13 +173,12 @@ def checkout(
     _check_card(payment_method)
     with uow:
         session = uow.session
-        _lock_buyer(session, actor)
+        organization = _lock_buyer(session, actor)
         fingerprint = request_fingerprint(payment_method)
         existing = _existing(session, actor, key)
         if existing is not None:
             _check_same_request(session, actor, existing, fingerprint, now)
             return existing.id, existing.status
-        organization = organization_of(session, actor)
         method = _card_to_use(organization, payment_method)
         lines = priced_lines(session, actor.user_id, now, lock=True)
         buying = [line for line in lines if line.offer and line.offer.seats_to_buy > 0]
@@ -204,8 +208,8 @@ def checkout(
             fingerprint,
             confirmed_amount=sum(line.offer.amount_due for line in chosen),
         )
-        for line in buying:
-            session.delete(line.item)
+        # one statement empties the bought lines
+        session.execute(delete(CartItem).where(CartItem.id.in_([line.item.id for line in buying])))
         uow.commit()
         return purchase.id, purchase.status
 
@@ -238,7 +242,7 @@ def retry_purchase(
             raise Forbidden("only the buyer who made this purchase may pay it again", "forbidden")
         key = check_idempotency_key(idempotency_key)
         _check_card(payment_method)
-        _lock_buyer(session, actor)
+        organization = _lock_buyer(session, actor)
         fingerprint = request_fingerprint(payment_method, retry_of=failed.id)
         existing = _existing(session, actor, key)
         if existing is not None:
@@ -262,7 +266,6 @@ def retry_purchase(
                 "already_retried",
                 purchase_id=again,
             )
-        organization = organization_of(session, actor)
         method = _card_to_use(organization, payment_method)
         lines = []
         for item in failed.items:

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import Engine, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from shared.domain.ids import id_from_text
 from shared.domain.money import plain_amount
@@ -34,7 +34,7 @@ from shared.payments.gateway import (
 )
 from shared.services.alerts import raise_alert
 from shared.services.seats import record_change
-from shared.store.db import RENEWAL_LOCKS, UnitOfWork, work_lock
+from shared.store.db import RENEWAL_LOCKS, AdvisoryLock, UnitOfWork
 from shared.store.models import Organization, Purchase, Renewal, Subscription
 
 log = logging.getLogger("seats.renewals")
@@ -169,10 +169,12 @@ def _locked_renewal(session: Session, renewal_id: int) -> Renewal:
 
 
 def _locked_plan(session: Session, subscription_id: int) -> Subscription:
+    """The plan row-locked, with its organization (time zone, card) in the same round trip."""
     return session.scalars(
         select(Subscription)
         .where(Subscription.id == subscription_id)
-        .with_for_update(key_share=True)
+        .options(joinedload(Subscription.organization, innerjoin=True))
+        .with_for_update(key_share=True, of=Subscription)
     ).one()
 
 
@@ -293,27 +295,45 @@ def renew(
     `force`: try a failed renewal before its scheduled time (the customer saved a card).
     """
     now = now or datetime.now(UTC)
-    with work_lock(engine, RENEWAL_LOCKS, renewal_id) as mine:
-        if not mine:
-            return Step.BUSY
-        with uow:
-            begun = _begin(uow.session, renewal_id, now, dunning, force)
-            uow.commit()
-        if begun == Step.NOT_DUE:  # not its time; but its customer may have paid meanwhile
-            return poll(uow, gateway, renewal_id, dunning, now)
-        if not isinstance(begun, _Attempt):
-            return begun
+    with engine.connect() as connection:  # one connection, the lock held on it
+        own = UnitOfWork(sessionmaker(bind=connection, expire_on_commit=False))
+        lock = AdvisoryLock(connection, RENEWAL_LOCKS, renewal_id)
         try:
-            payment = _pay(uow, gateway, begun, dunning, checkpoint)
-        except PaymentRefused as refusal:
-            with uow:
-                renewal = _locked_renewal(uow.session, renewal_id)
-                plan = _locked_plan(uow.session, renewal.subscription_id)
-                if renewal.status == RenewalStatus.PROCESSING:
-                    _fail(renewal, plan, refusal.code, refusal.message, now, dunning)
-                uow.commit()
-            return Step.DONE
-        return settle(uow, renewal_id, payment, dunning, now)
+            return _renew(own, lock, gateway, renewal_id, dunning, now, force, checkpoint)
+        finally:
+            lock.release()
+
+
+def _renew(
+    uow: UnitOfWork,
+    lock: AdvisoryLock,
+    gateway: PaymentGateway,
+    renewal_id: int,
+    dunning: Dunning,
+    now: datetime,
+    force: bool,
+    checkpoint: Checkpoint,
+) -> Step:
+    with uow:
+        if not lock.take(uow.session):
+            return Step.BUSY
+        begun = _begin(uow.session, renewal_id, now, dunning, force)
+        uow.commit()
+    if begun == Step.NOT_DUE:  # not its time; but its customer may have paid meanwhile
+        return poll(uow, gateway, renewal_id, dunning, now)
+    if not isinstance(begun, _Attempt):
+        return begun
+    try:
+        payment = _pay(uow, gateway, begun, dunning, checkpoint)
+    except PaymentRefused as refusal:
+        with uow:
+            renewal = _locked_renewal(uow.session, renewal_id)
+            plan = _locked_plan(uow.session, renewal.subscription_id)
+            if renewal.status == RenewalStatus.PROCESSING:
+                _fail(renewal, plan, refusal.code, refusal.message, now, dunning)
+            uow.commit()
+        return Step.DONE
+    return settle(uow, renewal_id, payment, dunning, now)
 
 
 def _pay(

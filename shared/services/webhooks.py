@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, tuple_
+from sqlalchemy import Table, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.domain.errors import NotFound, Refused
 from shared.domain.ids import id_from_text
+from shared.domain.renewals import RenewalStatus
+from shared.domain.seats import PurchaseStatus
 from shared.payments.gateway import PaymentGateway
 from shared.services import charging, renewals
 from shared.store.db import UnitOfWork
@@ -166,6 +168,8 @@ def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
     if invalid:
         event = _sanitized(event)
     obj = event["data"]["object"]
+    # a type no handler reads is done the moment it is stored: never queued, never a task
+    outcome = "invalid" if invalid else None if event["type"] in HANDLERS else "ignored"
     return {
         "id": event["id"],
         "type": event["type"],
@@ -173,9 +177,9 @@ def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
         "payload": event,
         "source": source,
         "attempts": 0,
-        "outcome": "invalid" if invalid else None,
+        "outcome": outcome,
         "error": "NUL or lone surrogate characters, replaced by U+FFFD" if invalid else None,
-        "processed_at": datetime.now(UTC) if invalid else None,
+        "processed_at": datetime.now(UTC) if outcome else None,
     }
 
 
@@ -220,11 +224,12 @@ def store_events(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> 
 
 
 def store_event(uow: UnitOfWork, event: dict[str, Any], source: str = "webhook") -> str:
-    """`new` (to handle), `invalid` (stored done, with an alert) or `duplicate` (a no-op)."""
+    """`new` (to handle), `ignored` (no handler: done at once), `invalid` (stored done, with
+    an alert) or `duplicate` (a no-op)."""
     stored = _stored(uow, [event], source)
     if not stored:
         return "duplicate"
-    return "invalid" if stored[event["id"]] == "invalid" else "new"
+    return stored[event["id"]] or "new"
 
 
 def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
@@ -268,6 +273,10 @@ def _amount(obj: dict[str, Any], field: str) -> int:
     return value
 
 
+def _is(kind: type[Purchase] | type[Renewal], intent_id: str) -> Any:
+    return kind.stripe_payment_intent_id == intent_id
+
+
 def _object_id(obj: dict[str, Any], prefix: str) -> str:
     """The id of the object an event is about; without one it can never be applied."""
     value = obj.get("id")
@@ -283,10 +292,22 @@ def on_payment_intent(
     given = intent.get("metadata")
     metadata: dict[str, Any] = given if isinstance(given, dict) else {}
     intent = {**intent, "id": _object_id(intent, "pi_"), "metadata": metadata}
-    with uow:
-        known_renewal = uow.session.scalar(
-            select(Renewal.id).where(Renewal.stripe_payment_intent_id == intent["id"])
-        )
+    with uow:  # one round trip: is this intent ours, and is its work done already?
+        known_renewal, renewal_done, purchase_done = uow.session.execute(
+            select(
+                select(Renewal.id).where(_is(Renewal, intent["id"])).scalar_subquery(),
+                select(Renewal.status == RenewalStatus.SUCCEEDED)
+                .where(_is(Renewal, intent["id"]))
+                .scalar_subquery(),
+                select((Purchase.status == PurchaseStatus.SUCCEEDED) & ~Purchase.card_sync_pending)
+                .where(_is(Purchase, intent["id"]))
+                .scalar_subquery(),
+            )
+        ).one()
+    if renewal_done or purchase_done:
+        # paid by this very intent and nothing left to do: whatever Stripe now says of it
+        # (a success again, or a late failure of an earlier try) changes nothing
+        return "processed", []
     if known_renewal is not None or "renewal_id" in metadata:
         payment = gateway.get_payment(intent["id"])
         renewal_id = renewals.renewal_for_intent(uow, payment)
@@ -427,10 +448,11 @@ def _finish(
 ) -> None:
     """Record the outcome; an `invalid` one raises its operator alert in the same transaction."""
     with uow:
-        event = uow.session.get_one(WebhookEvent, event_id, with_for_update={"key_share": True})
-        event.outcome = outcome
-        event.error = error
-        event.processed_at = datetime.now(UTC)
+        uow.session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == event_id)
+            .values(outcome=outcome, error=error, processed_at=datetime.now(UTC))
+        )
         if alert is not None:
             _flag_in(uow.session, "invalid_event", event_id, alert)
         uow.commit()
@@ -439,26 +461,43 @@ def _finish(
 def process_event(
     uow: UnitOfWork, gateway: PaymentGateway, event_id: str, *, again: bool = False
 ) -> Handled:
-    """Apply one stored event. Done events are skipped unless `again` (a replay)."""
+    """Apply one stored event. Done events are skipped unless `again` (a replay).
+
+    The usual run is three statements: claim the event (one conditional UPDATE that
+    counts the attempt and reads it back), the handler, and the outcome.
+    """
+    allowed = [None, "failed"] + (["processed", "ignored"] if again else [])
     with uow:
-        event = uow.session.get(WebhookEvent, event_id, with_for_update={"key_share": True})
-        if event is None:
-            raise NotFound(f"no stored event {event_id}", "not_found")
-        if event.outcome in DONE and not again:
-            return event.outcome, []
-        if event.outcome == "invalid":  # never applied, not even by a replay: its alert stands
-            return "invalid", []
-        event.attempts += 1
-        handler = HANDLERS.get(event.type)
+        claimed = uow.session.execute(
+            update(WebhookEvent)
+            .where(
+                WebhookEvent.id == event_id,
+                or_(WebhookEvent.outcome.is_(None), WebhookEvent.outcome.in_(allowed[1:])),
+            )
+            .values(attempts=WebhookEvent.attempts + 1)
+            .returning(WebhookEvent.type, WebhookEvent.payload, WebhookEvent.outcome)
+        ).one_or_none()
+        if claimed is None:  # unknown, done, or `invalid` (never applied, not even again)
+            stored = uow.session.scalar(
+                select(WebhookEvent.outcome).where(WebhookEvent.id == event_id)
+            )
+            if stored is None and not uow.session.scalar(
+                select(func.count()).select_from(WebhookEvent).where(WebhookEvent.id == event_id)
+            ):
+                raise NotFound(f"no stored event {event_id}", "not_found")
+            return str(stored), []
+        event_type, payload, before = claimed
+        handler = HANDLERS.get(event_type)
         if handler is None:
-            event.outcome, event.error = "ignored", None
-            event.processed_at = datetime.now(UTC)
+            uow.session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == event_id)
+                .values(outcome="ignored", error=None, processed_at=datetime.now(UTC))
+            )
         uow.commit()
         if handler is None:
             return "ignored", []
-        obj = event.payload["data"]["object"]
-        event_type = event.type
-        before = event.outcome
+        obj = payload["data"]["object"]
     try:
         outcome, wake = handler(uow, gateway, obj, event_id)
     except InvalidEvent as error:

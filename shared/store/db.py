@@ -9,7 +9,7 @@ from types import TracebackType
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -27,6 +27,13 @@ RENEWAL_LOCKS = 7302
 """Advisory lock namespaces: (namespace, id) pairs never collide across kinds of work."""
 
 
+def lock_key(namespace: int, key: int) -> int:
+    """One bigint per (namespace, id): ids past 2**31 fit too, kinds never collide."""
+    if not 0 <= key < 2**48:
+        raise ValueError("advisory lock keys are ids below 2**48")
+    return (namespace << 48) | key
+
+
 @contextmanager
 def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
     """Try to become the one worker on (namespace, key); yield whether we did.
@@ -34,15 +41,43 @@ def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
     A PostgreSQL advisory lock on a connection of its own: a crashed holder's lock
     dies with its connection, so nothing is ever stuck behind a dead worker.
     """
+    params = {"lock": lock_key(namespace, key)}
     with engine.connect() as connection:
-        params = {"namespace": namespace, "key": key}
-        got = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:namespace, :key)"), params))
+        got = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:lock)"), params))
         try:
             yield got
         finally:
             if got:
-                connection.execute(text("SELECT pg_advisory_unlock(:namespace, :key)"), params)
+                connection.execute(text("SELECT pg_advisory_unlock(:lock)"), params)
             connection.commit()
+
+
+class AdvisoryLock:
+    """A worker's advisory lock, held on its own working connection: taken inside its first
+    transaction (no round trip of its own for BEGIN/COMMIT), released in autocommit at the
+    end; a connection that cannot unlock is thrown away, so the lock never goes back to the
+    pool with it. A crashed holder's lock dies with its connection."""
+
+    def __init__(self, connection: Connection, namespace: int, key: int) -> None:
+        self.connection = connection
+        self.key = lock_key(namespace, key)
+        self.held = False
+
+    def take(self, session: Session) -> bool:
+        self.held = bool(session.scalar(select(func.pg_try_advisory_lock(self.key))))
+        return self.held
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        try:
+            unlocking = self.connection.execution_options(isolation_level="AUTOCOMMIT")
+            unlocking.scalar(select(func.pg_advisory_unlock(self.key)))
+        except Exception:
+            self.connection.invalidate()
+            raise
+        finally:
+            self.held = False
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

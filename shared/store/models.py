@@ -214,6 +214,7 @@ class Purchase(Base):
     """The failed purchase whose lines this one pays again with another card."""
 
     items: Mapped[list[PurchaseItem]] = relationship(order_by="PurchaseItem.subscription_id")
+    organization: Mapped[Organization] = relationship()
 
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key", name="one_purchase_per_key"),

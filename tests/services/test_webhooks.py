@@ -44,8 +44,9 @@ def stripe_sends(shop: Shop, kind: str, obj: dict[str, Any]) -> None:
     shop.fake._event(kind, None, obj)
 
 
-def hand_made(kind: str = "invoice.paid", **obj: Any) -> dict[str, Any]:
-    obj.setdefault("id", f"in_{secrets.token_hex(6)}")
+def hand_made(kind: str = "customer.updated", **obj: Any) -> dict[str, Any]:
+    """By default a type we handle (about a customer not ours: no call to Stripe)."""
+    obj.setdefault("id", f"cus_{secrets.token_hex(6)}")
     return {
         "id": f"evt_{secrets.token_hex(8)}",
         "object": "event",
@@ -96,11 +97,11 @@ def awaiting_3ds(shop: Shop, target: int = 5) -> tuple[int, str]:
 def test_an_event_is_stored_once_with_its_type_and_object_and_waits_to_be_handled(
     shop: Shop,
 ) -> None:
-    event = hand_made(id="in_42")
+    event = hand_made(id="cus_42")
     assert deliver(shop, event) == "new"
     assert deliver(shop, event) == "duplicate"
     row = stored(shop, event["id"])
-    assert (row.type, row.object_id, row.source) == ("invoice.paid", "in_42", "webhook")
+    assert (row.type, row.object_id, row.source) == ("customer.updated", "cus_42", "webhook")
     assert (row.outcome, row.attempts, row.processed_at) == (None, 0, None)
     assert row.payload == event
 
@@ -361,12 +362,15 @@ def test_a_new_card_detached_before_its_sync_is_not_kept_as_our_saved_card(shop:
     assert shop.organization().payment_method_id != card
 
 
-def test_an_event_type_we_do_not_handle_is_stored_ignored(shop: Shop) -> None:
-    event = hand_made("invoice.paid")
-    deliver(shop, event)
-    assert handle(shop, event["id"]) == ("ignored", [])
+def test_an_event_type_we_do_not_handle_is_stored_ignored_at_once_and_never_queued(
+    shop: Shop,
+) -> None:
+    event = hand_made("invoice.paid", id="in_1")
+    assert webhooks.store_event(shop.rt.uow(), event) == "ignored"  # the web queues only "new"
     row = stored(shop, event["id"])
-    assert (row.outcome, row.attempts) == ("ignored", 1) and row.processed_at is not None
+    assert (row.outcome, row.attempts) == ("ignored", 0) and row.processed_at is not None
+    assert handle(shop, event["id"]) == ("ignored", [])
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
 
 
 def test_an_event_never_stored_cannot_be_handled(shop: Shop) -> None:

@@ -1,0 +1,57 @@
+"""Database round trips per purchase, counted so they cannot creep back (README
+"Benchmarks": each statement and each BEGIN/COMMIT is a round trip to PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+
+from shared.services import webhooks
+from tests.services.conftest import Shop
+
+
+@dataclass
+class Count:
+    statements: int = 0
+    transactions: int = 0
+
+
+@contextmanager
+def counted(shop: Shop) -> Iterator[Count]:
+    count = Count()
+
+    def statement(*_: Any) -> None:
+        count.statements += 1
+
+    def transaction(*_: Any) -> None:
+        count.transactions += 1
+
+    event.listen(shop.rt.engine, "before_cursor_execute", statement)
+    event.listen(shop.rt.engine, "begin", transaction)
+    try:
+        yield count
+    finally:
+        event.remove(shop.rt.engine, "before_cursor_execute", statement)
+        event.remove(shop.rt.engine, "begin", transaction)
+
+
+def test_a_purchase_costs_few_round_trips(shop: Shop) -> None:
+    shop.charge(shop.checkout(4))  # the organization's first: its Stripe customer is made
+    card = shop.fake.card()
+    with counted(shop) as web:
+        purchase = shop.checkout(6, card)  # what the web does: cart line, then checkout
+    with counted(shop) as worker:
+        shop.charge(purchase)
+    assert shop.purchase(purchase).status == "succeeded"
+    [event_id] = [e["id"] for e in shop.fake.events[-3:] if e["type"] == "payment_intent.succeeded"]
+    webhooks.store_event(shop.rt.uow(), next(e for e in shop.fake.events if e["id"] == event_id))
+    with counted(shop) as hook:
+        assert webhooks.process_event(shop.rt.uow(), shop.fake, event_id)[0] == "processed"
+    assert web.statements <= 10 and web.transactions <= 2, web
+    assert worker.statements <= 17 and worker.transactions <= 6, worker
+    assert hook.statements <= 3 and hook.transactions <= 3, hook
+    assert web.statements + worker.statements + hook.statements <= 30, (web, worker, hook)
