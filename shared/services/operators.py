@@ -54,6 +54,11 @@ def operator_for_token(session: Session, token: str) -> OperatorActor | None:
     return OperatorActor(operator.id, operator.email) if operator else None
 
 
+def operator_by_id(session: Session, operator_id: int) -> OperatorActor | None:
+    operator = session.get(Operator, operator_id)
+    return OperatorActor(operator.id, operator.email) if operator else None
+
+
 def operator_by_email(session: Session, email: str) -> OperatorActor | None:
     operator = session.scalar(
         select(Operator).where(func.lower(Operator.email) == email.strip().lower())
