@@ -317,7 +317,7 @@ class OperatorAction(Base):
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     actor: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(Text)
-    target: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text, index=True)
     outcome: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(
