@@ -32,6 +32,7 @@ from shared.store.models import (
 
 PAGE = 100
 MAX_PAGE = 1000
+OLDEST_SECONDS = 100 * 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ def list_purchases(
         query = query.where(Purchase.attention.is_not(None))
     if organization_id is not None:
         query = query.where(Purchase.organization_id == organization_id)
-    if older_than is not None:
-        query = query.where(Purchase.created_at < datetime.now(UTC) - timedelta(seconds=older_than))
+    if older_than is not None:  # past a century every purchase is younger: no overflow
+        age = timedelta(seconds=min(older_than, OLDEST_SECONDS))
+        query = query.where(Purchase.created_at < datetime.now(UTC) - age)
     with uow:
         return [take(PurchaseRow, p) for p in uow.session.scalars(query)]
 

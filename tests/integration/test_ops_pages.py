@@ -421,6 +421,10 @@ def test_a_purchase_page_shows_its_whole_history(stack: Stack, shop: Tenant) -> 
         )
         assert other.status_code == 200
         assert f'href="/ops/purchases/{purchase}"' not in other.text, filters
+    ancient = stack.browser.get(  # older than anything: an empty list, not an overflow
+        f"{stack.web.url}/ops/purchases?older_than={2**63 - 1}", timeout=10
+    )
+    assert ancient.status_code == 200 and "No purchase matches." in ancient.text
     missing = stack.browser.get(f"{stack.web.url}/ops/purchases/{10**12}", timeout=10)
     assert missing.status_code == 404 and "Not found" in missing.text
 

@@ -20,6 +20,11 @@
     if (document.hidden) { schedule(); return; }
     fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) {
+        if (response.status === 404) {  // signed out (or the session ended): stop asking
+          paused = true;
+          if (toggle) toggle.hidden = true;
+          throw new Error("signed out; reload the page");
+        }
         if (!response.ok) throw new Error(String(response.status));
         return response.text();
       })
@@ -30,7 +35,10 @@
         schedule();
       })
       .catch(function (error) {
-        if (stamp) stamp.textContent = "The last refresh failed (" + error.message + "); trying again.";
+        if (stamp) {
+          stamp.textContent = "The last refresh failed (" + error.message + ")" +
+            (paused ? "." : "; trying again.");
+        }
         schedule();
       });
   }
