@@ -32,6 +32,14 @@ FAILURES = {
     ),
 }
 
+RENEWAL_FAILURES = {
+    "no_payment_method": _l("There is no saved card to renew this plan with."),
+    "authentication_required": _l(
+        "Your bank asked to confirm the renewal payment, and it was not confirmed."
+    ),
+}
+"""Why a renewal failed, by code; card refusals read as for a purchase (FAILURES)."""
+
 NOT_RETRYABLE = frozenset({"already_paid", "quote_expired", "renewal_pending"})
 """Failures another card does not fix: the page points back to the plan instead."""
 
@@ -91,3 +99,11 @@ def failure_text(code: str | None, fallback: str | None) -> str:
 
 def waiting_text(code: str, fallback: str) -> str:
     return str(WAITING[code]) if code in WAITING else fallback
+
+
+def renewal_failure_text(code: str | None, fallback: str | None) -> str:
+    if code and code in RENEWAL_FAILURES:
+        return str(RENEWAL_FAILURES[code])
+    if code and code in CARD_ERRORS:
+        return str(CARD_ERRORS[code])
+    return fallback or str(_l("The renewal payment could not be completed."))

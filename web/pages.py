@@ -8,7 +8,9 @@ refused here exactly as on the API, whatever the page shows.
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import (
     Blueprint,
@@ -208,16 +210,21 @@ def profile() -> Page:
     return render_template("profile.html", me=view, products=products, manage=can_manage(actor))
 
 
-def plan_status(plan: SubscriptionView) -> str:
-    """Renewals will give plans a status (active, past_due, suspended); until then, active."""
-    return str(getattr(plan, "status", None) or "active")
+def next_attempt_on(actor: Actor, plan: SubscriptionView) -> date | None:
+    """The day the failed renewal is tried again, in the organization's time zone (the
+    schedule starts each try at the start of that day there)."""
+    moment = plan.renewal.next_attempt_at if plan.renewal else None
+    if moment is None:
+        return None
+    return moment.astimezone(ZoneInfo(seats.billing_timezone(runtime().uow(), actor))).date()
 
 
 def _plan_page(actor: Actor, plan: SubscriptionView, status: int = 200, **extra: Any) -> Page:
     page = render_template(
         "plan.html",
         plan=plan,
-        status=plan_status(plan),
+        status=plan.status,
+        next_attempt=next_attempt_on(actor, plan),
         manage=can_manage(actor),
         **extra,
     )
@@ -275,6 +282,36 @@ def change_seats(plan_id: int) -> Page:
         ),
         "success",
     )
+    return redirect(url_for("pages.plan", plan_id=plan_id), 303)
+
+
+@pages.post("/plans/<int:plan_id>/card")
+def save_card(plan_id: int) -> Page:
+    """A past-due or suspended plan: the new card (confirmed with Stripe.js through a
+    SetupIntent) becomes the card for renewals, and the renewal is tried with it at once,
+    as `PUT /api/payment-method` does."""
+    actor = page_actor()
+    current = seats.get_subscription(runtime().uow(), actor, plan_id)  # 404 if not theirs
+    method = request.form.get("payment_method", "").strip()
+    if not method:
+        return _plan_page(actor, current, 422, card_problem=_("Enter the new card, then save it."))
+    try:
+        saved, retry = payment_methods.save_card(runtime().uow(), runtime().gateway, actor, method)
+    except (Conflict, Invalid) as refusal:
+        problem = page_text.renewal_failure_text(refusal.code, refusal.message)
+        status = 409 if isinstance(refusal, Conflict) else 422
+        return _plan_page(actor, current, status, card_problem=problem)
+    dispatcher().renew(*retry, force=True)
+    if saved.renewals_retried:
+        flash(
+            _(
+                "Your card is saved. The renewal is being charged to it now; reload this page "
+                "in a moment to see your plan's status."
+            ),
+            "success",
+        )
+    else:
+        flash(_("Your card is saved for renewals."), "success")
     return redirect(url_for("pages.plan", plan_id=plan_id), 303)
 
 

@@ -280,6 +280,20 @@ def operator_create(
     )
 
 
+def operator_login_link(
+    args: argparse.Namespace, runtime: Callable[[], Runtime]
+) -> tuple[dict[str, Any], str]:
+    rt = runtime()
+    with audited(rt, "operator.login_link", f"operator:{args.email.strip()}"):
+        link = signin.issue_operator_link(rt.uow(), args.email)
+    url = link.url(rt.settings.public_url)
+    minutes = int(signin.LINK_LIFETIME.total_seconds() // 60)
+    return (
+        {"url": url, "expires_at": link.expires_at.isoformat()},
+        f"operator sign-in link for {args.email} (valid {minutes} minutes, works once):\n{url}",
+    )
+
+
 def ops_status(
     args: argparse.Namespace, runtime: Callable[[], Runtime]
 ) -> tuple[dict[str, Any], str]:
@@ -442,6 +456,13 @@ def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     create = operator.add_parser("create", parents=[common], help="an operator and a token")
     create.add_argument("--email", required=True)
     create.set_defaults(run=operator_create)
+    link = operator.add_parser(
+        "login-link",
+        parents=[common],
+        help="a one-time sign-in link to the operator pages under /ops (valid 15 minutes)",
+    )
+    link.add_argument("--email", required=True)
+    link.set_defaults(run=operator_login_link)
     ops_group = _group(groups, "ops", "operators: the state of the service")
     ops_group.add_parser(
         "status", parents=[common], help="queues, workers, what needs a person"

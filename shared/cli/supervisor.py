@@ -88,9 +88,10 @@ def register_webhook(api_base: str, url: str, secret: str) -> None:
     ).raise_for_status()
 
 
-def sign_in_hint(web_port: int, settings: Settings) -> str:
+def sign_in_hint(
+    web_port: int, settings: Settings, command: str = "seats user login-link --email EMAIL"
+) -> str:
     """The command that prints a sign-in link to this web server, from another terminal."""
-    command = "seats user login-link --email EMAIL"
     if settings.base_url or web_port == 8000:
         return command
     return f"SEATS_BASE_URL=http://127.0.0.1:{web_port} {command}"
@@ -220,6 +221,8 @@ def run_stack(port: int | None) -> int:
     for line in [
         f"web: http://127.0.0.1:{web_port}/ (API under /api, health /healthz, metrics /metrics)",
         f"pages: sign in with a one-time link: {sign_in_hint(web_port, settings)}",
+        "operator pages (/ops): after `seats operator create --email EMAIL`, sign in with: "
+        + sign_in_hint(web_port, settings, "seats operator login-link --email EMAIL"),
         *lines,
         f"worker: celery, queues {', '.join(queues.ALL)}",
         "beat: celery beat (sweeps, reconciliation, renewals)",

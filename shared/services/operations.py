@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, func, or_, select
 from sqlalchemy.exc import OperationalError
 
 from shared.domain.errors import Conflict, NotFound
@@ -15,14 +15,16 @@ from shared.domain.renewals import SubscriptionStatus
 from shared.domain.seats import PurchaseStatus
 from shared.payments.gateway import PaymentGateway, PaymentUnavailable
 from shared.services import charging, monitoring, webhooks
+from shared.services.operators import ActionRow, actions_on
 from shared.services.queue_stats import QueueFigure, WorkerFigure, queue_figures, workers_online
-from shared.services.views import take
+from shared.services.views import PurchaseLineView, take
 from shared.store.db import UnitOfWork
 from shared.store.models import (
     OperatorAlert,
     Organization,
     Purchase,
     Renewal,
+    SeatChange,
     Subscription,
     User,
     WebhookEvent,
@@ -30,6 +32,7 @@ from shared.store.models import (
 
 PAGE = 100
 MAX_PAGE = 1000
+OLDEST_SECONDS = 100 * 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -63,20 +66,36 @@ def list_purchases(
         query = query.where(Purchase.attention.is_not(None))
     if organization_id is not None:
         query = query.where(Purchase.organization_id == organization_id)
-    if older_than is not None:
-        query = query.where(Purchase.created_at < datetime.now(UTC) - timedelta(seconds=older_than))
+    if older_than is not None:  # past a century every purchase is younger: no overflow
+        age = timedelta(seconds=min(older_than, OLDEST_SECONDS))
+        query = query.where(Purchase.created_at < datetime.now(UTC) - age)
     with uow:
         return [take(PurchaseRow, p) for p in uow.session.scalars(query)]
 
 
 def retry_purchase(
-    uow: UnitOfWork, engine: Engine, gateway: PaymentGateway, purchase_id: int
+    uow: UnitOfWork,
+    engine: Engine,
+    gateway: PaymentGateway,
+    purchase_id: int,
+    *,
+    parked_only: bool = False,
 ) -> str:
-    """Clear the parked reason and take the purchase as far as it goes now, here."""
+    """Clear the parked reason and take the purchase as far as it goes now, here.
+
+    With `parked_only` (the operator pages' button) a purchase that is no longer parked is
+    left alone (`409 not_parked`, naming its status): a second click, or a retry made
+    meanwhile by someone else, charges nothing more."""
     with uow:
         purchase = uow.session.get(Purchase, purchase_id, with_for_update={"key_share": True})
         if purchase is None:
             raise NotFound(f"no purchase {purchase_id}", "not_found")
+        if parked_only and purchase.attention is None:
+            raise Conflict(
+                f"purchase {purchase_id} is not parked (it is {purchase.status}); nothing to retry",
+                "not_parked",
+                status=purchase.status,
+            )
         purchase.attention = None
         uow.commit()
     try:
@@ -118,6 +137,7 @@ def replay_failed_events(uow: UnitOfWork, gateway: PaymentGateway) -> dict[str, 
 class AlertRow:
     id: int
     kind: str
+    event_id: str | None
     organization_id: int | None
     purchase_id: int | None
     stripe_object_id: str | None
@@ -315,4 +335,208 @@ def status(uow: UnitOfWork, broker: redis.Redis, stuck_after: float) -> Status:
             webhooks_pending=count(WebhookEvent.outcome.is_(None), of=WebhookEvent),
             alerts_open=count(OperatorAlert.resolved_at.is_(None), of=OperatorAlert),
             broker=reached,
+        )
+
+
+# -- one thing in full, for the operator pages ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeatChangeRow:
+    """One line of a plan's seat audit: who or what changed which count, and why."""
+
+    id: int
+    subscription_id: int
+    created_at: datetime
+    reason: str
+    paid_before: int
+    paid_after: int
+    active_before: int
+    active_after: int
+    actor_user_id: int | None
+    actor_email: str | None
+    purchase_id: int | None
+
+
+def _seat_changes(session: Any, *where: Any) -> list[SeatChangeRow]:
+    query = (
+        select(SeatChange, User.email)
+        .outerjoin(User, User.id == SeatChange.actor_user_id)
+        .where(*where)
+        .order_by(SeatChange.id)
+    )
+    return [
+        take(SeatChangeRow, change, actor_email=email) for change, email in session.execute(query)
+    ]
+
+
+@dataclass(frozen=True)
+class PurchaseDetail:
+    """A purchase and everything that happened to it: its attempts and PaymentIntent, its
+    failure or parked reason, the seat changes it made, the Stripe events about its intent,
+    the alerts it raised, the purchases that paid it again, and what operators did to it."""
+
+    id: int
+    organization_id: int
+    organization: str
+    buyer_id: int
+    buyer_email: str
+    status: str
+    currency: str
+    confirmed_amount: int
+    amount_due: int
+    payment_method_id: str
+    new_card: bool
+    stripe_payment_intent_id: str | None
+    attempts: int
+    attention: str | None
+    failure_code: str | None
+    failure_message: str | None
+    card_sync_pending: bool
+    action_required_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    retry_of_id: int | None
+    retried_by: list[int]
+    items: list[PurchaseLineView]
+    seat_changes: list[SeatChangeRow]
+    events: list[EventRow]
+    alerts: list[AlertRow]
+    actions: list[ActionRow]
+
+
+def get_purchase(uow: UnitOfWork, purchase_id: int) -> PurchaseDetail:
+    with uow:
+        session = uow.session
+        purchase = session.get(Purchase, purchase_id)
+        if purchase is None:
+            raise NotFound(f"no purchase {purchase_id}", "not_found")
+        organization = session.get_one(Organization, purchase.organization_id)
+        buyer = session.get_one(User, purchase.user_id)
+        plans = [item.subscription_id for item in purchase.items]
+        alerts = list(
+            session.scalars(
+                select(OperatorAlert)
+                .where(OperatorAlert.purchase_id == purchase_id)
+                .order_by(OperatorAlert.id)
+            )
+        )
+        about: list[ColumnElement[bool]] = []
+        if purchase.stripe_payment_intent_id:
+            about.append(WebhookEvent.object_id == purchase.stripe_payment_intent_id)
+        raised = [alert.event_id for alert in alerts if alert.event_id]
+        if raised:  # a refund's or a dispute's event names the charge, not the intent
+            about.append(WebhookEvent.id.in_(raised))
+        events = (
+            list(
+                session.scalars(
+                    select(WebhookEvent).where(or_(*about)).order_by(WebhookEvent.received_at)
+                )
+            )
+            if about
+            else []
+        )
+        return take(
+            PurchaseDetail,
+            purchase,
+            organization=organization.name,
+            buyer_id=buyer.id,
+            buyer_email=buyer.email,
+            retried_by=list(
+                session.scalars(
+                    select(Purchase.id)
+                    .where(Purchase.retry_of_id == purchase_id)
+                    .order_by(Purchase.id)
+                )
+            ),
+            items=[PurchaseLineView.of(item) for item in purchase.items],
+            seat_changes=_seat_changes(
+                session,
+                SeatChange.subscription_id.in_(plans),
+                SeatChange.purchase_id == purchase_id,
+            ),
+            events=[take(EventRow, event) for event in events],
+            alerts=[take(AlertRow, alert) for alert in alerts],
+            actions=actions_on(session, f"purchase:{purchase_id}"),
+        )
+
+
+@dataclass(frozen=True)
+class EventDetail:
+    """A stored Stripe event with its payload, the alerts it raised and its replays."""
+
+    id: str
+    type: str
+    object_id: str | None
+    source: str
+    outcome: str | None
+    attempts: int
+    error: str | None
+    received_at: datetime
+    processed_at: datetime | None
+    payload: dict[str, Any]
+    alerts: list[AlertRow]
+    actions: list[ActionRow]
+
+
+def get_event(uow: UnitOfWork, event_id: str) -> EventDetail:
+    with uow:
+        event = uow.session.get(WebhookEvent, event_id)
+        if event is None:
+            raise NotFound(f"no stored event {event_id}", "not_found")
+        alerts = uow.session.scalars(
+            select(OperatorAlert).where(OperatorAlert.event_id == event_id)
+        )
+        return take(
+            EventDetail,
+            event,
+            alerts=[take(AlertRow, alert) for alert in alerts],
+            actions=actions_on(uow.session, f"event:{event_id}"),
+        )
+
+
+@dataclass(frozen=True)
+class RenewalHistoryRow:
+    id: int
+    period_start: date
+    status: str
+    seats: int | None
+    amount: int | None
+    currency: str
+    stripe_payment_intent_id: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    failure_code: str | None
+    failure_message: str | None
+    attention: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SeatAudit:
+    """A plan as it is, every change of its counts (oldest first) and its renewals."""
+
+    subscription: SubscriptionRow
+    organization: str
+    changes: list[SeatChangeRow]
+    renewals: list[RenewalHistoryRow]
+
+
+def seat_audit(uow: UnitOfWork, subscription_id: int) -> SeatAudit:
+    with uow:
+        plan = uow.session.get(Subscription, subscription_id)
+        if plan is None:
+            raise NotFound(f"no subscription {subscription_id}", "not_found")
+        renewals = uow.session.scalars(
+            select(Renewal)
+            .where(Renewal.subscription_id == subscription_id)
+            .order_by(Renewal.period_start)
+        )
+        return SeatAudit(
+            subscription=take(SubscriptionRow, plan),
+            organization=uow.session.get_one(Organization, plan.organization_id).name,
+            changes=_seat_changes(uow.session, SeatChange.subscription_id == subscription_id),
+            renewals=[take(RenewalHistoryRow, renewal) for renewal in renewals],
         )

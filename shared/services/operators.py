@@ -4,6 +4,7 @@ of every action taken on their word (from /ops or from the command line)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,8 +14,11 @@ from sqlalchemy.orm import Session
 from shared.domain.errors import Conflict, Invalid
 from shared.domain.tokens import hash_token, new_token
 from shared.services.provisioning import EMAIL
+from shared.services.views import take
 from shared.store.db import UnitOfWork
 from shared.store.models import Operator, OperatorAction
+
+AUDIT_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ def operator_for_token(session: Session, token: str) -> OperatorActor | None:
     return OperatorActor(operator.id, operator.email) if operator else None
 
 
+def operator_by_id(session: Session, operator_id: int) -> OperatorActor | None:
+    operator = session.get(Operator, operator_id)
+    return OperatorActor(operator.id, operator.email) if operator else None
+
+
 def operator_by_email(session: Session, email: str) -> OperatorActor | None:
     operator = session.scalar(
         select(Operator).where(func.lower(Operator.email) == email.strip().lower())
@@ -84,3 +93,39 @@ def record(
             )
         )
         uow.commit()
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any] | None
+
+
+def list_actions(
+    uow: UnitOfWork, before: int | None = None, limit: int = AUDIT_PAGE
+) -> tuple[list[ActionRow], int | None]:
+    """The audit log, newest first, a page at a time: the rows, and the id to pass as
+    `before` for the next page (None: this was the last)."""
+    query = select(OperatorAction).order_by(OperatorAction.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(OperatorAction.id < before)
+    with uow:
+        found = list(uow.session.scalars(query))
+        page = found[:limit]
+        return [take(ActionRow, a) for a in page], (page[-1].id if len(found) > limit else None)
+
+
+def actions_on(session: Session, target: str, limit: int = AUDIT_PAGE) -> list[ActionRow]:
+    """What operators did to one thing (`purchase:12`, `event:evt_...`), newest first."""
+    query = (
+        select(OperatorAction)
+        .where(OperatorAction.target == target)
+        .order_by(OperatorAction.id.desc())
+        .limit(limit)
+    )
+    return [take(ActionRow, a) for a in session.scalars(query)]

@@ -573,6 +573,8 @@ class RenewalRow:
     next_attempt_at: datetime | None
     failure_code: str | None
     failure_message: str | None
+    renewal_id: int
+    attention: str | None
 
 
 def unsettled(uow: UnitOfWork, status: str | None = None, limit: int = 500) -> list[RenewalRow]:
@@ -601,6 +603,8 @@ def unsettled(uow: UnitOfWork, status: str | None = None, limit: int = 500) -> l
                 next_attempt_at=renewal.next_attempt_at,
                 failure_code=renewal.failure_code,
                 failure_message=renewal.failure_message,
+                renewal_id=renewal.id,
+                attention=renewal.attention,
             )
             for plan, renewal in uow.session.execute(query)
         ]

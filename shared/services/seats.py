@@ -15,7 +15,7 @@ from shared.domain.seats import MANAGING_ROLES, PurchaseNeeded, SeatCounts, chec
 from shared.services.access import Actor, subscription_for
 from shared.services.views import ProfileView, RenewalView, SubscriptionView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import Renewal, SeatChange, Subscription, User
+from shared.store.models import Organization, Renewal, SeatChange, Subscription, User
 
 PAST_DUE = (
     "This plan's renewal could not be paid, so seats cannot be bought until it is: save a "
@@ -87,6 +87,12 @@ def get_subscription(uow: UnitOfWork, actor: Actor, subscription_id: int) -> Sub
     with uow:
         subscription = subscription_for(uow.session, actor, subscription_id, manage=False)
         return _view(uow.session, subscription, actor)
+
+
+def billing_timezone(uow: UnitOfWork, actor: Actor) -> str:
+    """The organization's time zone: the day a renewal is tried again is a day there."""
+    with uow:
+        return uow.session.get_one(Organization, actor.organization_id).timezone
 
 
 def _view(session: Session, subscription: Subscription, actor: Actor) -> SubscriptionView:

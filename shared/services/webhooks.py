@@ -513,6 +513,10 @@ def process_event(
         if before not in DONE:  # a replay that could not reach Stripe keeps what was done
             _finish(uow, event_id, "failed", f"{type(error).__name__}: {error}"[:1000])
         raise
+    if before == "processed" and outcome == "ignored":
+        # a replay that finds nothing left to do (the first handling did it) never
+        # downgrades what was applied
+        outcome = "processed"
     _finish(uow, event_id, outcome, None)
     return outcome, wake
 

@@ -243,12 +243,14 @@ class PurchaseItem(Base):
 
 
 class LoginLink(Base):
-    """A one-time sign-in link for the customer pages: only its hash is kept."""
+    """A one-time sign-in link, to the customer pages (a user's) or to /ops (an operator's):
+    only its hash is kept."""
 
     __tablename__ = "login_links"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -316,7 +318,7 @@ class OperatorAction(Base):
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     actor: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(Text)
-    target: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text, index=True)
     outcome: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(

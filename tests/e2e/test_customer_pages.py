@@ -300,3 +300,72 @@ def test_the_english_switch_is_on_every_page_and_remembered(
     screenshot(page, "cart-en")
     page.goto(f"{stack_web.url}/profile")  # remembered across pages
     expect(page.get_by_role("heading", level=1)).to_have_text("Profile")
+
+
+def test_a_past_due_plan_renews_with_a_new_card_saved_on_its_page(
+    page: Any,
+    stack_web: Server,
+    stack_runtime: Runtime,
+    worker: Worker,
+    worker_env: dict[str, str],
+    axe_source: str,
+) -> None:
+    """No card when the plan is due: past due, the reason on the plan page, a new card in
+    Stripe Elements there, and the worker renews the plan with it."""
+    from datetime import timedelta
+
+    from shared.domain.periods import today_in
+    from shared.store.models import Subscription
+
+    today = today_in("America/Toronto")
+    shop = Tenant(
+        stack_runtime,
+        stack_web.url,
+        unit_amount=10000,
+        period_start=today - timedelta(days=365),
+        renews_at=today,
+    )
+    seats_json(worker_env, "renewals", "run")
+
+    def status() -> str:
+        with stack_runtime.uow() as uow:
+            return uow.session.get_one(Subscription, shop.sub).status
+
+    deadline = time.monotonic() + 45
+    while status() != "past_due":
+        assert time.monotonic() < deadline, status()
+        time.sleep(0.2)
+
+    page.goto(login_url(shop, "buyer", stack_web))
+    page.goto(f"{stack_web.url}/plans/{shop.sub}")
+    shown = visible_text(page)
+    assert "En retard de paiement" in shown
+    assert "Aucune carte n\u2019est enregistrée pour renouveler ce plan." in shown
+    assert "Tentatives de paiement 1" in shown
+    check_accessibility(page, axe_source, "plan-past-due")
+    screenshot(page, "plan-past-due-fr")
+    section = page.get_by_role("region", name="Renouveler avec une nouvelle carte")
+    for field, value in (
+        ("number", GOOD),
+        ("exp_month", "12"),
+        ("exp_year", "34"),
+        ("cvc", "123"),
+        ("postal_code", "H2X1Y4"),
+    ):
+        section.get_by_placeholder(field, exact=True).fill(value)
+    section.get_by_role("button", name="Enregistrer la carte et renouveler").click()
+    expect(page.get_by_role("status").first).to_contain_text(
+        "Votre carte est enregistrée", timeout=PAYMENT_TIMEOUT
+    )
+    deadline = time.monotonic() + 45
+    while status() != "active":
+        assert time.monotonic() < deadline, status()
+        time.sleep(0.2)
+    page.reload()
+    shown = visible_text(page)
+    assert "Actif" in shown and "En retard" not in shown
+    assert "Renouveler avec une nouvelle carte" not in shown
+    with stack_runtime.uow() as uow:
+        plan = uow.session.get_one(Subscription, shop.sub)
+        assert plan.current_period_start == today  # renewed from the old date, once
+    screenshot(page, "past-due-renewed-fr")

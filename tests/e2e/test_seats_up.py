@@ -135,6 +135,14 @@ def test_seats_up_with_embedded_defaults(tmp_path: Path) -> None:
         )["url"]
         person = requests.Session()
         assert person.get(link, timeout=10).url == f"{base}/profile"
+        ops_hint = re.search(r"operator pages \(/ops\).*sign in with: (.+)", text).group(1)  # type: ignore[union-attr]
+        assert ops_hint == f"SEATS_BASE_URL={base} seats operator login-link --email EMAIL"
+        seats_json(env, "operator", "create", "--email", "ops@example.com")
+        ops_link = seats_json(
+            {**env, "SEATS_BASE_URL": base}, "operator", "login-link", "--email", "ops@example.com"
+        )["url"]
+        operator = requests.Session()
+        assert operator.get(ops_link, timeout=10).url == f"{base}/ops/"
         cart_page = person.get(f"{base}/cart", timeout=10).text
         assert f'<script src="{stripe_base}/js.stripe.com/v3/"' in cart_page
         assert 'data-stripe-key="pk_test_' in cart_page

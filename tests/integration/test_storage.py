@@ -114,6 +114,54 @@ def test_upgrading_twice_is_a_no_op_and_keeps_the_data(empty_engine: tuple[str, 
     assert versions == [head_revision()]
 
 
+def test_operator_links_go_down_and_up_again_and_name_exactly_one_person(
+    empty_engine: tuple[str, Engine],
+) -> None:
+    from alembic import command
+
+    url, engine = empty_engine
+    upgrade(url)
+    head = schema_of(engine)
+    link = text(
+        "INSERT INTO login_links (operator_id, user_id, token_hash, expires_at) "
+        "VALUES (:operator, :user, :hash, now() + interval '1 minute')"
+    )
+    with engine.begin() as connection:
+        operator = connection.execute(
+            text("INSERT INTO operators (email, token_hash) VALUES ('o@x.test', 'h') RETURNING id")
+        ).scalar_one()
+        org = connection.execute(
+            text(
+                "INSERT INTO organizations (name, currency, timezone) "
+                "VALUES ('O', 'cad', 'America/Toronto') RETURNING id"
+            )
+        ).scalar_one()
+        user = connection.execute(
+            text(
+                "INSERT INTO users (organization_id, email, role, token_hash) "
+                "VALUES (:org, 'u@x.test', 'owner', 'u') RETURNING id"
+            ),
+            {"org": org},
+        ).scalar_one()
+        for operator_id, user_id in ((None, None), (operator, user)):
+            with (
+                pytest.raises(IntegrityError, match="link_for_one_person"),
+                connection.begin_nested(),
+            ):
+                connection.execute(link, {"operator": operator_id, "user": user_id, "hash": "a"})
+        connection.execute(link, {"operator": operator, "user": None, "hash": "b"})
+        connection.execute(link, {"operator": None, "user": user, "hash": "c"})
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url)
+    command.downgrade(config, "0006")
+    with engine.connect() as connection:  # the customer's link is kept, the operator's gone
+        kept = connection.execute(text("SELECT token_hash FROM login_links")).scalars().all()
+    assert kept == ["c"]
+    upgrade(url)
+    assert schema_of(engine) == head
+
+
 # --- constraints the database refuses on its own, whatever the application does ---------------
 
 

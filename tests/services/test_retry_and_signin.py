@@ -184,6 +184,47 @@ def test_a_sign_in_link_works_once_within_15_minutes(shop: Shop) -> None:
         signin.issue_link(shop.rt.uow(), "nobody@example.com")
 
 
+def test_an_operator_link_signs_in_the_operator_once_and_never_a_customer(shop: Shop) -> None:
+    from sqlalchemy import select
+
+    from shared.services import operators
+    from shared.store.models import LoginLink, User
+
+    email = f"ops-{secrets.token_hex(3)}@example.com"
+    operator_id, _ = operators.create_operator(shop.rt.uow(), email)
+    now = datetime.now(UTC)
+    link = signin.issue_operator_link(shop.rt.uow(), email.upper(), now=now)
+    assert link.url("http://h:1/").startswith("http://h:1/ops/login/")
+    assert (link.operator_id, link.user_id) == (operator_id, None)
+    assert link.expires_at == now + timedelta(minutes=15)
+    with shop.rt.uow() as uow:  # only the hash is kept
+        hashes = set(uow.session.scalars(select(LoginLink.token_hash)))
+    assert link.token not in hashes and signin.hash_token(link.token) in hashes
+
+    # an operator's link is not a customer's: refused at /login, and still unused
+    with pytest.raises(signin.LinkNotValid):
+        signin.use_link(shop.rt.uow(), link.token, now=now)
+    assert signin.use_operator_link(shop.rt.uow(), link.token, now=now) == (
+        operators.OperatorActor(operator_id, email)
+    )
+    with pytest.raises(signin.LinkNotValid):
+        signin.use_operator_link(shop.rt.uow(), link.token, now=now)
+
+    # a customer's link is not an operator's: refused under /ops, and still good at /login
+    with shop.rt.uow() as uow:
+        customer_email = uow.session.get_one(User, shop.buyer.user_id).email
+    customer = signin.issue_link(shop.rt.uow(), customer_email, now=now)
+    with pytest.raises(signin.LinkNotValid):
+        signin.use_operator_link(shop.rt.uow(), customer.token, now=now)
+    assert signin.use_link(shop.rt.uow(), customer.token, now=now) == shop.buyer
+
+    late = signin.issue_operator_link(shop.rt.uow(), email, now=now)
+    with pytest.raises(signin.LinkNotValid):
+        signin.use_operator_link(shop.rt.uow(), late.token, now=now + timedelta(minutes=15))
+    with pytest.raises(NotFound):
+        signin.issue_operator_link(shop.rt.uow(), customer_email)  # a user is not an operator
+
+
 def test_two_tabs_racing_on_one_link_start_one_session(shop: Shop) -> None:
     user, _ = provisioning.create_user(
         shop.rt.uow(), shop.org, f"race-{secrets.token_hex(3)}@example.com", "owner"

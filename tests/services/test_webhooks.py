@@ -339,6 +339,21 @@ def test_a_detached_saved_card_is_no_longer_our_saved_card(shop: Shop) -> None:
     assert (organization.payment_method_id, organization.payment_method_last4) == (None, None)
 
 
+def test_a_replay_that_finds_nothing_left_to_do_keeps_processed(shop: Shop) -> None:
+    """The first handling cleared the card; a replay finds no card to clear (it would say
+    `ignored`), and the stored outcome stays `processed`: a replay never downgrades it."""
+    card = shop.fake.card()
+    shop.charge(shop.checkout(4, card))
+    shop.fake.detach(card)
+    stripe_sends(shop, "payment_method.detached", {"id": card, "object": "payment_method"})
+    event_id, handled = delivered(shop, "payment_method.detached")
+    assert handled == ("processed", [])
+    for attempt in (2, 3):
+        assert handle(shop, event_id, again=True) == ("processed", [])
+        row = stored(shop, event_id)
+        assert (row.outcome, row.error, row.attempts) == ("processed", None, attempt)
+
+
 def test_a_detached_card_that_is_not_our_saved_card_is_ignored(shop: Shop) -> None:
     card = shop.fake.card()
     shop.charge(shop.checkout(4, card))

@@ -65,12 +65,14 @@
     var button = form.querySelector("[data-pay-button]");
     var area = form.querySelector("[data-new-card]");
     var newChoice = form.querySelector('input[name="card"][value="new"]');
+    var newOnly = form.hasAttribute("data-new-card-only");  // saving a card: no saved-card choice
+    function wantsNew() { return newOnly || Boolean(newChoice && newChoice.checked); }
     var errors = JSON.parse(form.getAttribute("data-card-errors") || "{}");
     var names = JSON.parse(form.getAttribute("data-field-names") || "{}");
     var card = null;
 
     function showArea() {
-      if (area) area.hidden = !(newChoice && newChoice.checked);
+      if (area) area.hidden = !wantsNew();
     }
     form.querySelectorAll('input[name="card"]').forEach(function (radio) {
       radio.addEventListener("change", function () { say(problem, ""); showArea(); });
@@ -81,6 +83,7 @@
       if (!stripe) {
         say(problem, form.getAttribute("data-unavailable"));
         if (newChoice) newChoice.disabled = true;
+        if (newOnly && button) button.disabled = true;
         area.hidden = true;
       } else {
         card = stripe.elements().create("card");
@@ -104,7 +107,7 @@
 
     form.addEventListener("submit", function (event) {
       say(problem, "");
-      if (!newChoice || !newChoice.checked || form.getAttribute("data-ready") === "1") {
+      if (!wantsNew() || form.getAttribute("data-ready") === "1") {
         button.disabled = true;
         say(progress, form.getAttribute("data-paying"));
         return;  // the saved card: a plain form post
