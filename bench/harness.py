@@ -8,7 +8,9 @@ Only loopback addresses are used.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -139,13 +141,17 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 def gunicorn_argv(port: int, workers: int, worker_class: str, threads: int) -> list[str]:
-    argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    if worker_class != "sync":
-        argv += ["--worker-class", worker_class, "--threads", str(threads)]
+    """The web as deployed (`web/gunicorn_conf.py`: keep-alive, metrics folder), with the
+    worker class and threads given here."""
+    argv = [str(BIN / "gunicorn"), "-c", "python:web.gunicorn_conf"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    argv += ["--worker-class", worker_class, "--threads", str(threads)]
     return [*argv, "--no-control-socket", "web:create_app()"]
 
 
-def celery_argv(queues: str, concurrency: int, loglevel: str = "WARNING") -> list[str]:
+def celery_argv(
+    queues: str, concurrency: int, loglevel: str = "WARNING", pool: str = "prefork"
+) -> list[str]:
     return [
         str(BIN / "celery"),
         "-A",
@@ -153,6 +159,8 @@ def celery_argv(queues: str, concurrency: int, loglevel: str = "WARNING") -> lis
         "worker",
         "-Q",
         queues,
+        "--pool",
+        pool,
         "--concurrency",
         str(concurrency),
         "--loglevel",
@@ -160,6 +168,55 @@ def celery_argv(queues: str, concurrency: int, loglevel: str = "WARNING") -> lis
         "--without-mingle",
         "--without-gossip",
     ]
+
+
+PROBE = Path(__file__).resolve().parent / "probe"
+
+
+def probe_env(folder: Path) -> dict[str, str]:
+    """What a child needs to count its statements, transactions and messages
+    (`bench/probe/sitecustomize.py`) into `folder`."""
+    return {"PYTHONPATH": f"{PROBE}{os.pathsep}{ROOT}", "SEATS_PROBE_DIR": str(folder)}
+
+
+def probe_counts(folder: Path) -> collections.Counter[str]:
+    """The sum of every probed process's counts so far."""
+    total: collections.Counter[str] = collections.Counter()
+    for path in folder.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            total.update(json.loads(path.read_text()))
+    return total
+
+
+@contextlib.contextmanager
+def pgbouncer(processes: Processes, server_url: str) -> Iterator[str]:
+    """Debian's PgBouncer on a free loopback port in front of `server_url`'s server, in
+    session mode (the charge's advisory lock is a session lock: transaction pooling would
+    hand its connection to someone else between transactions). Yields the URL to use."""
+    from shared.cli.embedded import free_port, wait_for_port
+
+    url = make_url(server_url)
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="seats-pgbouncer-"))
+    folder.chmod(0o755)
+    (folder / "users.txt").write_text(f'"{url.username}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={url.host} port={url.port or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
+        "pool_mode = session\nmax_client_conn = 1000\ndefault_pool_size = 200\n"
+        "unix_socket_dir =\n"
+    )
+    processes.spawn(
+        "pgbouncer", ["/usr/sbin/pgbouncer", "-u", "postgres", str(folder / "pgbouncer.ini")], {}
+    )
+    wait_for_port(port)
+    try:
+        yield url.set(port=port).render_as_string(hide_password=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_http(url: str, processes: Processes, timeout: float = 60) -> None:

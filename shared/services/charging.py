@@ -462,8 +462,8 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
     retried by the sweep until Stripe answers. Only the organization's current
     card is pushed, so a late run never brings back an older card.
     """
-    with uow:
-        found = uow.session.execute(
+    with uow.single() as reading:
+        found = reading.session.execute(
             select(
                 Purchase.card_sync_pending,
                 Purchase.payment_method_id,
@@ -483,14 +483,9 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
         gateway.set_default_card(found.stripe_customer_id, method)
         if found.payment_method_brand is None:
             card = gateway.get_card(method)
-    with uow:
-        uow.session.execute(
-            update(Purchase)
-            .where(Purchase.id == purchase_id)
-            .values(card_sync_pending=False, updated_at=func.now())
-        )
+    with uow.single() as writing:  # two repeatable updates, the one that ends it last
         if card is not None:
-            uow.session.execute(
+            writing.session.execute(
                 update(Organization)
                 .where(
                     Organization.id == found.organization_id,
@@ -498,7 +493,11 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
                 )
                 .values(payment_method_brand=card.brand, payment_method_last4=card.last4)
             )
-        uow.commit()
+        writing.session.execute(
+            update(Purchase)
+            .where(Purchase.id == purchase_id)
+            .values(card_sync_pending=False, updated_at=func.now())
+        )
 
 
 def save_card_later(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> None:
@@ -649,8 +648,8 @@ def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str |
     being charged (an operator or a parking task released it): the caller must not
     confirm anything.
     """
-    with uow:
-        recorded = uow.session.scalar(
+    with uow.single() as recording:  # one statement in the usual case
+        recorded = recording.session.scalar(
             update(Purchase)
             .where(
                 Purchase.id == purchase_id,
@@ -662,9 +661,9 @@ def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str |
             .returning(Purchase.stripe_payment_intent_id)
         )
         if recorded is not None:
-            uow.commit()
+            recording.commit()
             return recorded
-        purchase = _locked_purchase(uow.session, purchase_id)
+        purchase = _locked_purchase(recording.session, purchase_id)
         if purchase.attention or purchase.status in TERMINAL:
             return None
         return purchase.stripe_payment_intent_id

@@ -238,8 +238,8 @@ def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
     Whether a naming intent really is ours (customer, amount, currency) is
     for `charging.settle` to decide: it adopts it, refunds it or raises an alert.
     """
-    with uow:
-        found = uow.session.scalar(
+    with uow.single() as reading:
+        found = reading.session.scalar(
             select(Purchase.id).where(Purchase.stripe_payment_intent_id == intent["id"])
         )
         if found is not None:
@@ -247,7 +247,7 @@ def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
         claimed = id_from_text((intent.get("metadata") or {}).get("purchase_id"))
         if claimed is None:
             return None
-        return uow.session.scalar(select(Purchase.id).where(Purchase.id == claimed))
+        return reading.session.scalar(select(Purchase.id).where(Purchase.id == claimed))
 
 
 def _flag_in(session: Session, kind: str, event_id: str, message: str, **fields: Any) -> None:
@@ -292,8 +292,8 @@ def on_payment_intent(
     given = intent.get("metadata")
     metadata: dict[str, Any] = given if isinstance(given, dict) else {}
     intent = {**intent, "id": _object_id(intent, "pi_"), "metadata": metadata}
-    with uow:  # one round trip: is this intent ours, and is its work done already?
-        known_renewal, renewal_done, purchase_done = uow.session.execute(
+    with uow.single() as reading:  # one round trip: is this intent ours, is its work done?
+        known_renewal, renewal_done, purchase_done = reading.session.execute(
             select(
                 select(Renewal.id).where(_is(Renewal, intent["id"])).scalar_subquery(),
                 select(Renewal.status == RenewalStatus.SUCCEEDED)
@@ -446,16 +446,17 @@ DONE = frozenset({"processed", "ignored", "invalid"})
 def _finish(
     uow: UnitOfWork, event_id: str, outcome: str, error: str | None, alert: str | None = None
 ) -> None:
-    """Record the outcome; an `invalid` one raises its operator alert in the same transaction."""
-    with uow:
-        uow.session.execute(
+    """Record the outcome; an `invalid` one raises its operator alert in the same transaction
+    (the usual one is a single statement: no transaction of its own)."""
+    with uow if alert is not None else uow.single() as unit:
+        unit.session.execute(
             update(WebhookEvent)
             .where(WebhookEvent.id == event_id)
             .values(outcome=outcome, error=error, processed_at=datetime.now(UTC))
         )
         if alert is not None:
-            _flag_in(uow.session, "invalid_event", event_id, alert)
-        uow.commit()
+            _flag_in(unit.session, "invalid_event", event_id, alert)
+        unit.commit()
 
 
 def process_event(
@@ -467,8 +468,8 @@ def process_event(
     counts the attempt and reads it back), the handler, and the outcome.
     """
     allowed = [None, "failed"] + (["processed", "ignored"] if again else [])
-    with uow:
-        claimed = uow.session.execute(
+    with uow.single() as claiming:  # each statement stands alone: no BEGIN/COMMIT
+        claimed = claiming.session.execute(
             update(WebhookEvent)
             .where(
                 WebhookEvent.id == event_id,
@@ -478,10 +479,10 @@ def process_event(
             .returning(WebhookEvent.type, WebhookEvent.payload, WebhookEvent.outcome)
         ).one_or_none()
         if claimed is None:  # unknown, done, or `invalid` (never applied, not even again)
-            stored = uow.session.scalar(
+            stored = claiming.session.scalar(
                 select(WebhookEvent.outcome).where(WebhookEvent.id == event_id)
             )
-            if stored is None and not uow.session.scalar(
+            if stored is None and not claiming.session.scalar(
                 select(func.count()).select_from(WebhookEvent).where(WebhookEvent.id == event_id)
             ):
                 raise NotFound(f"no stored event {event_id}", "not_found")
@@ -489,12 +490,12 @@ def process_event(
         event_type, payload, before = claimed
         handler = HANDLERS.get(event_type)
         if handler is None:
-            uow.session.execute(
+            claiming.session.execute(
                 update(WebhookEvent)
                 .where(WebhookEvent.id == event_id)
                 .values(outcome="ignored", error=None, processed_at=datetime.now(UTC))
             )
-        uow.commit()
+        claiming.commit()
         if handler is None:
             return "ignored", []
         obj = payload["data"]["object"]
