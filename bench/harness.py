@@ -140,13 +140,15 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def gunicorn_argv(port: int, workers: int, worker_class: str, threads: int) -> list[str]:
+def gunicorn_argv(
+    port: int, workers: int, worker_class: str, threads: int, app: str = "web:create_app()"
+) -> list[str]:
     """The web as deployed (`web/gunicorn_conf.py`: keep-alive, metrics folder), with the
     worker class and threads given here."""
     argv = [str(BIN / "gunicorn"), "-c", "python:web.gunicorn_conf"]
     argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     argv += ["--worker-class", worker_class, "--threads", str(threads)]
-    return [*argv, "--no-control-socket", "web:create_app()"]
+    return [*argv, "--no-control-socket", app]
 
 
 def celery_argv(

@@ -370,8 +370,8 @@ def _sync_saved_card(
     uow: UnitOfWork, gateway: PaymentGateway, customer_id: str, gone: str | None = None
 ) -> Handled:
     """Our saved card follows Stripe's current default for the customer (never a detached one)."""
-    with uow:
-        known = uow.session.scalar(
+    with uow.single() as reading:
+        known = reading.session.scalar(
             select(Organization.id).where(Organization.stripe_customer_id == customer_id)
         )
     if known is None:
@@ -384,8 +384,8 @@ def _sync_saved_card(
             if organization.payment_method_id == gone:
                 organization.keep_card(None)
             uow.commit()
-    with uow:
-        saving = uow.session.scalar(
+    with uow.single() as reading:
+        saving = reading.session.scalar(
             select(Purchase.id).where(Purchase.organization_id == known, Purchase.card_sync_pending)
         )
     if saving is not None:  # our newer card is on its way to Stripe: its own event follows
