@@ -12,6 +12,7 @@ own work: the database queries, the Redis reads and the rendering). Target: unde
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--orgs", type=int, default=10_000)
     parser.add_argument("--scrapes", type=int, default=30)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with scratch_database() as url:
         started = time.perf_counter()
@@ -111,6 +113,18 @@ def main() -> None:
         f"scrape: median {statistics.median(durations):.1f} ms, p95 {p95:.1f} ms, "
         f"max {durations[-1]:.1f} ms over {args.scrapes} scrapes (target: under 200 ms)"
     )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "purchases": args.purchases,
+                    "events": args.events,
+                    "median_ms": statistics.median(durations),
+                    "p95_ms": p95,
+                    "lines": lines,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

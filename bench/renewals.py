@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import json
 import os
 import re
 import threading
@@ -53,6 +54,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -835,6 +837,7 @@ def main() -> None:
     )
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the main figures here")
     args = parser.parse_args()
     terminate_on_sigterm()
     started = time.monotonic()
@@ -915,6 +918,33 @@ def main() -> None:
         reset_redis(args.redis_url)
     print_summary(args, scans, direct, settle, settle_scan, worker_xacts, trips)
     print(f"run took {time.monotonic() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(figures(args, scans, direct, settle, trips), indent=2))
+
+
+def figures(
+    args: argparse.Namespace,
+    scans: list[ScanRun],
+    direct: Rate | None,
+    settle: Rate | None,
+    trips: RoundTrips | None,
+) -> dict[str, Any]:
+    """What `bench/run` puts in its table."""
+    out: dict[str, Any] = {"plans": args.plans, "width": args.width}
+    for run in scans:
+        if run.mode == "count":
+            out[f"scan_seconds_{run.plans}"] = run.seconds
+            out[f"scan_heap_peak_kib_{run.plans}"] = run.heap_peak / 1024
+    if direct is not None:
+        out["direct_rate"] = direct.rate
+    if settle is not None:
+        out["settle_rate"] = settle.rate
+        out["settled"] = f"{settle.succeeded}/{settle.total}"
+        worker_cpu = settle.cpu.get("worker (celery)", 0)
+        out["worker_cpu_ms"] = worker_cpu / max(settle.succeeded, 1) * 1000
+    if trips is not None and trips.per:
+        out["round_trips"] = sum(t.round_trips for t in trips.per) / len(trips.per)
+    return out
 
 
 if __name__ == "__main__":
