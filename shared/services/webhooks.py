@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, func, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -161,6 +161,10 @@ def _sanitized(value: Any) -> Any:
     return value
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
     """A well-formed event our database cannot hold as sent is kept with U+FFFD in place of
     those characters and is done at once (`invalid`): it can never be applied as Stripe meant."""
@@ -191,6 +195,28 @@ STORE = (
 )
 """One Core statement, compiled once and run without the ORM's bulk machinery: it is
 the hot path of every webhook."""
+
+CLAIM = (
+    update(EVENTS)
+    .where(
+        EVENTS.c.id == bindparam("event_id"),
+        or_(EVENTS.c.outcome.is_(None), EVENTS.c.outcome.in_(bindparam("again", expanding=True))),
+    )
+    .values(attempts=EVENTS.c.attempts + 1)
+    .returning(EVENTS.c.type, EVENTS.c.payload, EVENTS.c.outcome)
+)
+"""Count an attempt at an event still to do (or, `again`, one done) and read it back."""
+
+FINISH = (
+    update(EVENTS)
+    .where(EVENTS.c.id == bindparam("event_id"))
+    .values(
+        outcome=bindparam("new_outcome"),
+        error=bindparam("new_error"),
+        processed_at=bindparam("at"),
+    )
+)
+"""Record an event's outcome. Core statements like STORE: a worker runs both per event."""
 
 
 def _stored(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> dict[str, str | None]:
@@ -450,9 +476,8 @@ def _finish(
     (the usual one is a single statement: no transaction of its own)."""
     with uow if alert is not None else uow.single() as unit:
         unit.session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id == event_id)
-            .values(outcome=outcome, error=error, processed_at=datetime.now(UTC))
+            FINISH,
+            {"event_id": event_id, "new_outcome": outcome, "new_error": error, "at": _now()},
         )
         if alert is not None:
             _flag_in(unit.session, "invalid_event", event_id, alert)
@@ -470,13 +495,7 @@ def process_event(
     allowed = [None, "failed"] + (["processed", "ignored"] if again else [])
     with uow.single() as claiming:  # each statement stands alone: no BEGIN/COMMIT
         claimed = claiming.session.execute(
-            update(WebhookEvent)
-            .where(
-                WebhookEvent.id == event_id,
-                or_(WebhookEvent.outcome.is_(None), WebhookEvent.outcome.in_(allowed[1:])),
-            )
-            .values(attempts=WebhookEvent.attempts + 1)
-            .returning(WebhookEvent.type, WebhookEvent.payload, WebhookEvent.outcome)
+            CLAIM, {"event_id": event_id, "again": allowed[1:]}
         ).one_or_none()
         if claimed is None:  # unknown, done, or `invalid` (never applied, not even again)
             stored = claiming.session.scalar(
@@ -491,9 +510,8 @@ def process_event(
         handler = HANDLERS.get(event_type)
         if handler is None:
             claiming.session.execute(
-                update(WebhookEvent)
-                .where(WebhookEvent.id == event_id)
-                .values(outcome="ignored", error=None, processed_at=datetime.now(UTC))
+                FINISH,
+                {"event_id": event_id, "new_outcome": "ignored", "new_error": None, "at": _now()},
             )
         claiming.commit()
         if handler is None:
