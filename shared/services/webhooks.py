@@ -220,25 +220,27 @@ FINISH = (
 
 
 def _stored(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> dict[str, str | None]:
-    """Insert in one statement; the new ids and their outcome (None: to be handled)."""
+    """Insert in one statement; the new ids and their outcome (None: to be handled).
+
+    The usual insert is its own transaction (autocommit: no BEGIN/COMMIT round trips);
+    one that stores an `invalid` event raises its alert in the same transaction."""
     if not events:
         return {}
-    with uow:
-        inserted = {
-            row.id: row.outcome
-            for row in uow.session.execute(STORE, [_row(event, source) for event in events])
-        }
+    rows = [_row(event, source) for event in events]
+    invalid = any(row["outcome"] == "invalid" for row in rows)
+    with uow if invalid else uow.single() as unit:
+        inserted = {row.id: row.outcome for row in unit.session.execute(STORE, rows)}
         for event_id, outcome in inserted.items():
             if outcome == "invalid":
                 _flag_in(
-                    uow.session,
+                    unit.session,
                     "invalid_event",
                     event_id,
                     f"event {event_id} holds characters our database cannot store (NUL or lone "
                     "surrogates); it was kept with U+FFFD in their place and not applied: "
                     "look at it in Stripe",
                 )
-        uow.commit()
+        unit.commit()
         return inserted
 
 
