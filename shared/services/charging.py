@@ -107,8 +107,12 @@ def _locked_plans(session: Session, purchase: Purchase) -> dict[int, Subscriptio
     return {plan.id: plan for plan in plans}
 
 
-def next_in_line(session: Session, plan_ids: list[int], before: int | None = None) -> list[int]:
-    """The oldest purchase still waiting for each plan: plans serve buyers in checkout order."""
+def next_in_line(
+    session: Session, plan_ids: list[int], before: int | None = None, waiting: bool = False
+) -> list[int]:
+    """The oldest purchase still to charge for each plan: plans serve buyers in checkout
+    order. `waiting`: only if it found the plan busy; one not tried yet has a message of
+    its own on the way, and a second would find nothing to do."""
     query = (
         select(func.min(Purchase.id))
         .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
@@ -121,6 +125,8 @@ def next_in_line(session: Session, plan_ids: list[int], before: int | None = Non
     )
     if before is not None:
         query = query.where(Purchase.id < before)
+    if waiting:
+        query = query.where(Purchase.waiting_since.is_not(None))
     return sorted(set(session.scalars(query)))
 
 
@@ -143,7 +149,11 @@ def _release(
         for plan in plans.values():
             if plan.charging_purchase_id == purchase.id:
                 plan.charging_purchase_id = None
-    return [waiting for waiting in next_in_line(session, plan_ids) if waiting != purchase.id]
+    return [
+        waiting
+        for waiting in next_in_line(session, plan_ids, waiting=True)
+        if waiting != purchase.id
+    ]
 
 
 def _fail(
@@ -162,6 +172,14 @@ def _fail(
     return _release(session, purchase, plans)
 
 
+def _wait(purchase: Purchase, wake: list[int] | None = None) -> Outcome:
+    """Behind another purchase of the plan: marked waiting (in the plan's lock, so the one
+    ahead, releasing the plan, sees it) and woken when that one is done."""
+    if purchase.waiting_since is None:
+        purchase.waiting_since = datetime.now(UTC)
+    return Outcome(Next.WAIT, wake or [])
+
+
 def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None) -> Outcome | None:
     """Take the plans for this purchase and price it against them as they are now.
 
@@ -176,10 +194,10 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
         if holder not in (None, purchase.id):
             held = session.get(Purchase, holder)
             if held is not None and held.status not in TERMINAL:
-                return Outcome(Next.WAIT)
+                return _wait(purchase)
     ahead = next_in_line(session, list(plans), before=purchase.id)
     if ahead:
-        return Outcome(Next.WAIT, ahead)
+        return _wait(purchase, ahead)
     offers = []
     for item in purchase.items:
         try:

@@ -370,6 +370,7 @@ def test_an_abandoned_3d_secure_payment_is_canceled_and_frees_the_plan(shop: Sho
     first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
     shop.charge(first)
     second = shop.checkout(6, buyer=shop.another_buyer())
+    assert shop.charge(second).next == "wait"
     outcome = shop.charge(first, action_ttl=3600, now=later(3601))
     assert outcome.wake == [second]
     failed = shop.purchase(first)
@@ -423,3 +424,24 @@ def test_the_sweep_takes_turns_instead_of_starving_stale_work(
 def test_a_member_actor_is_never_used_here(shop: Shop, fake: FakeStripe) -> None:
     """Guard for the fixtures: service tests act as a buyer."""
     assert shop.buyer.role == "buyer" and isinstance(shop.buyer, Actor)
+
+
+def test_only_a_purchase_that_found_the_plan_busy_is_woken_when_the_plan_is_free(
+    shop: Shop,
+) -> None:
+    """One still in the queue gets there on its own message: a wake-up would be a second
+    message that finds nothing to do."""
+    first = shop.checkout(4)
+    queued = shop.checkout(6, buyer=shop.another_buyer())
+    assert shop.charge(first).wake == [], "the purchase behind has not been tried yet"
+    assert shop.charge(queued).next == "done"
+    assert shop.purchase(queued).status == "succeeded" and shop.counts() == (6, 6)
+
+
+def test_a_purchase_that_waited_is_woken_when_the_one_ahead_is_done(shop: Shop) -> None:
+    first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
+    shop.charge(first)  # waits for 3-D Secure, holding the plan
+    second = shop.checkout(6, buyer=shop.another_buyer())
+    assert shop.charge(second).next == "wait"
+    shop.fake.authenticate(str(shop.purchase(first).stripe_payment_intent_id))
+    assert shop.charge(first).wake == [second]

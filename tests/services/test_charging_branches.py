@@ -211,6 +211,7 @@ def test_a_refused_confirm_fails_the_purchase_even_when_its_cancel_cannot_reach_
     shop.fake.fail("confirm_payment")
     with pytest.raises(PaymentUnavailable):
         shop.charge(first)
+    assert shop.charge(second).next == "wait"
     shop.fake.detach(card)
     shop.fake.fail("cancel_payment")
     outcome = shop.charge(first)

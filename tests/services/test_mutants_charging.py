@@ -148,6 +148,7 @@ def test_seats_whose_price_rounds_to_zero_are_given_free_and_wake_the_next_buyer
     shop.plan = plan
     free = shop.checkout(2)
     behind = shop.checkout(3, buyer=shop.another_buyer())
+    assert shop.charge(behind).next == "wait"  # in line: woken when the first is done
     outcome = shop.charge(free)
     assert (outcome.next, outcome.wake) == ("done", [behind])
     done = shop.purchase(free)

@@ -93,6 +93,7 @@ def test_a_confirm_refused_for_good_fails_the_purchase_and_frees_the_plan(shop: 
     shop.fake.fail("confirm_payment")  # the intent is made; then the card is removed
     with pytest.raises(Exception, match="APIConnectionError"):
         shop.charge(first)
+    assert shop.charge(second).next == "wait"
     shop.fake.detach(card)
     outcome = shop.charge(first)
     failed = shop.purchase(first)
@@ -105,6 +106,7 @@ def test_the_3d_secure_deadline_counts_from_when_the_bank_asked(shop: Shop) -> N
     first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
     shop.charge(first, action_ttl=3600)
     second = shop.checkout(6, shop.fake.card(THREE_D_SECURE), buyer=shop.another_buyer())
+    assert shop.charge(second, action_ttl=3600).next == "wait"
     shop.fake.authenticate(str(shop.purchase(first).stripe_payment_intent_id))
     assert shop.charge(first, action_ttl=3600, now=later(50 * 60)).wake == [second]
     shop.charge(second, action_ttl=3600, now=later(65 * 60))  # waited 65 minutes in line

@@ -224,6 +224,7 @@ def test_a_payment_canceled_at_stripe_fails_the_purchase_and_wakes_the_next_buye
 ) -> None:
     purchase, intent = awaiting_3ds(shop, 4)
     second = shop.checkout(6, buyer=shop.another_buyer())
+    assert shop.charge(second).next == "wait"  # in line behind the first
     shop.fake.cancel_payment(intent)  # canceled in the dashboard
     _, handled = delivered(shop, "payment_intent.canceled")
     assert handled == ("processed", [second])
