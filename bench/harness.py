@@ -422,6 +422,7 @@ class CpuMeter:
         self.groups = groups
 
     def sample(self) -> dict[str, float]:
+        """CPU seconds per process so far, keyed "label|pid", and the machine's busy time."""
         totals: dict[str, float] = {}
         me = os.getpid()
         for pid, (pgid, name, cpu) in _ticks().items():
@@ -433,7 +434,7 @@ class CpuMeter:
             elif label is None and name.startswith("redis-server"):
                 label = "redis"
             if label:
-                totals[label] = totals.get(label, 0.0) + cpu
+                totals[f"{label}|{pid}"] = cpu
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
         idle = fields[3] + fields[4]
         totals["_machine"] = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
@@ -441,8 +442,15 @@ class CpuMeter:
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        spent = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-        machine = spent.pop("_machine")
+        """Per label: what each process spent in between (one that started meanwhile, all
+        of its time; one that ended meanwhile is lost, as PostgreSQL backends that close)."""
+        spent: dict[str, float] = {}
+        for key, cpu in after.items():
+            if key == "_machine":
+                continue
+            label = key.rsplit("|", 1)[0]
+            spent[label] = spent.get(label, 0.0) + max(0.0, cpu - before.get(key, 0.0))
+        machine = after["_machine"] - before["_machine"]
         spent["other"] = max(0.0, machine - sum(spent.values()))
         return spent
 
