@@ -327,7 +327,15 @@ class FakeStripe:
     def set_default_card(self, customer_id: str, payment_method_id: str) -> None:
         def act() -> None:
             self.customers[customer_id]["default"] = payment_method_id
-            self._event("customer.updated", None, {"id": customer_id, "object": "customer"})
+            self._event(
+                "customer.updated",
+                None,
+                {
+                    "id": customer_id,
+                    "object": "customer",
+                    "invoice_settings": {"default_payment_method": payment_method_id},
+                },
+            )
 
         self._call("set_default_card", None, (), act)
 

@@ -395,15 +395,29 @@ def on_money_back(
 
 
 def _sync_saved_card(
-    uow: UnitOfWork, gateway: PaymentGateway, customer_id: str, gone: str | None = None
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    customer_id: str,
+    gone: str | None = None,
+    named: str | None = None,
 ) -> Handled:
-    """Our saved card follows Stripe's current default for the customer (never a detached one)."""
+    """Our saved card follows Stripe's current default for the customer (never a detached one).
+
+    An event that `named` our saved card (and whose details we have) as the default asks
+    for nothing: usually our own update coming back. Stripe is not asked again; a later
+    change has its own event, which names another card and is read from Stripe.
+    """
     with uow.single() as reading:
-        known = reading.session.scalar(
-            select(Organization.id).where(Organization.stripe_customer_id == customer_id)
-        )
-    if known is None:
+        found = reading.session.execute(
+            select(
+                Organization.id, Organization.payment_method_id, Organization.payment_method_brand
+            ).where(Organization.stripe_customer_id == customer_id)
+        ).one_or_none()
+    if found is None:
         return "ignored", []
+    known, saved, brand = found
+    if gone is None and named is not None and named == saved and brand is not None:
+        return "processed", []
     if gone is not None:  # a detached card is never kept, nor pushed to Stripe later
         with uow:
             organization = uow.session.get_one(
@@ -431,7 +445,11 @@ def _sync_saved_card(
 def on_customer_updated(
     uow: UnitOfWork, gateway: PaymentGateway, customer: dict[str, Any], event_id: str
 ) -> Handled:
-    return _sync_saved_card(uow, gateway, _object_id(customer, "cus_"))
+    settings = customer.get("invoice_settings")
+    named = settings.get("default_payment_method") if isinstance(settings, dict) else None
+    return _sync_saved_card(
+        uow, gateway, _object_id(customer, "cus_"), named=named if isinstance(named, str) else None
+    )
 
 
 def on_payment_method_detached(
