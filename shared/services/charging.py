@@ -172,12 +172,12 @@ def _fail(
     return _release(session, purchase, plans)
 
 
-def _wait(purchase: Purchase, wake: list[int] | None = None) -> Outcome:
+def _wait(purchase: Purchase) -> Outcome:
     """Behind another purchase of the plan: marked waiting (in the plan's lock, so the one
     ahead, releasing the plan, sees it) and woken when that one is done."""
     if purchase.waiting_since is None:
         purchase.waiting_since = datetime.now(UTC)
-    return Outcome(Next.WAIT, wake or [])
+    return Outcome(Next.WAIT)
 
 
 def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None) -> Outcome | None:
@@ -195,9 +195,10 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
             held = session.get(Purchase, holder)
             if held is not None and held.status not in TERMINAL:
                 return _wait(purchase)
-    ahead = next_in_line(session, list(plans), before=purchase.id)
-    if ahead:
-        return _wait(purchase, ahead)
+    if next_in_line(session, list(plans), before=purchase.id):
+        # an older purchase of the plan comes first; its own message is on the way (the
+        # sweep re-sends a lost one), and when done it wakes this one, now marked waiting
+        return _wait(purchase)
     offers = []
     for item in purchase.items:
         try:

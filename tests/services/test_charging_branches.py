@@ -56,9 +56,10 @@ def test_a_later_checkout_waits_for_an_earlier_one_of_the_same_plan(shop: Shop) 
     first = shop.checkout(4)
     second = shop.checkout(6, buyer=shop.another_buyer())
     outcome = shop.charge(second)
-    assert (outcome.next, outcome.wake) == ("wait", [first])
+    assert (outcome.next, outcome.wake) == ("wait", []), "the first comes on its own message"
     assert shop.purchase(second).status == "pending"
     assert "create_payment" not in shop.fake.calls
+    assert shop.charge(first).wake == [second], "and wakes the one that waited when done"
 
 
 def test_a_plan_due_for_renewal_at_charge_time_fails_the_purchase_uncharged(shop: Shop) -> None:
