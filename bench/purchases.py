@@ -528,7 +528,9 @@ def main() -> None:
             log_folder(args.keep_logs) as logs,
             scratch_database() as database_url,
             Processes(logs) as processes,
-            tempfile.TemporaryDirectory(prefix="seats-probe-") as probe_folder,
+            tempfile.TemporaryDirectory(
+                prefix="seats-probe-", ignore_cleanup_errors=True
+            ) as probe_folder,
             contextlib.ExitStack() as stack,
         ):
             probe = Path(probe_folder)
