@@ -141,7 +141,7 @@ def sweep_work() -> int:
     rt = runtime()
     due = sweep.due_purchases(rt.uow(), settings.stuck_after)
     send.charge(*due)
-    events = webhooks.unprocessed_events(rt.uow(), settings.stuck_after)
+    events = webhooks.unprocessed_events(rt.uow(), settings.stuck_after, settings.charge_retries)
     send.process_event(*events)
     refunds = sweep.pending_refunds(rt.uow(), settings.stuck_after)
     send.refund(*refunds)
