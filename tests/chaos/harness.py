@@ -171,7 +171,9 @@ class Postgres:
     """A PostgreSQL of its own (pgserver's binaries, on a Unix socket) it may stop and start."""
 
     def __init__(self, data: Path) -> None:
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
+        runtime = data.parent / "run"  # pgserver's bookkeeping (it wants mode 0700)
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         import pgserver
 
         self.server = pgserver.get_server(data, cleanup_mode=None)
