@@ -680,12 +680,23 @@ class Run:
         (as an operator would) only what was parked."""
         deadline = time.monotonic() + self.params.settle_timeout
         subs = [shop.sub for shop in self.renewal_shops]
+        quiet = (-1, -1)
         while True:
             open_purchases, parked, plans_due, renewals_open, events_open = database(
                 lambda: self.unsettled(subs)
             )
             if not (open_purchases or plans_due or renewals_open or events_open):
-                return
+                # quiet in the database; quiet at Stripe too? Every event it has stored and
+                # handled, and nothing new since the last look (webhooks come ~1 s late)
+                seen = self.events_unsettled()
+                if seen == quiet and not seen[1]:
+                    return
+                quiet = seen
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"events at Stripe still unhandled: {seen}")
+                time.sleep(3)
+                continue
+            quiet = (-1, -1)
             for purchase_id in parked:
                 self.tally.operator_retries += 1
                 with contextlib.suppress(Exception):
@@ -711,6 +722,19 @@ class Run:
                     f"{list(renewals_open)[:20]}, events left {events_open}"
                 )
             time.sleep(1)
+
+    def events_unsettled(self) -> tuple[int, int]:
+        """(events at Stripe, how many of them are not yet stored and handled)."""
+        at_stripe = {event["id"] for event in self.events_at_stripe()}
+        with self.direct.uow() as uow:
+            done = set(
+                uow.session.scalars(
+                    select(WebhookEvent.id).where(
+                        WebhookEvent.outcome.in_(["processed", "ignored"])
+                    )
+                )
+            )
+        return len(at_stripe), len(at_stripe - done)
 
     def unsettled(self, subs: list[int]) -> tuple[Any, Any, Any, Any, Any]:
         with self.direct.uow() as uow:
