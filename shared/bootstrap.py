@@ -76,5 +76,7 @@ def build(settings: Settings | None = None, pool_size: int = 5) -> Runtime:
     engine = make_engine(require_database(settings), pool_size=pool_size)
     if not settings.stripe_api_key:
         raise ConfigurationError("STRIPE_API_KEY is not set")
-    gateway = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
+    gateway = StripeGateway(
+        settings.stripe_api_key, settings.stripe_api_base, timeout=settings.stripe_timeout
+    )
     return Runtime(settings, engine, make_session_factory(engine), gateway)

@@ -60,6 +60,9 @@ class Settings:
     task_events: bool = False
     stripe_js_url: str = STRIPE_JS
     stripe_publishable_key: str | None = None
+    stripe_timeout: float = 20
+    """Seconds a Stripe call may take before it counts as Stripe unreachable (then retried
+    with backoff like any outage)."""
     base_url: str | None = None
     """Where people reach the pages (sign-in links point there); http://127.0.0.1:PORT when
     unset. An https address also makes the cookies Secure."""
@@ -99,4 +102,5 @@ class Settings:
             stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or None,
             base_url=env.get("SEATS_BASE_URL") or None,
+            stripe_timeout=float(env.get("SEATS_STRIPE_TIMEOUT") or 20),
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from shared.domain.errors import Conflict, Forbidden, Invalid, NotFound, Refused
@@ -61,6 +63,18 @@ def unavailable(error: PaymentUnavailable) -> Response:
     return response
 
 
+def database_down(error: Exception) -> Response:
+    """PostgreSQL could not be reached (stopped, restarting, the pool exhausted): nothing was
+    saved, and the same request a little later will work. A 503 with Retry-After tells clients
+    (and Stripe, for a webhook) to try again; a 500 would say the request itself is wrong."""
+    log.warning("database unavailable: %s", str(error).splitlines()[0][:300])
+    response = error_response(
+        503, "database_unavailable", "the service is briefly unavailable; try again shortly"
+    )
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def unexpected(error: Exception) -> Response:
     log.exception("unexpected error")
     return error_response(500, "internal_error", "something went wrong on our side; try again")
@@ -69,5 +83,7 @@ def unexpected(error: Exception) -> Response:
 def register(app: Flask) -> None:
     app.register_error_handler(Refused, refused)
     app.register_error_handler(PaymentUnavailable, unavailable)
+    for outage in (OperationalError, InterfaceError, PoolTimeout):
+        app.register_error_handler(outage, database_down)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected)

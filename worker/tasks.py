@@ -7,12 +7,14 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import redis
 from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from shared import queues
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import charging, renewals, sweep, webhooks
+from shared.services import charging, queue_stats, renewals, sweep, webhooks
+from worker import telemetry
 from worker.app import app, runtime, settings
 from worker.failpoints import checkpoint
 
@@ -137,14 +139,29 @@ def renewal_scan() -> int:
 
 @app.task(name=queues.SWEEP)
 def sweep_work() -> int:
-    """Re-send what the database says is due: the broker may have lost it."""
+    """Re-send what the database says is due: the broker may have lost it. Nothing goes to
+    a queue that is behind (its oldest message older than `SEATS_STUCK_AFTER`)."""
     rt = runtime()
-    due = sweep.due_purchases(rt.uow(), settings.stuck_after)
+    try:
+        late = queue_stats.behind(
+            queue_stats.queue_figures(telemetry.client()), settings.stuck_after
+        )
+    except redis.RedisError:
+        late = set()  # the sends below will fail the same way, and say so
+    due = [] if queues.CHARGES in late else sweep.due_purchases(rt.uow(), settings.stuck_after)
     send.charge(*due)
-    events = webhooks.unprocessed_events(rt.uow(), settings.stuck_after)
+    events = (
+        []
+        if queues.WEBHOOKS in late
+        else webhooks.unprocessed_events(rt.uow(), settings.stuck_after, settings.charge_retries)
+    )
     send.process_event(*events)
-    refunds = sweep.pending_refunds(rt.uow(), settings.stuck_after)
+    refunds = (
+        [] if queues.DEFAULT in late else sweep.pending_refunds(rt.uow(), settings.stuck_after)
+    )
     send.refund(*refunds)
+    if late:
+        log.info("sweep: nothing sent to %s, behind", ", ".join(sorted(late)))
     return len(due) + len(events) + len(refunds)
 
 

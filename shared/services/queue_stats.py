@@ -62,6 +62,20 @@ def queue_figures(client: redis.Redis, now: float | None = None) -> list[QueueFi
     return figures
 
 
+def behind(figures: list[QueueFigure], stuck_after: float) -> set[str]:
+    """Queues whose oldest waiting message has waited longer than `stuck_after` (or whose
+    age is unknown): the workers are not keeping up with them. The sweep sends nothing
+    there: what it would re-send is most likely still waiting in that queue, and copies of
+    hundreds of messages every few seconds only make it fall further behind. Once the
+    queue drains, the next sweep re-sends whatever the broker really lost."""
+    return {
+        figure.name
+        for figure in figures
+        if figure.depth > 0
+        and (figure.oldest_age_seconds is None or figure.oldest_age_seconds > stuck_after)
+    }
+
+
 def beat(client: redis.Redis, hostname: str, pid: int, consumed: list[str]) -> None:
     """A worker says it is alive; the key expires if it stops saying so."""
     record = {"pid": pid, "queues": consumed, "at": time.time()}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -590,14 +590,26 @@ def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None)
     return fresh
 
 
-def unprocessed_events(uow: UnitOfWork, older_than: float) -> list[str]:
-    """Stored but never handled (their wake-up call was lost)."""
+def unprocessed_events(uow: UnitOfWork, older_than: float, retries: int = 0) -> list[str]:
+    """Stored but never handled (their wake-up call was lost), and events whose handling
+    failed and was not tried again since the cutoff while they still have retries left
+    (`attempts <= retries`, the budget the task itself has): their retry message was lost
+    with a flushed broker or a killed worker. Past the budget they wait for an operator."""
     cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
     with uow:
         return list(
             uow.session.scalars(
                 select(WebhookEvent.id)
-                .where(WebhookEvent.outcome.is_(None), WebhookEvent.received_at < cutoff)
+                .where(
+                    or_(
+                        and_(WebhookEvent.outcome.is_(None), WebhookEvent.received_at < cutoff),
+                        and_(
+                            WebhookEvent.outcome == "failed",
+                            WebhookEvent.attempts <= retries,
+                            WebhookEvent.processed_at < cutoff,
+                        ),
+                    )
+                )
                 .order_by(WebhookEvent.received_at)
                 .limit(1000)
             )

@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from shared.domain.errors import NotFound
 from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
@@ -422,6 +422,35 @@ def test_an_event_whose_wake_up_call_was_lost_is_found_once_old_enough(shop: Sho
     assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=3600)
     handle(shop, event["id"])
     assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
+
+
+def test_a_failed_event_whose_retry_was_lost_is_sent_again_within_its_budget(
+    shop: Shop,
+) -> None:
+    """Found by the chaos run: a retry waiting in a worker that is killed (or in a broker that
+    is flushed) was never sent again; the event stayed `failed` until an operator came."""
+    _, intent = awaiting_3ds(shop)
+    shop.fake.authenticate(intent)
+    event = recorded(shop, "payment_intent.succeeded")
+    deliver(shop, event)
+    shop.fake.fail("get_payment")
+    with pytest.raises(PaymentUnavailable):
+        handle(shop, event["id"])
+    assert (stored(shop, event["id"]).outcome, stored(shop, event["id"]).attempts) == (
+        "failed",
+        1,
+    )
+    assert event["id"] in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60, retries=5)
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), -60, retries=0)
+    # tried lately (its own retry may still come): not yet
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), 3600, retries=5)
+    # past its budget: left for an operator, never sent in a loop
+    with shop.rt.uow() as uow:
+        uow.session.execute(
+            update(WebhookEvent).where(WebhookEvent.id == event["id"]).values(attempts=6)
+        )
+        uow.commit()
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), -60, retries=5)
 
 
 def test_failed_events_are_paged_in_order_and_the_walk_ends(shop: Shop) -> None:

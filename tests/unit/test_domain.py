@@ -258,6 +258,15 @@ def test_settings_defaults_from_an_empty_environment() -> None:
     assert s.stuck_after == 60.0
     assert s.charge_retries == 5
     assert s.requires_action_ttl == 3600.0
+    assert s.stripe_timeout == 20.0
+
+
+def test_the_stripe_timeout_reaches_the_gateway() -> None:
+    from shared.payments.stripe_adapter import StripeGateway
+
+    s = Settings.from_env({"SEATS_STRIPE_TIMEOUT": "2.5"})
+    assert s.stripe_timeout == 2.5
+    assert StripeGateway("sk_test_x", timeout=s.stripe_timeout)._timeout == 2.5
 
 
 def test_settings_read_the_environment() -> None:
