@@ -120,6 +120,7 @@ class Bought:
     buyer: str
     target: int
     card: str  # good, declined, 3ds, attach_declined
+    method: str
     new_card: bool
     confirmed: int
     status: str = "pending"
@@ -153,6 +154,7 @@ class Model:
     active: int
     status: str = "active"
     saved: str | None = None  # the kind of the saved card
+    saved_id: str | None = None
     holder: int | None = None  # the purchase the plan is being charged for
     carts: dict[str, int] = field(default_factory=dict)
     purchases: dict[int, Bought] = field(default_factory=dict)
@@ -330,7 +332,13 @@ class LedgerMachine(RuleBasedStateMachine):
         kind = m.saved if card == "saved" else card
         assert kind is not None
         m.purchases[purchase] = Bought(
-            purchase, buyer, target, kind, new_card=card != "saved", confirmed=amount
+            purchase,
+            buyer,
+            target,
+            kind,
+            method or str(m.saved_id),
+            new_card=card != "saved",
+            confirmed=amount,
         )
         del m.carts[buyer]
 
@@ -418,7 +426,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.record(f"purchase {p.id} paid", m.paid + p.seats, m.paid + p.seats)
         m.holder = None
         if p.new_card and not free:
-            m.saved = p.card
+            m.saved, m.saved_id = p.card, p.method
 
     def fail(self, p: Bought, code: str) -> None:
         p.status, p.failure = "failed", code
@@ -553,8 +561,13 @@ class LedgerMachine(RuleBasedStateMachine):
             assert intent is not None
             self.renewed(r, intent.amount)
             return
-        if status in ("requires_payment_method", "requires_confirmation"):
-            # confirmed again with the saved card, for the active seats
+        waits_for_the_bank = (
+            status == "requires_action" and intent is not None and intent.method == m.saved_id
+        )
+        if not waits_for_the_bank:
+            # confirmed again with the saved card, for the active seats (README: a new card
+            # saved for a plan past due renews it at once, even while an older card waits
+            # for 3-D Secure)
             if m.saved == "good":
                 self.renewed(r, amount)
             elif m.saved == "declined":
@@ -562,7 +575,7 @@ class LedgerMachine(RuleBasedStateMachine):
             else:
                 self.renewal_failed(r, "authentication_required")
             return
-        # still waiting for the bank (requires_action)
+        # the saved card still waits for the bank
         self.renewal_failed(r, "authentication_required")
 
     def renewal_failed(self, r: Period, code: str) -> None:
@@ -614,7 +627,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert kind != "attach_declined"
         m = self.m
-        m.saved = kind
+        m.saved, m.saved_id = kind, method
         r = m.renewal
         waiting = r is not None and r.start == m.renews_at and r.status in ("failed", "pending")
         assert len(retry) == (1 if waiting else 0), (retry, r)
