@@ -17,7 +17,7 @@ from Stripe:
 - one renewal per plan and period, charged once, for the seats it made paid;
 - any other money kept by Stripe has an open operator alert.
 
-Longer runs: SEATS_STATEFUL_EXAMPLES (examples, default 25) and SEATS_STATEFUL_STEPS
+Longer runs: SEATS_STATEFUL_EXAMPLES (examples, default 15) and SEATS_STATEFUL_STEPS
 (steps per example, default 40), e.g.
 
     SEATS_STATEFUL_EXAMPLES=500 SEATS_STATEFUL_STEPS=80 \
@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -36,7 +39,7 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -74,11 +77,18 @@ from shared.store.models import (
 )
 from tests.conftest import empty_tables
 
-EXAMPLES = int(os.environ.get("SEATS_STATEFUL_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("SEATS_STATEFUL_EXAMPLES", "15"))
 STEPS = int(os.environ.get("SEATS_STATEFUL_STEPS", "40"))
 DUNNING = Dunning((1, 3, 5, 7))
 CARDS = {"good": GOOD, "declined": DECLINED_ON_CHARGE, "3ds": THREE_D_SECURE}
 TERMINAL = ("succeeded", "failed")
+TALLY: Counter[str] = Counter()
+
+
+def seen(outcome: str) -> None:
+    """Count what the examples went through (printed at the end, with -s)."""
+    TALLY[outcome] += 1
+    event(outcome)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +183,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.fake = FakeStripe()
         self.buyers: dict[str, Actor] = {}
         self.model: Model | None = None
+        TALLY["examples"] += 1
         self.now = datetime(2027, 1, 1, tzinfo=UTC)
         self.cards: dict[str, str] = {}  # payment method id -> kind
 
@@ -186,6 +197,7 @@ class LedgerMachine(RuleBasedStateMachine):
         renews_at=st.dates(date(2027, 1, 1), date(2029, 12, 31)),
         days_left=st.integers(1, 40),
         hour=st.integers(0, 23),
+        card=st.sampled_from([None, "good", "good", "declined", "3ds"]),
     )
     def start(
         self,
@@ -196,6 +208,7 @@ class LedgerMachine(RuleBasedStateMachine):
         renews_at: date,
         days_left: int,
         hour: int,
+        card: str | None,
     ) -> None:
         rt = self.rt
         org = provisioning.create_organization(rt.uow(), "Ledger", "cad", tz)
@@ -223,6 +236,8 @@ class LedgerMachine(RuleBasedStateMachine):
             floor=seats,
         )
         self.model.audit.append(("subscription created", seats, seats, seats, seats))
+        if card is not None:  # a card saved before, with nothing to renew yet
+            self.save_card(card)
 
     @property
     def m(self) -> Model:
@@ -266,7 +281,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def change_seats(self, data: st.DataObject) -> None:
         m = self.m
-        target = data.draw(st.integers(1, m.paid + 2), label="target")
+        within = st.integers(1, m.paid)
+        target = data.draw(st.one_of(within, within, st.just(m.paid + 1)), label="target")
         expected = self.refusal(buying=False)
         if expected is None and target > m.paid:
             expected = self.refusal(buying=True) or "purchase_required"
@@ -276,6 +292,7 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         except Conflict as refused:
             assert refused.code == expected, (refused.code, expected)
+            seen(f"refused: {refused.code}")
             return
         assert expected is None, f"{target} seats were changed for free, expected {expected}"
         assert view.active_seats == target
@@ -294,6 +311,7 @@ class LedgerMachine(RuleBasedStateMachine):
             cart.add_item(self.rt.uow(), self.buyers[buyer], self.plan, target, True, self.now)
         except Conflict as refused:
             assert refused.code == expected, (refused.code, expected)
+            seen(f"refused: {refused.code}")
             return
         assert expected is None, f"{target} seats went in the cart, expected {expected}"
         self.m.carts[buyer] = target
@@ -322,6 +340,7 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         except Conflict as refused:
             assert refused.code == expected, (refused.code, expected)
+            seen(f"refused: {refused.code}")
             return
         assert expected is None, f"checkout made purchase {purchase}, expected {expected}"
         assert target is not None and status == "pending"
@@ -365,6 +384,42 @@ class LedgerMachine(RuleBasedStateMachine):
         self.predict_charge(purchase)
         charging.charge(self.rt.uow(), self.rt.engine, self.fake, purchase.id, now=self.now)
         self.check_purchase(purchase)
+
+    def pending_pair(self) -> list[int]:
+        return sorted(p.id for p in self.m.purchases.values() if p.status == "pending")[:2]
+
+    @precondition(lambda self: self.model is not None and len(self.pending_pair()) == 2)
+    @rule(newer_first=st.booleans())
+    def two_workers_at_once(self, newer_first: bool) -> None:
+        """Two workers charge the two oldest purchases of the plan at the same moment: the
+        older one goes through as if alone; the newer one either waits its turn or, if it
+        came after, is charged for what the older one left to buy (`already_paid`)."""
+        older, newer = (self.m.purchases[i] for i in self.pending_pair())
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def work(purchase: int) -> None:
+            try:
+                barrier.wait(10)
+                charging.charge(self.rt.uow(), self.rt.engine, self.fake, purchase, now=self.now)
+            except BaseException as error:  # asserted below
+                errors.append(error)
+
+        order = [newer.id, older.id] if newer_first else [older.id, newer.id]
+        threads = [threading.Thread(target=work, args=(purchase,)) for purchase in order]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        self.predict_charge(older)
+        self.check_purchase(older)
+        with self.rt.uow() as uow:
+            waited = uow.session.get_one(Purchase, newer.id).status == "pending"
+        seen("two at once: the newer " + ("waited" if waited else "came after"))
+        if not waited:  # it came after the older one was done: as if alone after it
+            self.predict_charge(newer)
+        self.check_purchase(newer)
 
     @precondition(lambda self: self.model is not None and self.open_purchases())
     @rule()
@@ -423,6 +478,7 @@ class LedgerMachine(RuleBasedStateMachine):
         m = self.m
         assert p.seats is not None
         p.status = "succeeded"
+        seen("purchase succeeded" + (" (free: rounds to 0)" if free else ""))
         self.record(f"purchase {p.id} paid", m.paid + p.seats, m.paid + p.seats)
         m.holder = None
         if p.new_card and not free:
@@ -430,6 +486,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def fail(self, p: Bought, code: str) -> None:
         p.status, p.failure = "failed", code
+        seen(f"purchase failed: {code}")
         if self.m.holder == p.id:
             self.m.holder = None
 
@@ -492,7 +549,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- time, renewals and cards ---------------------------------------------------
 
-    @rule(days=st.sampled_from([0, 0, 1, 1, 2, 3, 7, 15, 30]), hours=st.integers(0, 23))
+    @rule(days=st.sampled_from([0, 0, 0, 1, 1, 2, 3, 7, 15, 30]), hours=st.integers(0, 23))
     def time_passes(self, days: int, hours: int) -> None:
         self.now += timedelta(days=days, hours=hours)
 
@@ -580,12 +637,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def renewal_failed(self, r: Period, code: str) -> None:
         r.status, r.failure = "failed", code
+        seen(f"renewal failed: {code}")
         r.next_at = next_try(r.start, self.m.tz, self.now)
         self.m.status = "past_due" if r.next_at else "suspended"
 
     def renewed(self, r: Period, amount: int) -> None:
         m = self.m
         charged = amount // m.unit
+        seen("renewal succeeded" + (" after a failure" if r.attempts > 1 else ""))
         assert amount % m.unit == 0
         r.status, r.failure, r.next_at = "succeeded", None, None
         self.record("renewal", charged, min(m.active, charged))
@@ -651,6 +710,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def the_ledger_holds(self) -> None:
         if self.model is None:
             return
+        TALLY["steps, each followed by the invariants"] += 1
         m = self.m
         with self.rt.uow() as uow:
             s = uow.session
@@ -759,6 +819,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
 def test_the_seat_ledger_holds_whatever_happens(ledger_runtime: Runtime) -> None:
     LedgerMachine.rt = ledger_runtime
+    TALLY.clear()
+    started = time.monotonic()
     run_state_machine_as_test(
         LedgerMachine,
         settings=settings(
@@ -768,3 +830,6 @@ def test_the_seat_ledger_holds_whatever_happens(ledger_runtime: Runtime) -> None
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+    print(f"\nledger state machine: {time.monotonic() - started:.1f} s, up to {STEPS} steps each")
+    for outcome, count in sorted(TALLY.items()):
+        print(f"  {outcome}: {count}")
