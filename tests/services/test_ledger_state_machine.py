@@ -138,6 +138,7 @@ class Bought:
     price: int | None = None  # set when the charger priced it
     seats: int | None = None
     intent: str | None = None
+    retry_of: int | None = None
 
 
 @dataclass
@@ -370,6 +371,65 @@ class LedgerMachine(RuleBasedStateMachine):
         """ "Yes, continue" then "Pay", the usual way through."""
         self.add_to_cart(buyer, more)
         self.check_out(buyer, card)
+
+    @precondition(
+        lambda self: (
+            self.model is not None and any(p.status == "failed" for p in self.m.purchases.values())
+        )
+    )
+    @rule(data=st.data(), card=st.sampled_from(["saved", "good", "declined", "3ds"]))
+    def pay_again(self, data: st.DataObject, card: str) -> None:
+        """ "Payer avec une autre carte" after a failure: the same lines, priced again today,
+        never above what was confirmed the first time."""
+        m = self.m
+        failed = data.draw(
+            st.sampled_from(sorted(p.id for p in m.purchases.values() if p.status == "failed")),
+            label="failed purchase",
+        )
+        first = m.purchases[failed]
+        method = None if card == "saved" else self.card(card)
+        again = [p for p in m.purchases.values() if p.retry_of == failed and p.status != "failed"]
+        expected: str | None = None
+        if again:
+            expected = "already_retried"
+        elif card == "saved" and m.saved is None:
+            expected = "payment_method_required"
+        else:
+            expected = self.refusal(buying=True)
+            if expected is None:
+                buying, amount = self.quote(first.target)
+                if buying == 0:
+                    expected = "nothing_to_buy"
+                elif amount > first.confirmed:
+                    expected = "quote_expired"
+        try:
+            purchase, status = checkout.retry_purchase(
+                self.rt.uow(),
+                self.buyers[first.buyer],
+                failed,
+                secrets.token_hex(8),
+                method,
+                self.now,
+            )
+        except Conflict as refused:
+            assert refused.code == expected, (refused.code, expected)
+            seen(f"refused: {refused.code}")
+            return
+        assert expected is None, f"retry {purchase} made, expected {expected}"
+        assert status == "pending"
+        kind = m.saved if card == "saved" else card
+        assert kind is not None
+        m.purchases[purchase] = Bought(
+            purchase,
+            first.buyer,
+            first.target,
+            kind,
+            method or str(m.saved_id),
+            new_card=card != "saved",
+            confirmed=first.confirmed,
+            retry_of=failed,
+        )
+        seen("paid again after a failure")
 
     def open_purchases(self) -> list[int]:
         return sorted(p.id for p in self.m.purchases.values() if p.status not in TERMINAL)
