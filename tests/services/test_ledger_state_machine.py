@@ -186,7 +186,6 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model: Model | None = None
         TALLY["examples"] += 1
         self.now = datetime(2027, 1, 1, tzinfo=UTC)
-        self.cards: dict[str, str] = {}  # payment method id -> kind
 
     # -- the world ------------------------------------------------------------------
 
@@ -251,7 +250,6 @@ class LedgerMachine(RuleBasedStateMachine):
     def card(self, kind: str) -> str:
         number = DECLINED_ON_ATTACH if kind == "attach_declined" else CARDS[kind]
         method = self.fake.card(number)
-        self.cards[method] = kind
         return method
 
     def refusal(self, *, buying: bool) -> str | None:
@@ -317,10 +315,16 @@ class LedgerMachine(RuleBasedStateMachine):
         assert expected is None, f"{target} seats went in the cart, expected {expected}"
         self.m.carts[buyer] = target
 
+    @precondition(lambda self: self.model is not None and self.m.carts)
     @rule(
-        buyer=st.sampled_from(["a", "b"]),
+        data=st.data(),
         card=st.sampled_from(["saved", "good", "declined", "3ds", "attach_declined"]),
     )
+    def pay_the_cart(self, data: st.DataObject, card: str) -> None:
+        """A buyer who filled the cart earlier pays it (an empty cart: see `buy`)."""
+        buyer = data.draw(st.sampled_from(sorted(self.m.carts)), label="buyer")
+        self.check_out(buyer, card)
+
     def check_out(self, buyer: str, card: str) -> None:
         m = self.m
         target = m.carts.get(buyer)
