@@ -261,7 +261,11 @@ class FakeStripe:
     ) -> Payment:
         def act() -> Payment:
             intent = self.intents[payment_id]
-            if intent.status not in ("requires_payment_method", "requires_confirmation"):
+            if intent.status not in (
+                "requires_payment_method",
+                "requires_confirmation",
+                "requires_action",  # as Stripe: a new card needs a new confirmation
+            ):
                 raise PaymentRefused(
                     "payment_intent_unexpected_state",
                     friendly_message("payment_intent_unexpected_state"),

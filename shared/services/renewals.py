@@ -371,9 +371,14 @@ def _pay(
         payment = created if created.id == intent else gateway.get_payment(intent)
     else:
         payment = gateway.get_payment(intent)
-    changed = payment.amount != attempt.amount or payment.payment_method_id != attempt.card
-    if payment.status == "requires_payment_method" or (
-        payment.status == "requires_confirmation" and changed
+    new_card = payment.payment_method_id != attempt.card
+    changed = new_card or payment.amount != attempt.amount
+    if (
+        payment.status == "requires_payment_method"
+        or (payment.status == "requires_confirmation" and changed)
+        # a card saved while the old one waits for 3-D Secure: the customer chose it to
+        # renew with, so it replaces the waiting one (Stripe then wants a new confirmation)
+        or (payment.status == "requires_action" and new_card)
     ):
         payment = gateway.update_payment(
             intent, amount=attempt.amount, payment_method_id=attempt.card, attempt=attempt.attempt

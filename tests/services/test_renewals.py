@@ -309,6 +309,35 @@ def test_a_bank_asking_for_authentication_gives_the_customer_a_client_secret(
     assert card
 
 
+def test_a_card_saved_while_the_renewal_waits_for_3d_secure_renews_at_once(shop: Shop) -> None:
+    """Found by the ledger state machine: the waiting intent kept the old card, so the new
+    one was never charged and every retry failed the same way until the plan was suspended."""
+    save_card(shop, THREE_D_SECURE)
+    yearly = plan(shop, date(2027, 3, 10))
+    renewal_day = date(2028, 3, 10)
+    yearly.run(morning(renewal_day))
+    [waiting] = yearly.renewals()
+    assert waiting.failure_code == "authentication_required" and yearly.row().status == "past_due"
+    card = shop.fake.card()
+    _, retry = payment_methods.save_card(shop.rt.uow(), shop.fake, shop.buyer, card)
+    assert retry == [waiting.id]
+    renewals.renew(
+        shop.rt.uow(),
+        shop.rt.engine,
+        shop.fake,
+        waiting.id,
+        dunning=DAYS,
+        now=morning(renewal_day) + timedelta(hours=2),
+        force=True,
+    )
+    row = yearly.row()
+    assert (row.status, row.current_period_start) == ("active", renewal_day)
+    assert yearly.charges() == [30000]
+    [renewed] = yearly.renewals()
+    assert renewed.stripe_payment_intent_id == waiting.stripe_payment_intent_id  # one intent
+    assert shop.fake.intents[str(renewed.stripe_payment_intent_id)].method == card
+
+
 def test_off_session_authentication_required_is_a_failure_the_customer_can_fix(
     shop: Shop,
 ) -> None:
