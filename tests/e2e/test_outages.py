@@ -180,9 +180,11 @@ def test_failed_event_is_parked_then_replayed(
         healthy.stop()
     # an event whose handler must ask Stripe: it names a default card set elsewhere (the
     # dashboard), not the one we saved, so the handler reads the customer's card from Stripe
-    customer = stripe_client(stripe_base).v1.customers.retrieve(
-        customer_of(stack_runtime, shop.org)
-    ).to_dict()
+    customer = (
+        stripe_client(stripe_base)
+        .v1.customers.retrieve(customer_of(stack_runtime, shop.org))
+        .to_dict()
+    )
     customer["invoice_settings"] = {"default_payment_method": new_card(stripe_base)}
     secret = str(stack_runtime.settings.stripe_webhook_secret)
     event_id = f"evt_outage_{purchase}"
