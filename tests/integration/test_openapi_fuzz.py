@@ -142,9 +142,9 @@ def dress(tenant: Tenant, runtime: Runtime, fake_stripe: FakeStripe) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def world(fake_runtime: Runtime, fake_web: Server, fake_stripe: FakeStripe) -> World:
-    home = Tenant(fake_runtime, fake_web.url)
-    away = Tenant(fake_runtime, fake_web.url)
+def world(fake_runtime: Runtime, quiet_web: Server, fake_stripe: FakeStripe) -> World:
+    home = Tenant(fake_runtime, quiet_web.url)
+    away = Tenant(fake_runtime, quiet_web.url)
     ids: dict[str, list[int]] = {}
     for tenant in (home, away):
         for kind, found in dress(tenant, fake_runtime, fake_stripe).items():
@@ -159,8 +159,8 @@ def world(fake_runtime: Runtime, fake_web: Server, fake_stripe: FakeStripe) -> W
 
 
 @pytest.fixture(scope="module")
-def schema(fake_web: Server, world: World) -> Any:
-    return schemathesis.openapi.from_url(f"{fake_web.url}/api/openapi.json")
+def schema(quiet_web: Server, world: World) -> Any:
+    return schemathesis.openapi.from_url(f"{quiet_web.url}/api/openapi.json")
 
 
 def snapshot(runtime: Runtime) -> dict[str, str]:
@@ -177,11 +177,11 @@ def snapshot(runtime: Runtime) -> dict[str, str]:
 
 
 def test_every_success_answers_as_described(
-    schema: Any, fake_runtime: Runtime, fake_web: Server, fake_stripe: FakeStripe
+    schema: Any, fake_runtime: Runtime, quiet_web: Server, fake_stripe: FakeStripe
 ) -> None:
     """The README's walk through, each answer checked against the description (random
     requests seldom find the way to a 201 or a retry's 202)."""
-    shop = Tenant(fake_runtime, fake_web.url)
+    shop = Tenant(fake_runtime, quiet_web.url)
     ids = dress(shop, fake_runtime, fake_stripe)
     sub, late = ids["subscription"]
     owner = {"Authorization": f"Bearer {token_of(shop.owner)}"}
@@ -215,7 +215,7 @@ def test_every_success_answers_as_described(
             body=extra.get("body", NOT_SET),
             headers={**owner, **extra.get("headers", {})},
         )
-        response = case.call(base_url=fake_web.url)
+        response = case.call(base_url=quiet_web.url)
         assert response.status_code == status, (label, response.text)
         case.validate_response(response, checks=CHECKS, headers=case.headers)
     # a failed purchase paid again, by its own buyer
@@ -225,7 +225,7 @@ def test_every_success_answers_as_described(
         body={"payment_method": fake_stripe.card()},
         headers={**buyer, "Idempotency-Key": "again"},
     )
-    response = case.call(base_url=fake_web.url)
+    response = case.call(base_url=quiet_web.url)
     assert response.status_code == 202, response.text
     assert response.json()["retry_of"] == ids["purchase"][1]
     case.validate_response(response, checks=CHECKS, headers=case.headers)
@@ -238,7 +238,7 @@ def test_no_5xx_answers_as_described_and_refusals_change_nothing(
     schema: Any,
     world: World,
     fake_runtime: Runtime,
-    fake_web: Server,
+    quiet_web: Server,
 ) -> None:
     operation = schema.find_operation_by_label(label)
     assert operation is not None, label
@@ -274,7 +274,7 @@ def test_no_5xx_answers_as_described_and_refusals_change_nothing(
             headers["Authorization"] = f"Bearer {token}"
         case.headers = headers
         before = snapshot(fake_runtime)
-        response = case.call(base_url=fake_web.url, session=session)
+        response = case.call(base_url=quiet_web.url, session=session)
         world.seen[(label, who, response.status_code)] += 1
         case.validate_response(
             response,

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from shared import queues
 from shared.bootstrap import Runtime
 from shared.payments.fake_stripe import FakeStripe
 from shared.services import webhooks
@@ -116,9 +117,9 @@ def stored_outcome(runtime: Runtime, event_id: str) -> tuple[bool, str | None]:
 
 
 def test_any_signed_body_gets_a_known_answer_and_a_stored_event_ends_handled(
-    fake_runtime: Runtime, fake_web: Server, fake_stripe: FakeStripe
+    fake_runtime: Runtime, quiet_web: Server, fake_stripe: FakeStripe
 ) -> None:
-    shop = Tenant(fake_runtime, fake_web.url)
+    shop = Tenant(fake_runtime, quiet_web.url)
     saved = shop.owner.put("/api/payment-method", json={"payment_method": fake_stripe.card()})
     assert saved.status_code == 200, saved.text
     secret = str(fake_runtime.settings.stripe_webhook_secret).split(",")[0]
@@ -141,7 +142,7 @@ def test_any_signed_body_gets_a_known_answer_and_a_stored_event_ends_handled(
         except (ValueError, UnicodeDecodeError, RecursionError):
             event = None
         answer = session.post(
-            f"{fake_web.url}/webhooks/stripe",
+            f"{quiet_web.url}/webhooks/stripe",
             data=body,
             headers={"Stripe-Signature": sign(body, secret), "Content-Type": "application/json"},
             timeout=30,
@@ -166,3 +167,5 @@ def test_any_signed_body_gets_a_known_answer_and_a_stored_event_ends_handled(
 
     posted()
     assert answers.get(200) and answers.get(400), answers
+    # each new event was handed to the worker's queue (kept here: no broker message is left)
+    assert any(name == queues.PROCESS_EVENT for name, _ in quiet_web.sent)  # type: ignore[attr-defined]
