@@ -4,7 +4,7 @@ over a real socket: every operation, valid and invalid requests, sent with each 
 organization's ids and at the other's. Never a 5xx, every answer as described, and a refused
 request (4xx) changes nothing.
 
-SEATS_FUZZ_EXAMPLES sets the examples per operation and mode (25 by default: ~20 s).
+SEATS_FUZZ_EXAMPLES sets the examples per operation and mode (25 by default: about 12 s).
 """
 
 from __future__ import annotations
