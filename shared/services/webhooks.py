@@ -24,7 +24,7 @@ from shared.domain.errors import NotFound, Refused
 from shared.domain.ids import id_from_text
 from shared.domain.renewals import RenewalStatus
 from shared.domain.seats import PurchaseStatus
-from shared.payments.gateway import PaymentGateway
+from shared.payments.gateway import Payment, PaymentGateway, PaymentRefused
 from shared.services import charging, renewals
 from shared.store.db import UnitOfWork
 from shared.store.models import (
@@ -313,6 +313,17 @@ def _object_id(obj: dict[str, Any], prefix: str) -> str:
     return value
 
 
+def _current(gateway: PaymentGateway, intent_id: str) -> Payment:
+    """The intent as Stripe has it now. One Stripe says it does not have (`resource_missing`,
+    for good: an outage is PaymentUnavailable) can never be applied."""
+    try:
+        return gateway.get_payment(intent_id)
+    except PaymentRefused as refusal:
+        if refusal.code != "resource_missing":
+            raise
+        raise InvalidEvent(f"Stripe has no payment intent {intent_id}") from refusal
+
+
 def on_payment_intent(
     uow: UnitOfWork, gateway: PaymentGateway, intent: dict[str, Any], event_id: str
 ) -> Handled:
@@ -337,7 +348,7 @@ def on_payment_intent(
         # (a success again, or a late failure of an earlier try) changes nothing
         return "processed", []
     if known_renewal is not None or "renewal_id" in metadata:
-        payment = gateway.get_payment(intent["id"])
+        payment = _current(gateway, intent["id"])
         renewal_id = renewals.renewal_for_intent(uow, payment)
         if renewal_id is None:
             return "ignored", []
@@ -346,7 +357,7 @@ def on_payment_intent(
     purchase_id = _purchase_for_intent(uow, intent)
     if purchase_id is None:
         return "ignored", []
-    payment = gateway.get_payment(intent["id"])
+    payment = _current(gateway, intent["id"])
     outcome = charging.settle(uow, gateway, purchase_id, payment)
     charging.save_card_later(uow, gateway, purchase_id)
     return "processed", outcome.wake
@@ -361,7 +372,13 @@ def on_money_back(
     event_id: str,
 ) -> Handled:
     """Money went back to the customer: tell an operator, never remove seats silently."""
+    charge = obj.get("id")
     intent = obj.get("payment_intent")
+    if not isinstance(charge, str) or not charge:
+        raise InvalidEvent(f"the {kind} has no id (it has {charge!r})")
+    if intent is not None and not isinstance(intent, str):
+        # neither a payment of ours nor none at all: which one it was can never be known
+        raise InvalidEvent(f"the {kind}'s payment_intent is {intent!r}, not an id")
     with uow:
         ours = kind == "refund" and uow.session.scalar(
             select(OperatorAlert.id).where(
@@ -373,7 +390,7 @@ def on_money_back(
             return "processed", []
         purchase = (
             uow.session.scalar(select(Purchase).where(Purchase.stripe_payment_intent_id == intent))
-            if isinstance(intent, str)
+            if intent is not None
             else None
         )
         organization_id = purchase.organization_id if purchase else None
@@ -384,11 +401,11 @@ def on_money_back(
         uow,
         kind,
         event_id,
-        f"{obj.get('id')} {verb} ({amount} {obj.get('currency')}) for {where}; "
+        f"{charge} {verb} ({amount} {obj.get('currency')}) for {where}; "
         "seat counts were left as they are: review the plan",
         organization_id=organization_id,
         purchase_id=purchase_id,
-        stripe_object_id=obj.get("id"),
+        stripe_object_id=charge,
         amount=amount,
     )
     return "processed", []

@@ -13,6 +13,7 @@ import pytest
 from shared.bootstrap import Runtime
 from shared.config import Settings
 from shared.payments.fake_stripe import FakeStripe
+from shared.queues import Dispatcher
 from shared.store.db import make_engine, make_session_factory, upgrade
 from tests.conftest import Server
 
@@ -40,5 +41,24 @@ def fake_web(fake_runtime: Runtime) -> Iterator[Server]:
     from web import create_app
 
     server = Server(create_app(runtime=fake_runtime))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def quiet_web(fake_runtime: Runtime) -> Iterator[Server]:
+    """`fake_web` whose wake-up calls are kept in `sent` instead of sent to the broker: for
+    the fuzzing, whose hundreds of checkouts and events must leave no message behind for a
+    later module's worker in the same test process (it would take them for its own ids)."""
+    from web import create_app
+    from web.extensions import KEY
+
+    app = create_app(runtime=fake_runtime)
+    server = Server(app)
+    server.sent = []  # type: ignore[attr-defined]
+    app.extensions[KEY] = replace(
+        app.extensions[KEY],
+        dispatcher=Dispatcher(lambda name, **options: server.sent.append((name, options))),  # type: ignore[attr-defined]
+    )
     yield server
     server.close()
