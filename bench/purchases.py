@@ -29,7 +29,7 @@ CPU and counts include the webhooks it caused, up to the last one processed.
 Run from the repository root (PostgreSQL on 127.0.0.1:5432, Redis on :6379)::
 
     .venv/bin/python bench/purchases.py [--latency-ms 100] [--worker-processes 2]
-        [--web-processes 2] [--pgbouncer] [--json out.json]
+        [--web-processes 2] [--pgbouncer] [--no-webhooks] [--json out.json]
 """
 
 from __future__ import annotations
@@ -462,6 +462,7 @@ def print_summary(phases: list[Phase], args: argparse.Namespace) -> dict[str, An
         f"{args.buyers} buyers, {args.plans} plans x {args.per_plan} purchases, "
         f"stand-in latency {args.latency_ms:.0f} ms"
         + (", PgBouncer (session)" if args.pgbouncer else "")
+        + (", no webhooks" if args.no_webhooks else "")
     )
     print(setup)
     print(f"{'phase':<12}{'ok/total':>10}{'purch/s':>10}{'p50 s':>9}{'p95 s':>9}{'wall s':>9}")
@@ -514,6 +515,11 @@ def main() -> None:
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=16)
     parser.add_argument("--pgbouncer", action="store_true", help="PostgreSQL behind PgBouncer")
+    parser.add_argument(
+        "--no-webhooks",
+        action="store_true",
+        help="the stand-in's events go nowhere: the charge alone (as benchmarks before 4ed10cf)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="direct+pipeline pairs")
     parser.add_argument("--timeout", type=float, default=240, help="per pipeline phase, s")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -594,7 +600,8 @@ def main() -> None:
                     print_phase(phases[-1])
                     time.sleep(1.5)
                     reset_localstripe(base)
-                    register_webhook(base, f"{web}/webhooks/stripe", WEBHOOK_SECRET)
+                    if not args.no_webhooks:
+                        register_webhook(base, f"{web}/webhooks/stripe", WEBHOOK_SECRET)
                     phases.append(
                         run_pipeline(base, web, runtime, args, number, meter, processes, probe)
                     )

@@ -45,6 +45,13 @@ class Bench:
 
 BENCHES = [
     Bench("purchases", "purchases.py", [], ["--plans", "40", "--rounds", "1"]),
+    # the charge alone, its webhooks sent nowhere: comparable with the figures of issue 13
+    Bench(
+        "purchases-no-webhooks",
+        "purchases.py",
+        ["--no-webhooks"],
+        ["--no-webhooks", "--plans", "40", "--rounds", "1"],
+    ),
     Bench(
         "purchases-latency",
         "purchases.py",
@@ -199,6 +206,8 @@ def table(results: dict[str, dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     if "purchases" in results:
         rows += purchase_rows("no latency", results["purchases"], 0.5)
+    if "purchases-no-webhooks" in results:
+        rows += purchase_rows("no webhooks", results["purchases-no-webhooks"], 0.5)[:3]
     if "purchases-latency" in results:
         rows += purchase_rows("100 ms per Stripe call", results["purchases-latency"], 0.8)[:1]
     for name in ("scale-out", "pgbouncer"):
