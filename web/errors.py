@@ -63,10 +63,25 @@ def unavailable(error: PaymentUnavailable) -> Response:
     return response
 
 
+OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+"""Server shutting down, crashed, starting up, or out of connections: all pass by themselves."""
+
+
+def _is_outage(error: Exception) -> bool:
+    """The database could not be reached, as opposed to a statement that failed on it (a
+    deadlock, a timeout, a limit): those are bugs to see, not outages to wait out."""
+    if isinstance(error, PoolTimeout) or getattr(error, "connection_invalidated", False):
+        return True
+    state = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return state is None or state.startswith("08") or state in OUTAGE_STATES
+
+
 def database_down(error: Exception) -> Response:
     """PostgreSQL could not be reached (stopped, restarting, the pool exhausted): nothing was
     saved, and the same request a little later will work. A 503 with Retry-After tells clients
     (and Stripe, for a webhook) to try again; a 500 would say the request itself is wrong."""
+    if not _is_outage(error):
+        return unexpected(error)
     log.warning("database unavailable: %s", str(error).splitlines()[0][:300])
     response = error_response(
         503, "database_unavailable", "the service is briefly unavailable; try again shortly"

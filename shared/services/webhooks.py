@@ -165,6 +165,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _indexable_id(value: Any) -> str | None:
+    """The object's id for lookups; one no Stripe id resembles (not text, or longer than a
+    btree index entry may be) is left out rather than refusing the whole event."""
+    return value if isinstance(value, str) and len(value) <= 255 else None
+
+
 def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
     """A well-formed event our database cannot hold as sent is kept with U+FFFD in place of
     those characters and is done at once (`invalid`): it can never be applied as Stripe meant."""
@@ -177,7 +183,7 @@ def _row(event: dict[str, Any], source: str) -> dict[str, Any]:
     return {
         "id": event["id"],
         "type": event["type"],
-        "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
+        "object_id": _indexable_id(obj.get("id")),
         "payload": event,
         "source": source,
         "attempts": 0,
@@ -217,6 +223,10 @@ FINISH = (
     )
 )
 """Record an event's outcome. Core statements like STORE: a worker runs both per event."""
+
+FAIL = FINISH.where(or_(EVENTS.c.outcome.is_(None), EVENTS.c.outcome == "failed"))
+"""A failure never overwrites an end another run of the same event reached meanwhile (the
+sweep re-sends a failed event whose retry may still be on its way)."""
 
 
 def _stored(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> dict[str, str | None]:
@@ -513,7 +523,7 @@ def _finish(
     (the usual one is a single statement: no transaction of its own)."""
     with uow if alert is not None else uow.single() as unit:
         unit.session.execute(
-            FINISH,
+            FAIL if outcome == "failed" else FINISH,
             {"event_id": event_id, "new_outcome": outcome, "new_error": error, "at": _now()},
         )
         if alert is not None:

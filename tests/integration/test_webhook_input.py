@@ -355,3 +355,17 @@ def test_during_a_secret_roll_both_secrets_are_accepted_and_no_other(
         body = json.dumps(event(event_id, {"id": "cus_roll"}, "customer.created")).encode()
         assert_refused(post(server, body, sign(body, signer)), 400, "bad_signature")
         assert stored(runtime, event_id) is None
+
+
+def test_an_object_id_too_long_for_an_index_is_stored_not_a_5xx(
+    web: Server, runtime: Runtime, secret: str
+) -> None:
+    """PostgreSQL refuses a btree entry over about 2.7 KB: the event is stored without it."""
+    event_id = new_id()
+    obj = {"id": "pi_" + secrets.token_hex(3000), "object": "payment_intent"}
+    body = json.dumps(event(event_id, obj, "payment_intent.succeeded")).encode()
+    answer = post(web, body, sign(body, secret))
+    assert answer.status_code == 200, answer.text
+    row = stored(runtime, event_id)
+    assert row is not None and row.object_id is None
+    assert row.payload["data"]["object"]["id"] == obj["id"]

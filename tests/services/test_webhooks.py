@@ -412,6 +412,36 @@ def test_a_handler_failing_records_the_error_and_a_retry_finishes_it(shop: Shop)
     assert shop.purchase(purchase).status == "succeeded"
 
 
+def test_a_stale_run_failing_after_another_run_finished_keeps_the_event_processed(
+    shop: Shop,
+) -> None:
+    """The sweep re-sends a failed event while its own retry may still run: the run that
+    fails last must not write `failed` over the `processed` the other one reached."""
+    purchase, intent = awaiting_3ds(shop)
+    shop.fake.authenticate(intent)
+    event = recorded(shop, "payment_intent.succeeded")
+    deliver(shop, event)
+    shop.fake.fail("get_payment")
+    with pytest.raises(PaymentUnavailable):
+        handle(shop, event["id"])
+
+    class Overtaken:
+        """Stripe answers the stale run only after the other run has finished the event."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(shop.fake, name)
+
+        def get_payment(self, payment_id: str) -> Any:
+            assert handle(shop, event["id"]) == ("processed", [])
+            raise PaymentUnavailable("APIConnectionError: timed out")
+
+    with pytest.raises(PaymentUnavailable):
+        webhooks.process_event(shop.rt.uow(), Overtaken(), event["id"])  # type: ignore[arg-type]
+    row = stored(shop, event["id"])
+    assert (row.outcome, row.error, row.attempts) == ("processed", None, 3)
+    assert shop.purchase(purchase).status == "succeeded"
+
+
 # -- finding lost work -----------------------------------------------------------------
 
 
