@@ -63,8 +63,9 @@ def queue_figures(client: redis.Redis, now: float | None = None) -> list[QueueFi
 
 
 def behind(figures: list[QueueFigure], stuck_after: float) -> set[str]:
-    """Queues whose oldest waiting message has waited longer than `stuck_after` (or whose
-    age is unknown): the workers are not keeping up with them. The sweep sends nothing
+    """Queues whose oldest waiting message has waited longer than `stuck_after`: the workers
+    are not keeping up with them. A message without our send time (beat's own sweep or
+    scan) says nothing about the queue, so it never holds the sweep back. The sweep sends nothing
     there: what it would re-send is most likely still waiting in that queue, and copies of
     hundreds of messages every few seconds only make it fall further behind. Once the
     queue drains, the next sweep re-sends whatever the broker really lost."""
@@ -72,7 +73,8 @@ def behind(figures: list[QueueFigure], stuck_after: float) -> set[str]:
         figure.name
         for figure in figures
         if figure.depth > 0
-        and (figure.oldest_age_seconds is None or figure.oldest_age_seconds > stuck_after)
+        and figure.oldest_age_seconds is not None
+        and figure.oldest_age_seconds > stuck_after
     }
 
 
