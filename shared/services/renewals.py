@@ -380,9 +380,19 @@ def _pay(
         # renew with, so it replaces the waiting one (Stripe then wants a new confirmation)
         or (payment.status == "requires_action" and new_card)
     ):
-        payment = gateway.update_payment(
-            intent, amount=attempt.amount, payment_method_id=attempt.card, attempt=attempt.attempt
-        )
+        try:
+            payment = gateway.update_payment(
+                intent,
+                amount=attempt.amount,
+                payment_method_id=attempt.card,
+                attempt=attempt.attempt,
+            )
+        except PaymentRefused as refusal:
+            if refusal.code != "payment_intent_unexpected_state":
+                raise
+            # the intent moved meanwhile (the customer finished 3-D Secure with the old
+            # card): what it is now decides, never a failure recorded for a paid period
+            payment = gateway.get_payment(intent)
     if payment.status == "requires_confirmation":
         payment = gateway.confirm_payment(
             intent, off_session=dunning.off_session, attempt=attempt.attempt

@@ -338,6 +338,44 @@ def test_a_card_saved_while_the_renewal_waits_for_3d_secure_renews_at_once(shop:
     assert shop.fake.intents[str(renewed.stripe_payment_intent_id)].method == card
 
 
+def test_3d_secure_finished_while_a_new_card_is_saved_renews_with_the_old_card_once(
+    shop: Shop,
+) -> None:
+    """The customer passes 3-D Secure on the waiting intent just as the renewal puts the new
+    card on it: Stripe refuses the update (the intent succeeded), and the renewal follows the
+    intent: paid once, the plan active, no failure or dunning attempt."""
+    save_card(shop, THREE_D_SECURE)
+    yearly = plan(shop, date(2027, 3, 10))
+    renewal_day = date(2028, 3, 10)
+    yearly.run(morning(renewal_day))
+    [waiting] = yearly.renewals()
+    intent = str(waiting.stripe_payment_intent_id)
+    payment_methods.save_card(shop.rt.uow(), shop.fake, shop.buyer, shop.fake.card())
+
+    class CustomerFirst:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(shop.fake, name)
+
+        def update_payment(self, payment_id: str, **changes: Any) -> Any:
+            shop.fake.authenticate(intent)  # in the customer's browser, a moment earlier
+            return shop.fake.update_payment(payment_id, **changes)
+
+    renewals.renew(
+        shop.rt.uow(),
+        shop.rt.engine,
+        CustomerFirst(),  # type: ignore[arg-type]
+        waiting.id,
+        dunning=DAYS,
+        now=morning(renewal_day) + timedelta(hours=2),
+        force=True,
+    )
+    row = yearly.row()
+    assert (row.status, row.current_period_start) == ("active", renewal_day)
+    assert yearly.charges() == [30000]
+    [renewed] = yearly.renewals()
+    assert (renewed.status, renewed.stripe_payment_intent_id) == ("succeeded", intent)
+
+
 def test_off_session_authentication_required_is_a_failure_the_customer_can_fix(
     shop: Shop,
 ) -> None:
