@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -30,6 +31,30 @@ def parse_dunning_days(text: str) -> tuple[int, ...]:
     if not days or not all(1 <= day <= 365 for day in days):
         raise ValueError(f"SEATS_DUNNING_DAYS={text!r}: list days from 1 to 365, such as 1,3,5,7")
     return days
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds above 0, or a refusal naming the variable: 0, a negative, NaN or inf would
+    only show later, as a lasting outage."""
+    raw = env.get(name) or ""
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={raw!r}: give a number of seconds above 0")
+    return value
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    raw = env.get(name) or ""
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) < least:
+        raise ValueError(f"{name}={raw!r}: give a whole number of at least {least}")
+    return int(raw)
 
 
 def _flag(value: str | None, default: bool) -> bool:
@@ -87,20 +112,20 @@ class Settings:
             stripe_api_base=env.get("STRIPE_API_BASE") or None,
             stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
             secret_key=env.get("SECRET_KEY") or secrets.token_hex(32),
-            port=int(env.get("PORT") or 8000),
-            sweep_interval=float(env.get("SEATS_SWEEP_INTERVAL") or 15),
-            reconcile_interval=float(env.get("SEATS_RECONCILE_INTERVAL") or 300),
-            stuck_after=float(env.get("SEATS_STUCK_AFTER") or 60),
-            charge_retries=int(env.get("SEATS_CHARGE_RETRIES") or 5),
-            requires_action_ttl=float(env.get("SEATS_REQUIRES_ACTION_TTL") or 3600),
+            port=_whole(env, "PORT", 8000, 1),
+            sweep_interval=_number(env, "SEATS_SWEEP_INTERVAL", 15),
+            reconcile_interval=_number(env, "SEATS_RECONCILE_INTERVAL", 300),
+            stuck_after=_number(env, "SEATS_STUCK_AFTER", 60),
+            charge_retries=_whole(env, "SEATS_CHARGE_RETRIES", 5, 0),
+            requires_action_ttl=_number(env, "SEATS_REQUIRES_ACTION_TTL", 3600),
             secret_key_given=bool(env.get("SECRET_KEY")),
             dunning_days=parse_dunning_days(env.get("SEATS_DUNNING_DAYS") or "1,3,5,7"),
-            renewal_scan_interval=float(env.get("SEATS_RENEWAL_SCAN_INTERVAL") or 300),
+            renewal_scan_interval=_number(env, "SEATS_RENEWAL_SCAN_INTERVAL", 300),
             off_session=_flag(env.get("SEATS_OFF_SESSION"), not env.get("STRIPE_API_BASE")),
-            worker_concurrency=int(env.get("SEATS_WORKER_CONCURRENCY") or 16),
+            worker_concurrency=_whole(env, "SEATS_WORKER_CONCURRENCY", 16, 1),
             task_events=_flag(env.get("SEATS_TASK_EVENTS"), False),
             stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or None,
             base_url=env.get("SEATS_BASE_URL") or None,
-            stripe_timeout=float(env.get("SEATS_STRIPE_TIMEOUT") or 20),
+            stripe_timeout=_number(env, "SEATS_STRIPE_TIMEOUT", 20),
         )

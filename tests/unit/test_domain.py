@@ -311,3 +311,20 @@ def test_empty_variables_count_as_unset() -> None:
 def test_non_numeric_port_is_refused() -> None:
     with pytest.raises(ValueError):
         Settings.from_env({"PORT": "http"})
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "abc", "1e999"])
+def test_seconds_settings_refuse_what_would_look_like_an_outage_later(raw: str) -> None:
+    for name in ("SEATS_STRIPE_TIMEOUT", "SEATS_SWEEP_INTERVAL", "SEATS_STUCK_AFTER"):
+        with pytest.raises(ValueError, match=f"{name}='{raw}': give a number of seconds"):
+            Settings.from_env({name: raw})
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [("SEATS_WORKER_CONCURRENCY", "0"), ("SEATS_CHARGE_RETRIES", "-1"), ("PORT", "eighty")],
+)
+def test_whole_number_settings_say_which_variable_is_wrong(name: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}='{raw}': give a whole number"):
+        Settings.from_env({name: raw})
+    assert Settings.from_env({"SEATS_CHARGE_RETRIES": "0"}).charge_retries == 0
