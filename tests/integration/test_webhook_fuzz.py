@@ -32,23 +32,10 @@ from shared.payments.fake_stripe import FakeStripe
 from shared.services import webhooks
 from shared.store.models import WebhookEvent
 from tests.conftest import Server, Tenant
+from tests.strategies import anything
 
 EXAMPLES = int(os.environ.get("SEATS_FUZZ_EXAMPLES", "25")) * 4
 
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),  # unbounded: past what a bigint holds too
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-)
-anything = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
 stripe_ids = st.from_regex(r"(pi|ch|cus|pm|dp)_[A-Za-z0-9]{1,24}", fullmatch=True)
 objects = st.fixed_dictionaries(
     {"id": st.one_of(stripe_ids, stripe_ids, anything)},

@@ -309,27 +309,38 @@ def test_a_bank_asking_for_authentication_gives_the_customer_a_client_secret(
     assert card
 
 
-def test_a_card_saved_while_the_renewal_waits_for_3d_secure_renews_at_once(shop: Shop) -> None:
-    """Found by the ledger state machine: the waiting intent kept the old card, so the new
-    one was never charged and every retry failed the same way until the plan was suspended."""
+def waiting_for_3d_secure(shop: Shop) -> tuple[Any, date, Any]:
+    """A yearly plan whose renewal today waits for 3-D Secure on the saved card."""
     save_card(shop, THREE_D_SECURE)
     yearly = plan(shop, date(2027, 3, 10))
     renewal_day = date(2028, 3, 10)
     yearly.run(morning(renewal_day))
     [waiting] = yearly.renewals()
+    return yearly, renewal_day, waiting
+
+
+def renewed_again(shop: Shop, gateway: Any, renewal_id: int, day: date) -> None:
+    """The retry a new card sends at once, two hours into the renewal day."""
+    renewals.renew(
+        shop.rt.uow(),
+        shop.rt.engine,
+        gateway,
+        renewal_id,
+        dunning=DAYS,
+        now=morning(day) + timedelta(hours=2),
+        force=True,
+    )
+
+
+def test_a_card_saved_while_the_renewal_waits_for_3d_secure_renews_at_once(shop: Shop) -> None:
+    """Found by the ledger state machine: the waiting intent kept the old card, so the new
+    one was never charged and every retry failed the same way until the plan was suspended."""
+    yearly, renewal_day, waiting = waiting_for_3d_secure(shop)
     assert waiting.failure_code == "authentication_required" and yearly.row().status == "past_due"
     card = shop.fake.card()
     _, retry = payment_methods.save_card(shop.rt.uow(), shop.fake, shop.buyer, card)
     assert retry == [waiting.id]
-    renewals.renew(
-        shop.rt.uow(),
-        shop.rt.engine,
-        shop.fake,
-        waiting.id,
-        dunning=DAYS,
-        now=morning(renewal_day) + timedelta(hours=2),
-        force=True,
-    )
+    renewed_again(shop, shop.fake, waiting.id, renewal_day)
     row = yearly.row()
     assert (row.status, row.current_period_start) == ("active", renewal_day)
     assert yearly.charges() == [30000]
@@ -344,11 +355,7 @@ def test_3d_secure_finished_while_a_new_card_is_saved_renews_with_the_old_card_o
     """The customer passes 3-D Secure on the waiting intent just as the renewal puts the new
     card on it: Stripe refuses the update (the intent succeeded), and the renewal follows the
     intent: paid once, the plan active, no failure or dunning attempt."""
-    save_card(shop, THREE_D_SECURE)
-    yearly = plan(shop, date(2027, 3, 10))
-    renewal_day = date(2028, 3, 10)
-    yearly.run(morning(renewal_day))
-    [waiting] = yearly.renewals()
+    yearly, renewal_day, waiting = waiting_for_3d_secure(shop)
     intent = str(waiting.stripe_payment_intent_id)
     payment_methods.save_card(shop.rt.uow(), shop.fake, shop.buyer, shop.fake.card())
 
@@ -360,15 +367,7 @@ def test_3d_secure_finished_while_a_new_card_is_saved_renews_with_the_old_card_o
             shop.fake.authenticate(intent)  # in the customer's browser, a moment earlier
             return shop.fake.update_payment(payment_id, **changes)
 
-    renewals.renew(
-        shop.rt.uow(),
-        shop.rt.engine,
-        CustomerFirst(),  # type: ignore[arg-type]
-        waiting.id,
-        dunning=DAYS,
-        now=morning(renewal_day) + timedelta(hours=2),
-        force=True,
-    )
+    renewed_again(shop, CustomerFirst(), waiting.id, renewal_day)
     row = yearly.row()
     assert (row.status, row.current_period_start) == ("active", renewal_day)
     assert yearly.charges() == [30000]

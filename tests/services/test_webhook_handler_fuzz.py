@@ -22,23 +22,9 @@ from shared.services import webhooks
 from shared.store.models import OperatorAlert, WebhookEvent
 from tests.services.conftest import Shop
 from tests.services.test_webhooks import paid
+from tests.strategies import anything
 
 EXAMPLES = int(os.environ.get("SEATS_FUZZ_EXAMPLES", "25"))
-
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),  # unbounded: 2**64 and -2**70 too
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-)
-anything = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
 
 
 def ids(known: list[str]) -> st.SearchStrategy[Any]:

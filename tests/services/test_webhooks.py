@@ -394,7 +394,8 @@ def test_an_event_never_stored_cannot_be_handled(shop: Shop) -> None:
         handle(shop, "evt_never_received")
 
 
-def test_a_handler_failing_records_the_error_and_a_retry_finishes_it(shop: Shop) -> None:
+def failed_once(shop: Shop) -> tuple[int, dict[str, Any]]:
+    """A paid 3-D Secure purchase whose success event failed once: Stripe was away."""
     purchase, intent = awaiting_3ds(shop)
     shop.fake.authenticate(intent)
     event = recorded(shop, "payment_intent.succeeded")
@@ -402,6 +403,11 @@ def test_a_handler_failing_records_the_error_and_a_retry_finishes_it(shop: Shop)
     shop.fake.fail("get_payment")
     with pytest.raises(PaymentUnavailable):
         handle(shop, event["id"])
+    return purchase, event
+
+
+def test_a_handler_failing_records_the_error_and_a_retry_finishes_it(shop: Shop) -> None:
+    purchase, event = failed_once(shop)
     row = stored(shop, event["id"])
     assert (row.outcome, row.attempts) == ("failed", 1)
     assert str(row.error).startswith("PaymentUnavailable: APIConnectionError")
@@ -417,13 +423,7 @@ def test_a_stale_run_failing_after_another_run_finished_keeps_the_event_processe
 ) -> None:
     """The sweep re-sends a failed event while its own retry may still run: the run that
     fails last must not write `failed` over the `processed` the other one reached."""
-    purchase, intent = awaiting_3ds(shop)
-    shop.fake.authenticate(intent)
-    event = recorded(shop, "payment_intent.succeeded")
-    deliver(shop, event)
-    shop.fake.fail("get_payment")
-    with pytest.raises(PaymentUnavailable):
-        handle(shop, event["id"])
+    purchase, event = failed_once(shop)
 
     class Overtaken:
         """Stripe answers the stale run only after the other run has finished the event."""
@@ -459,13 +459,7 @@ def test_a_failed_event_whose_retry_was_lost_is_sent_again_within_its_budget(
 ) -> None:
     """Found by the chaos run: a retry waiting in a worker that is killed (or in a broker that
     is flushed) was never sent again; the event stayed `failed` until an operator came."""
-    _, intent = awaiting_3ds(shop)
-    shop.fake.authenticate(intent)
-    event = recorded(shop, "payment_intent.succeeded")
-    deliver(shop, event)
-    shop.fake.fail("get_payment")
-    with pytest.raises(PaymentUnavailable):
-        handle(shop, event["id"])
+    _, event = failed_once(shop)
     assert (stored(shop, event["id"]).outcome, stored(shop, event["id"]).attempts) == (
         "failed",
         1,
