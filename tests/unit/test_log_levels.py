@@ -1,0 +1,51 @@
+"""What the process logs: our lines at SEATS_LOG_LEVEL, the Stripe SDK's per-call lines only
+when debugging (they cost a tenth of a worker's time and say nothing an operator uses)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from shared import log_lines
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    stripe_logger = logging.getLogger("stripe")
+    kept = (root.handlers[:], root.level, stripe_logger.level)
+    yield
+    root.handlers, _, _ = kept
+    root.setLevel(kept[1])
+    stripe_logger.setLevel(kept[2])
+
+
+def lines(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_stripe_call_lines_are_left_out_but_its_warnings_and_our_lines_are_kept(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SEATS_LOG_LEVEL", raising=False)
+    log_lines.configure("worker")
+    logging.getLogger("stripe").info("message='Request to Stripe api' method=post")
+    logging.getLogger("stripe").warning("retrying the request")
+    logging.getLogger("seats.charging").info("purchase 7 succeeded")
+    err = lines(capsys)
+    assert "Request to Stripe api" not in err
+    assert "retrying the request" in err
+    assert "purchase 7 succeeded" in err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_debug_shows_every_stripe_call(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEATS_LOG_LEVEL", "DEBUG")
+    log_lines.configure("worker")
+    logging.getLogger("stripe").info("message='Request to Stripe api' method=post")
+    assert "Request to Stripe api" in lines(capsys)
