@@ -82,6 +82,9 @@ class Settings:
     renewal_scan_interval: float = 300
     off_session: bool = False
     worker_concurrency: int = 16
+    webhook_batch: int = 25
+    """Events one drain takes at a time; a full batch sends another drain at once, so a
+    backlog spreads over the worker's threads."""
     task_events: bool = False
     stripe_js_url: str = STRIPE_JS
     stripe_publishable_key: str | None = None
@@ -123,6 +126,7 @@ class Settings:
             renewal_scan_interval=_number(env, "SEATS_RENEWAL_SCAN_INTERVAL", 300),
             off_session=_flag(env.get("SEATS_OFF_SESSION"), not env.get("STRIPE_API_BASE")),
             worker_concurrency=_whole(env, "SEATS_WORKER_CONCURRENCY", 16, 1),
+            webhook_batch=_whole(env, "SEATS_WEBHOOK_BATCH", 25, 1),
             task_events=_flag(env.get("SEATS_TASK_EVENTS"), False),
             stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
             stripe_publishable_key=env.get("STRIPE_PUBLISHABLE_KEY") or None,

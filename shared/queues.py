@@ -21,6 +21,7 @@ have their own, so a batch of 10,000 never delays a customer's purchase on `char
 
 CHARGE_PURCHASE = "seats.charge_purchase"
 PROCESS_EVENT = "seats.process_event"
+DRAIN_EVENTS = "seats.drain_events"
 REFUND = "seats.refund"
 RENEW = "seats.renew"
 SWEEP = "seats.sweep"
@@ -30,6 +31,7 @@ RENEWAL_SCAN = "seats.renewal_scan"
 ROUTES = {
     CHARGE_PURCHASE: CHARGES,
     PROCESS_EVENT: WEBHOOKS,
+    DRAIN_EVENTS: WEBHOOKS,
     REFUND: DEFAULT,
     RENEW: RENEWALS,
     SWEEP: DEFAULT,
@@ -43,6 +45,10 @@ SENT_AT = "seats_sent_at"
 """A message header: the Unix time it was sent."""
 WORKER_KEYS = "seats:worker:"
 """Each worker process keeps `seats:worker:<hostname>` alive in Redis while it runs."""
+DRAIN_ARMED = "seats:webhooks:drain"
+"""Set while a drain message is on its way: events stored meanwhile ride on it."""
+DRAIN_ARMED_SECONDS = 5
+"""How long that mark may outlive a drain that never started (a killed worker)."""
 METRIC_KEYS = "seats:metrics:"
 """Task histograms the workers keep in Redis, so every web process reads the same figures."""
 
@@ -56,6 +62,8 @@ class Dispatcher:
     """
 
     send_task: Callable[..., object]
+    arm_drain: Callable[[], bool] = lambda: True
+    """True when no drain is on its way (and marks one as on its way)."""
 
     def _send(self, name: str, *args: object) -> None:
         try:
@@ -77,6 +85,18 @@ class Dispatcher:
     def process_event(self, *event_ids: str) -> None:
         for event_id in event_ids:
             self._send(PROCESS_EVENT, event_id)
+
+    def drain_events(self, more: bool = False) -> None:
+        """Stored events to handle: one drain for all those stored while one is on its way
+        (it takes them all, in batches), instead of a message per event. `more`: a drain
+        took a full batch; another goes at once, for another thread to take."""
+        try:
+            armed = more or self.arm_drain()
+        except Exception:
+            log.warning("could not mark a drain as on its way; sending one anyway")
+            armed = True
+        if armed:
+            self._send(DRAIN_EVENTS)
 
     def refund(self, *alert_ids: int) -> None:
         for alert_id in alert_ids:

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app,
         extensions.Parts(
             runtime=runtime,
-            dispatcher=dispatcher(settings.redis_url),
+            dispatcher=dispatcher(settings.redis_url, broker),
             broker=broker,
             metrics=registry,
             webhook_secrets=tuple(secret.strip() for secret in secrets if secret.strip()),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Celery
 
 from shared import queues
@@ -49,10 +51,16 @@ def reuse_client(channel: Any) -> None:
     channel.conn_or_acquire = lambda given=None: contextlib.nullcontext(given or client)
 
 
-def dispatcher(redis_url: str | None) -> queues.Dispatcher:
+def drain_gate(client: redis.Redis) -> Callable[[], bool]:
+    """Marks a drain as on its way unless one already is (the worker clears the mark when
+    the drain starts, before it looks for events)."""
+    return lambda: bool(client.set(queues.DRAIN_ARMED, 1, nx=True, ex=queues.DRAIN_ARMED_SECONDS))
+
+
+def dispatcher(redis_url: str | None, client: redis.Redis) -> queues.Dispatcher:
     celery = Celery("seats-web")
     celery.conf.update(queues.celery_settings(redis_url))
     # A "task-sent" event doubles the broker writes of every request; Flower and
     # the exporter still see each task from the moment a worker takes it.
     celery.conf.task_send_sent_event = False
-    return queues.Dispatcher(Publisher(celery))
+    return queues.Dispatcher(Publisher(celery), drain_gate(client))

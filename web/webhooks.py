@@ -32,5 +32,5 @@ def receive() -> Response:
     event = webhooks.parse_event(raw)
     stored = webhooks.store_event(parts().runtime.uow(), event)
     if stored == "new":  # an `invalid` one is done already: nothing for a worker to do
-        parts().dispatcher.process_event(event["id"])
+        parts().dispatcher.drain_events()
     return jsonify({"received": True, "duplicate": stored == "duplicate"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -85,6 +86,28 @@ def process_event(self: Task, event_id: str) -> str:
         return retry_or_give_up(self, error, lambda cause: "failed")
     send.charge(*woken)
     return outcome
+
+
+@app.task(name=queues.DRAIN_EVENTS, bind=True, max_retries=None)
+def drain_events(self: Task) -> str:
+    """Stored events, a batch at a time. The mark that a drain is on its way is cleared
+    before looking, so an event stored from here on sends a drain of its own."""
+    rt = runtime()
+    # unreachable, the mark expires by itself; the next event after that sends a drain
+    with contextlib.suppress(redis.RedisError):
+        telemetry.client().delete(queues.DRAIN_ARMED)
+    try:
+        drained = webhooks.drain(
+            rt.uow(),
+            rt.gateway,
+            settings.webhook_batch,
+            when_full=lambda: send.drain_events(more=True),
+        )
+    except Exception as error:  # nothing taken yet: the sweep sends events left waiting
+        return retry_or_give_up(self, error, lambda cause: "left for the sweep")
+    send.charge(*drained.woken)
+    send.process_event(*drained.failed)
+    return f"{drained.taken} events"
 
 
 @app.task(name=queues.REFUND, bind=True, max_retries=None)

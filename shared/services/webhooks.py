@@ -8,10 +8,12 @@ reordering and replays all end the same way.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -42,6 +44,8 @@ MAX_AMOUNT = 2**63 - 1
 TOLERANCE_SECONDS = 300
 BACKFILL_WINDOW = 3 * 24 * 3600
 CURSOR = "stripe_events"
+
+log = logging.getLogger("seats.webhooks")
 
 Handled = tuple[str, list[int]]
 Handler = Callable[[UnitOfWork, PaymentGateway, dict[str, Any], str], Handled]
@@ -564,6 +568,25 @@ def process_event(
         if handler is None:
             return "ignored", []
         obj = payload["data"]["object"]
+    outcome, wake = _apply(uow, gateway, event_id, event_type, obj, before)
+    if outcome != "invalid":  # recorded already, with its alert
+        _finish(uow, event_id, outcome, None)
+    return outcome, wake
+
+
+def _apply(
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    event_id: str,
+    event_type: str,
+    obj: dict[str, Any],
+    before: str | None,
+) -> Handled:
+    """Run the event's handler. One that can never be applied is recorded `invalid` here; a
+    failure is recorded `failed` and raised; any other outcome is the caller's to record."""
+    handler = HANDLERS.get(event_type)
+    if handler is None:  # stored before its type lost its handler
+        return "ignored", []
     try:
         outcome, wake = handler(uow, gateway, obj, event_id)
     except InvalidEvent as error:
@@ -583,8 +606,73 @@ def process_event(
         # a replay that finds nothing left to do (the first handling did it) never
         # downgrades what was applied
         outcome = "processed"
-    _finish(uow, event_id, outcome, None)
     return outcome, wake
+
+
+DRAIN = (
+    update(EVENTS)
+    .where(
+        EVENTS.c.id.in_(
+            select(EVENTS.c.id)
+            .where(EVENTS.c.outcome.is_(None), EVENTS.c.attempts == 0)
+            .limit(bindparam("size"))
+            .with_for_update(skip_locked=True)
+        )
+    )
+    .values(attempts=EVENTS.c.attempts + 1)
+    .returning(EVENTS.c.id, EVENTS.c.type, EVENTS.c.payload)
+)
+"""Take up to `size` events no run has tried yet; rows another drain holds are skipped."""
+
+
+@dataclass
+class Drained:
+    taken: int
+    woken: list[int] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def drain(
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    size: int,
+    when_full: Callable[[], object] = lambda: None,
+) -> Drained:
+    """Handle up to `size` stored events in one claim and one write of their outcomes, so
+    an event costs its handler's own statements and no message of its own.
+
+    An event taken here and never finished (a crash) still has no outcome: the sweep sends
+    it on its own like any event whose message was lost. A failed one is left `failed` and
+    named in `failed`, for a task of its own with its retries. A full batch calls
+    `when_full` before handling it, so that the rest is taken in parallel."""
+    with uow.single() as claiming:
+        taken = claiming.session.execute(DRAIN, {"size": size}).all()
+        claiming.commit()
+    if len(taken) == size:
+        when_full()
+    drained = Drained(len(taken))
+    finished: list[dict[str, Any]] = []
+    for event_id, event_type, payload in taken:
+        try:
+            outcome, wake = _apply(
+                uow, gateway, event_id, event_type, payload["data"]["object"], None
+            )
+        except Exception:
+            log.warning(
+                "event %s (%s) failed; retried on its own", event_id, event_type, exc_info=True
+            )
+            drained.failed.append(event_id)
+            continue
+        drained.woken.extend(wake)
+        if outcome != "invalid":
+            finished.append(
+                {"event_id": event_id, "new_outcome": outcome, "new_error": None, "at": _now()}
+            )
+    if finished:
+        with uow.single() as finishing:
+            finishing.session.execute(FINISH, finished)
+            finishing.commit()
+    return drained
 
 
 def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None) -> list[str]:

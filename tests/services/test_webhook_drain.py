@@ -1,0 +1,177 @@
+"""Draining stored events in batches: every waiting event handled once, in one claim and
+one write of outcomes, failures left for a task of their own, two drains never sharing."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared.bootstrap import Runtime, build
+from shared.config import Settings
+from shared.payments.fake_stripe import THREE_D_SECURE, FakeStripe
+from shared.payments.gateway import PaymentUnavailable
+from shared.services import provisioning, webhooks
+from shared.services.access import Actor
+from shared.store.db import upgrade
+from shared.store.models import WebhookEvent
+from tests.services.conftest import Shop
+from tests.services.test_round_trips import counted
+from tests.services.test_webhooks import hand_made, recorded, stored
+
+
+@pytest.fixture(scope="module")
+def own_runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
+    """A database of this module's own: a drain takes every waiting event in it, so other
+    tests' leftovers must not be there."""
+    url: str = fresh_database(migrated=True)
+    upgrade(url)
+    rt = build(replace(settings, database_url=url), pool_size=10)
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def shop(own_runtime: Runtime) -> Iterator[Shop]:
+    rt = own_runtime
+    org = provisioning.create_organization(rt.uow(), "Drain shop", "cad", "America/Toronto")
+    user, _ = provisioning.create_user(
+        rt.uow(), org, f"b-{secrets.token_hex(3)}@example.com", "buyer"
+    )
+    plan = provisioning.create_subscription(
+        rt.uow(), org, "XLGL", 36500, "year", 3, date.today() - timedelta(days=100)
+    )
+    yield Shop(rt, FakeStripe(), org, plan, Actor(user, org, "buyer"))
+    drain_all(rt, FakeStripe())  # nothing waiting is left for the next test
+
+
+def drain_all(rt: Runtime, gateway: Any, size: int = 100) -> None:
+    while webhooks.drain(rt.uow(), gateway, size).taken == size:
+        pass
+
+
+def store(shop: Shop, *events: dict[str, Any]) -> None:
+    assert webhooks.store_events(shop.rt.uow(), list(events), "webhook") == [
+        e["id"] for e in events
+    ]
+
+
+def outcomes(shop: Shop, ids: list[str]) -> dict[str, tuple[str | None, int]]:
+    with shop.rt.uow() as uow:
+        rows = uow.session.execute(
+            select(WebhookEvent.id, WebhookEvent.outcome, WebhookEvent.attempts).where(
+                WebhookEvent.id.in_(ids)
+            )
+        )
+        return {row.id: (row.outcome, row.attempts) for row in rows}
+
+
+def test_a_drain_applies_every_waiting_event_once(shop: Shop) -> None:
+    purchase = shop.checkout(5, shop.fake.card(THREE_D_SECURE))
+    shop.charge(purchase)
+    shop.fake.authenticate(str(shop.purchase(purchase).stripe_payment_intent_id))
+    succeeded = recorded(shop, "payment_intent.succeeded")
+    strangers = [hand_made() for _ in range(4)]
+    store(shop, succeeded, *strangers)
+
+    drained = webhooks.drain(shop.rt.uow(), shop.fake, 10)
+
+    assert (drained.taken, drained.failed) == (5, [])
+    assert shop.purchase(purchase).status == "succeeded" and shop.counts() == (5, 5)
+    assert stored(shop, succeeded["id"]).outcome == "processed"
+    assert outcomes(shop, [e["id"] for e in strangers]) == {
+        e["id"]: ("ignored", 1) for e in strangers
+    }
+    again = webhooks.drain(shop.rt.uow(), shop.fake, 10)
+    assert again.taken == 0 and stored(shop, succeeded["id"]).attempts == 1
+
+
+def test_a_full_batch_asks_for_another_drain_before_handling_it(shop: Shop) -> None:
+    events = [hand_made() for _ in range(5)]
+    store(shop, *events)
+    calls: list[int] = []
+
+    def when_full() -> None:  # the batch is taken but not handled yet
+        calls.append(sum(outcome is None for outcome, _ in outcomes(shop, ids).values()))
+
+    ids = [e["id"] for e in events]
+    first = webhooks.drain(shop.rt.uow(), shop.fake, 3, when_full)
+    assert first.taken == 3 and calls == [5]
+    second = webhooks.drain(shop.rt.uow(), shop.fake, 3, when_full)
+    assert second.taken == 2 and calls == [5]  # not full: nothing more to ask for
+    assert {outcome for outcome, _ in outcomes(shop, ids).values()} == {"ignored"}
+
+
+def test_a_failing_event_is_left_failed_for_its_own_retries_and_the_rest_finish(
+    shop: Shop,
+) -> None:
+    purchase = shop.checkout(5, shop.fake.card(THREE_D_SECURE))
+    shop.charge(purchase)
+    intent = str(shop.purchase(purchase).stripe_payment_intent_id)
+    shop.fake.authenticate(intent)
+    succeeded = recorded(shop, "payment_intent.succeeded")
+    stranger = hand_made()
+    store(shop, succeeded, stranger)
+
+    class Away:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(shop.fake, name)
+
+        def get_payment(self, payment_id: str) -> Any:
+            raise PaymentUnavailable("APIConnectionError: timed out")
+
+    drained = webhooks.drain(shop.rt.uow(), Away(), 10)  # type: ignore[arg-type]
+
+    assert drained.failed == [succeeded["id"]]
+    row = stored(shop, succeeded["id"])
+    assert (row.outcome, row.attempts) == ("failed", 1) and "timed out" in str(row.error)
+    assert stored(shop, stranger["id"]).outcome == "ignored"
+    # its own task then applies it
+    assert webhooks.process_event(shop.rt.uow(), shop.fake, succeeded["id"])[0] == "processed"
+    assert shop.purchase(purchase).status == "succeeded"
+
+
+def test_two_drains_at_once_never_take_the_same_event(shop: Shop) -> None:
+    events = [hand_made() for _ in range(60)]
+    store(shop, *events)
+    taken: list[int] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        taken.append(webhooks.drain(shop.rt.uow(), shop.fake, 40).taken)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == [20, 40]
+    assert set(outcomes(shop, [e["id"] for e in events]).values()) == {("ignored", 1)}
+
+
+def test_an_event_taken_by_a_run_that_died_waits_for_the_sweep_not_another_drain(
+    shop: Shop,
+) -> None:
+    event = hand_made()
+    store(shop, event)
+    with shop.rt.uow() as uow:  # taken, then the worker was killed before any outcome
+        uow.session.execute(webhooks.DRAIN, {"size": 1})
+        uow.commit()
+    assert webhooks.drain(shop.rt.uow(), shop.fake, 10).taken == 0
+    assert webhooks.unprocessed_events(shop.rt.uow(), older_than=-1) == [event["id"]]
+
+
+def test_a_batch_costs_one_claim_one_write_and_the_handlers_own_reads(shop: Shop) -> None:
+    events = [hand_made() for _ in range(20)]
+    store(shop, *events)
+    with counted(shop) as count:
+        assert webhooks.drain(shop.rt.uow(), shop.fake, 20).taken == 20
+    # customer.updated for customers not ours: one read each
+    assert count.statements <= 20 + 2 and count.transactions == 0, count
