@@ -439,3 +439,30 @@ def test_concurrent_free_changes_are_all_recorded_in_order(runtime: Runtime) -> 
     assert sum(row.actor_user_id == owner for row in changes) == rounds
     assert sum(row.actor_user_id == buyer for row in changes) == rounds
     assert tuple(final) == (3, rows[-1].active_after)
+
+
+# --- the driver cursor of the webhook hot path ------------------------------------------------
+
+
+def test_the_driver_cursor_hands_its_connection_back_in_transactions_even_after_an_error(
+    fake_runtime: Runtime,
+) -> None:
+    """It runs in autocommit; a connection left that way would make every later unit of
+    work of the pool commit statement by statement."""
+    from sqlalchemy.exc import ProgrammingError
+
+    engine = fake_runtime.engine
+    engine.dispose()  # one connection in the pool, so the next checkout is the same one
+    with fake_runtime.uow().driver_cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    with pytest.raises(ProgrammingError), fake_runtime.uow().driver_cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")  # a driver error, as SQLAlchemy's
+    with fake_runtime.uow().driver_cursor() as cursor:  # still usable
+        cursor.execute("SELECT 2")
+        assert cursor.fetchone() == (2,)
+    with engine.connect() as connection:
+        assert connection.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+        connection.execute(text("CREATE TEMP TABLE kept_or_not (x int)"))
+        connection.rollback()  # in a transaction, so this undoes it
+        assert connection.execute(text("SELECT to_regclass('kept_or_not')")).scalar() is None
