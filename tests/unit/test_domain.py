@@ -322,7 +322,12 @@ def test_seconds_settings_refuse_what_would_look_like_an_outage_later(raw: str) 
 
 @pytest.mark.parametrize(
     ("name", "raw"),
-    [("SEATS_WORKER_CONCURRENCY", "0"), ("SEATS_CHARGE_RETRIES", "-1"), ("PORT", "eighty")],
+    [
+        ("SEATS_WORKER_CONCURRENCY", "0"),
+        ("SEATS_WEBHOOK_BATCH", "0"),
+        ("SEATS_CHARGE_RETRIES", "-1"),
+        ("PORT", "eighty"),
+    ],
 )
 def test_whole_number_settings_say_which_variable_is_wrong(name: str, raw: str) -> None:
     with pytest.raises(ValueError, match=f"{name}='{raw}': give a whole number"):
