@@ -71,6 +71,8 @@ BENCHES = [
         ["--purchases", "10000", "--events", "10000", "--scrapes", "10"],
     ),
     Bench("memory", "memory.py", [], ["--tasks", "2000"]),
+    # what the required parts cost alone: the floor under the two rows above it
+    Bench("floor", "floor.py", [], ["--count", "1000"]),
     Bench(
         "scale-out",
         "purchases.py",
@@ -202,6 +204,55 @@ def purchase_rows(name: str, r: dict[str, Any], target: float) -> list[Row]:
     return rows
 
 
+def floor_rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+    """The least the required parts add up to (bench/floor.py), beside the targets.
+
+    Per purchase: the Stripe calls as made directly (SDK and stand-in, from the purchase
+    benchmark), two requests through our app, one Celery message, two transactions and one
+    statement, and two webhooks through our view; the client's own HTTP calls left out.
+    Per webhook: the bare app's whole cost per request plus storing the event and, for half
+    of them, the drain mark; any endpoint that stores before it answers pays that much."""
+    floor = results.get("floor")
+    if not floor:
+        return []
+    cost = {name: figures["all"] / 1000 for name, figures in floor.items() if name != "setup"}
+    rows: list[Row] = []
+    per = results.get("purchases", {}).get("per_purchase", {})
+    direct = per.get("direct cpu ms all processes", 0.0)
+    if direct:
+        least = (
+            direct
+            + 2 * cost["flask ours"]
+            + cost["celery message"]
+            + 2 * cost["transaction"]
+            + cost["select 1"]
+            + 2 * cost["webhook view"]
+        )
+        rows.append(
+            (
+                "floor: CPU ms per purchase the required parts add up to (direct Stripe calls "
+                f"{direct:.1f}, 2 requests, 1 message, 2 transactions, 2 webhooks)",
+                f"{least:.1f} ms",
+                f"{per.get('cpu ms all processes', 0):.1f} ms measured",
+                f"at most {ratio(direct, least)} of direct",
+                f"<= 30 ms: {verdict(least <= 30)}",
+            )
+        )
+    bare = results.get("webhooks", {}).get("bare", {}).get("cpu_ms_per_request", 0.0)
+    if bare:
+        stored = bare + cost["store event"] + cost["redis set nx"] / 2
+        rows.append(
+            (
+                "floor: CPU ms per webhook, a bare request + storing the event + the drain mark",
+                f"{stored:.2f} ms",
+                f"{bare:.2f} ms, the bare app",
+                f"at most {ratio(bare, stored)}",
+                f">= 0.6: {verdict(bare / stored >= 0.6)}",
+            )
+        )
+    return rows
+
+
 def table(results: dict[str, dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     if "purchases" in results:
@@ -247,6 +298,7 @@ def table(results: dict[str, dict[str, Any]]) -> list[Row]:
                 f">= 500: {verdict(w.get('worker_rate', 0) >= 500)}",
             )
         )
+    rows += floor_rows(results)
     if "renewals" in results:
         r = results["renewals"]
         plans = r["plans"]

@@ -460,7 +460,17 @@ def summarize(
         values = [p.rate for p in phases if p.kind == kind]
         if values:
             worst = max(p.p99_ms for p in phases if p.kind == kind)
-            figures[kind] = {"rate": summary(values)[0], "p99_ms": worst}
+            cpu = [
+                1000 * sum(v for k, v in p.cpu.items() if k != "other") / p.sent
+                for p in phases
+                if p.kind == kind
+            ]
+            figures[kind] = {
+                "rate": summary(values)[0],
+                "p99_ms": worst,
+                # every process of ours, the servers and the client, per request sent
+                "cpu_ms_per_request": summary(cpu)[0],
+            }
             print(f"{kind:<9} rate median {summary(values)[0]:.0f}/s, worst p99 {worst:.1f} ms")
     if "bare" in figures:
         for kind in ("paused", "running"):
