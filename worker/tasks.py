@@ -106,7 +106,7 @@ def drain_events(self: Task) -> str:
     except Exception as error:  # nothing taken yet: the sweep sends events left waiting
         return retry_or_give_up(self, error, lambda cause: "left for the sweep")
     send.charge(*drained.woken)
-    send.process_event(*drained.failed)
+    send.process_event(*drained.left)
     return f"{drained.taken} events"
 
 

@@ -618,21 +618,24 @@ DRAIN = (
         EVENTS.c.id.in_(
             select(EVENTS.c.id)
             .where(EVENTS.c.outcome.is_(None), EVENTS.c.attempts == 0)
+            .order_by(EVENTS.c.received_at)
             .limit(bindparam("size"))
             .with_for_update(skip_locked=True)
         )
     )
     .values(attempts=EVENTS.c.attempts + 1)
-    .returning(EVENTS.c.id, EVENTS.c.type, EVENTS.c.payload)
+    .returning(EVENTS.c.id, EVENTS.c.type, EVENTS.c.payload, EVENTS.c.received_at)
 )
-"""Take up to `size` events no run has tried yet; rows another drain holds are skipped."""
+"""Take up to `size` events no run has tried yet, the oldest; rows another drain holds are
+skipped. (An UPDATE returns its rows in no particular order: the caller sorts them.)"""
 
 
 @dataclass
 class Drained:
     taken: int
     woken: list[int] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    """Taken, not finished here: each goes to a task of its own, with its retries."""
 
 
 def drain(
@@ -644,28 +647,34 @@ def drain(
     """Handle up to `size` stored events in one claim and one write of their outcomes, so
     an event costs its handler's own statements and no message of its own.
 
-    An event taken here and never finished (a crash) still has no outcome: the sweep sends
-    it on its own like any event whose message was lost. A failed one is left `failed` and
-    named in `failed`, for a task of its own with its retries. A full batch calls
-    `when_full` before handling it, so that the rest is taken in parallel."""
+    The first event that fails is left `failed`, and it and the rest of the batch are
+    handed back (`left`) for tasks of their own: when Stripe is away each then waits out
+    its own timeout and retries on its own thread, not one after another here. An event
+    taken here and never finished (a crash) still has no outcome: the sweep sends it on
+    its own like any event whose message was lost. A full batch calls `when_full` before
+    handling it, so that the rest of a backlog is taken in parallel."""
     with uow.single() as claiming:
-        taken = claiming.session.execute(DRAIN, {"size": size}).all()
+        taken = sorted(claiming.session.execute(DRAIN, {"size": size}), key=lambda row: row[3])
         claiming.commit()
     if len(taken) == size:
         when_full()
     drained = Drained(len(taken))
     finished: list[dict[str, Any]] = []
-    for event_id, event_type, payload in taken:
+    for done, (event_id, event_type, payload, _) in enumerate(taken):
         try:
             outcome, wake = _apply(
                 uow, gateway, event_id, event_type, payload["data"]["object"], None
             )
         except Exception:
             log.warning(
-                "event %s (%s) failed; retried on its own", event_id, event_type, exc_info=True
+                "event %s (%s) failed; it and the %s after it go to tasks of their own",
+                event_id,
+                event_type,
+                len(taken) - done - 1,
+                exc_info=True,
             )
-            drained.failed.append(event_id)
-            continue
+            drained.left = [row[0] for row in taken[done:]]
+            break
         drained.woken.extend(wake)
         if outcome != "invalid":
             finished.append(
