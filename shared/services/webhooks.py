@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Table, Text, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -277,21 +277,16 @@ def store_event(uow: UnitOfWork, event: dict[str, Any], source: str = "webhook")
     return stored[event["id"]] or "new"
 
 
-def _purchase_for_intent(uow: UnitOfWork, intent: dict[str, Any]) -> int | None:
-    """The purchase this payment was made for, or that it names in its metadata.
+def _purchase_named_by(uow: UnitOfWork, metadata: dict[str, Any]) -> int | None:
+    """The purchase an intent that is not on record names in its metadata, if it exists.
 
     Whether a naming intent really is ours (customer, amount, currency) is
     for `charging.settle` to decide: it adopts it, refunds it or raises an alert.
     """
+    claimed = id_from_text(metadata.get("purchase_id"))
+    if claimed is None:
+        return None
     with uow.single() as reading:
-        found = reading.session.scalar(
-            select(Purchase.id).where(Purchase.stripe_payment_intent_id == intent["id"])
-        )
-        if found is not None:
-            return found
-        claimed = id_from_text((intent.get("metadata") or {}).get("purchase_id"))
-        if claimed is None:
-            return None
         return reading.session.scalar(select(Purchase.id).where(Purchase.id == claimed))
 
 
@@ -318,8 +313,21 @@ def _amount(obj: dict[str, Any], field: str) -> int:
     return value
 
 
-def _is(kind: type[Purchase] | type[Renewal], intent_id: str) -> Any:
-    return kind.stripe_payment_intent_id == intent_id
+PURCHASES = cast(Table, Purchase.__table__)
+RENEWALS = cast(Table, Renewal.__table__)
+_INTENT = bindparam("intent", type_=Text())
+INTENT_STATE = select(
+    select(RENEWALS.c.id).where(RENEWALS.c.stripe_payment_intent_id == _INTENT).scalar_subquery(),
+    select(RENEWALS.c.status == RenewalStatus.SUCCEEDED.value)
+    .where(RENEWALS.c.stripe_payment_intent_id == _INTENT)
+    .scalar_subquery(),
+    select(PURCHASES.c.id).where(PURCHASES.c.stripe_payment_intent_id == _INTENT).scalar_subquery(),
+    select((PURCHASES.c.status == PurchaseStatus.SUCCEEDED.value) & ~PURCHASES.c.card_sync_pending)
+    .where(PURCHASES.c.stripe_payment_intent_id == _INTENT)
+    .scalar_subquery(),
+)
+"""Is this intent ours (a renewal's, a purchase's) and is its work done: one round trip, one
+Core statement built once (every payment event asks it)."""
 
 
 def _object_id(obj: dict[str, Any], prefix: str) -> str:
@@ -348,17 +356,9 @@ def on_payment_intent(
     given = intent.get("metadata")
     metadata: dict[str, Any] = given if isinstance(given, dict) else {}
     intent = {**intent, "id": _object_id(intent, "pi_"), "metadata": metadata}
-    with uow.single() as reading:  # one round trip: is this intent ours, is its work done?
-        known_renewal, renewal_done, purchase_done = reading.session.execute(
-            select(
-                select(Renewal.id).where(_is(Renewal, intent["id"])).scalar_subquery(),
-                select(Renewal.status == RenewalStatus.SUCCEEDED)
-                .where(_is(Renewal, intent["id"]))
-                .scalar_subquery(),
-                select((Purchase.status == PurchaseStatus.SUCCEEDED) & ~Purchase.card_sync_pending)
-                .where(_is(Purchase, intent["id"]))
-                .scalar_subquery(),
-            )
+    with uow.single() as reading:
+        known_renewal, renewal_done, known_purchase, purchase_done = reading.session.execute(
+            INTENT_STATE, {"intent": intent["id"]}
         ).one()
     if renewal_done or purchase_done:
         # paid by this very intent and nothing left to do: whatever Stripe now says of it
@@ -371,7 +371,7 @@ def on_payment_intent(
             return "ignored", []
         renewals.settle_success(uow, renewal_id, payment)
         return "processed", []
-    purchase_id = _purchase_for_intent(uow, intent)
+    purchase_id = known_purchase or _purchase_named_by(uow, metadata)
     if purchase_id is None:
         return "ignored", []
     payment = _current(gateway, intent["id"])
@@ -428,6 +428,13 @@ def on_money_back(
     return "processed", []
 
 
+ORGANIZATIONS = cast(Table, Organization.__table__)
+SAVED_CARD = select(
+    ORGANIZATIONS.c.id, ORGANIZATIONS.c.payment_method_id, ORGANIZATIONS.c.payment_method_brand
+).where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))
+"""Whose customer this is and the card we keep for it (every customer event asks)."""
+
+
 def _sync_saved_card(
     uow: UnitOfWork,
     gateway: PaymentGateway,
@@ -442,11 +449,7 @@ def _sync_saved_card(
     change has its own event, which names another card and is read from Stripe.
     """
     with uow.single() as reading:
-        found = reading.session.execute(
-            select(
-                Organization.id, Organization.payment_method_id, Organization.payment_method_brand
-            ).where(Organization.stripe_customer_id == customer_id)
-        ).one_or_none()
+        found = reading.session.execute(SAVED_CARD, {"customer": customer_id}).one_or_none()
     if found is None:
         return "ignored", []
     known, saved, brand = found
@@ -660,6 +663,21 @@ def drain(
         when_full()
     drained = Drained(len(taken))
     finished: list[dict[str, Any]] = []
+    _handle_batch(uow, gateway, taken, drained, finished)
+    if finished:
+        with uow.single() as finishing:
+            finishing.session.execute(FINISH, finished)
+            finishing.commit()
+    return drained
+
+
+def _handle_batch(
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    taken: list[Any],
+    drained: Drained,
+    finished: list[dict[str, Any]],
+) -> None:
     for done, (event_id, event_type, payload, _) in enumerate(taken):
         try:
             outcome, wake = _apply(
@@ -674,17 +692,12 @@ def drain(
                 exc_info=True,
             )
             drained.left = [row[0] for row in taken[done:]]
-            break
+            return
         drained.woken.extend(wake)
         if outcome != "invalid":
             finished.append(
                 {"event_id": event_id, "new_outcome": outcome, "new_error": None, "at": _now()}
             )
-    if finished:
-        with uow.single() as finishing:
-            finishing.session.execute(FINISH, finished)
-            finishing.commit()
-    return drained
 
 
 def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None) -> list[str]:
