@@ -103,7 +103,9 @@ def drain_events(self: Task) -> str:
             settings.webhook_batch,
             when_full=lambda: send.drain_events(more=True),
         )
-    except Exception as error:  # nothing taken yet: the sweep sends events left waiting
+    except Exception as error:
+        # events not taken yet wait for the retried drain; those taken and not finished
+        # (the outcomes' write failed) are sent again by the sweep once unclaimed for long
         return retry_or_give_up(self, error, lambda cause: "left for the sweep")
     send.charge(*drained.woken)
     send.process_event(*drained.left)
@@ -193,5 +195,6 @@ def reconcile() -> int:
     """Store the Stripe events we never received, then handle them like any other."""
     rt = runtime()
     fresh = webhooks.backfill(rt.uow(), rt.gateway)
-    send.process_event(*fresh)
+    if fresh:  # stored like webhooks: a drain takes them, in batches
+        send.drain_events(more=True)
     return len(fresh)

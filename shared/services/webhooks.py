@@ -22,6 +22,7 @@ from sqlalchemy import Table, Text, and_, bindparam, func, or_, select, tuple_, 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from shared import log_lines
 from shared.domain.errors import NotFound, Refused
 from shared.domain.ids import id_from_text
 from shared.domain.renewals import RenewalStatus
@@ -213,7 +214,7 @@ CLAIM = (
         EVENTS.c.id == bindparam("event_id"),
         or_(EVENTS.c.outcome.is_(None), EVENTS.c.outcome.in_(bindparam("again", expanding=True))),
     )
-    .values(attempts=EVENTS.c.attempts + 1)
+    .values(attempts=EVENTS.c.attempts + 1, claimed_at=func.now())
     .returning(EVENTS.c.type, EVENTS.c.payload, EVENTS.c.outcome)
 )
 """Count an attempt at an event still to do (or, `again`, one done) and read it back."""
@@ -230,8 +231,9 @@ FINISH = (
 """Record an event's outcome. Core statements like STORE: a worker runs both per event."""
 
 FAIL = FINISH.where(or_(EVENTS.c.outcome.is_(None), EVENTS.c.outcome == "failed"))
-"""A failure never overwrites an end another run of the same event reached meanwhile (the
-sweep re-sends a failed event whose retry may still be on its way)."""
+"""Never over an end another run of the same event reached meanwhile (the sweep re-sends a
+failed event whose retry may still be on its way): for a failure, and for the outcomes a
+drain writes at the end of its batch."""
 
 
 def _stored(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> dict[str, str | None]:
@@ -626,7 +628,7 @@ DRAIN = (
             .with_for_update(skip_locked=True)
         )
     )
-    .values(attempts=EVENTS.c.attempts + 1)
+    .values(attempts=EVENTS.c.attempts + 1, claimed_at=func.now())
     .returning(EVENTS.c.id, EVENTS.c.type, EVENTS.c.payload, EVENTS.c.received_at)
 )
 """Take up to `size` events no run has tried yet, the oldest; rows another drain holds are
@@ -666,7 +668,7 @@ def drain(
     _handle_batch(uow, gateway, taken, drained, finished)
     if finished:
         with uow.single() as finishing:
-            finishing.session.execute(FINISH, finished)
+            finishing.session.execute(FAIL, finished)
             finishing.commit()
     return drained
 
@@ -679,6 +681,7 @@ def _handle_batch(
     finished: list[dict[str, Any]],
 ) -> None:
     for done, (event_id, event_type, payload, _) in enumerate(taken):
+        log_lines.bind(event_id=event_id)  # each line a handler logs names its event
         try:
             outcome, wake = _apply(
                 uow, gateway, event_id, event_type, payload["data"]["object"], None
@@ -693,6 +696,8 @@ def _handle_batch(
             )
             drained.left = [row[0] for row in taken[done:]]
             return
+        finally:
+            log_lines.unbind("event_id")
         drained.woken.extend(wake)
         if outcome != "invalid":
             finished.append(
@@ -731,10 +736,12 @@ def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None)
 
 
 def unprocessed_events(uow: UnitOfWork, older_than: float, retries: int = 0) -> list[str]:
-    """Stored but never handled (their wake-up call was lost), and events whose handling
-    failed and was not tried again since the cutoff while they still have retries left
-    (`attempts <= retries`, the budget the task itself has): their retry message was lost
-    with a flushed broker or a killed worker. Past the budget they wait for an operator."""
+    """Stored but not handled, and not taken by any run since the cutoff (their wake-up
+    call was lost, or the run that took them died; one a drain is working through right
+    now is not sent twice), and events whose handling failed and was not tried again since
+    the cutoff while they still have retries left (`attempts <= retries`, the budget the
+    task itself has): their retry message was lost with a flushed broker or a killed
+    worker. Past the budget they wait for an operator."""
     cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
     with uow:
         return list(
@@ -742,7 +749,11 @@ def unprocessed_events(uow: UnitOfWork, older_than: float, retries: int = 0) -> 
                 select(WebhookEvent.id)
                 .where(
                     or_(
-                        and_(WebhookEvent.outcome.is_(None), WebhookEvent.received_at < cutoff),
+                        and_(
+                            WebhookEvent.outcome.is_(None),
+                            func.coalesce(WebhookEvent.claimed_at, WebhookEvent.received_at)
+                            < cutoff,
+                        ),
                         and_(
                             WebhookEvent.outcome == "failed",
                             WebhookEvent.attempts <= retries,

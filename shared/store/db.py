@@ -151,8 +151,8 @@ def _driver_cursor(engine: Engine) -> Iterator[Any]:
             yield cursor
     except psycopg.Error as error:
         gone = engine.dialect.is_disconnect(error, fairy.dbapi_connection, None)  # type: ignore[arg-type]
-        if gone:
-            fairy.invalidate(error)
+        if gone:  # like SQLAlchemy's own handling: every connection of that generation goes
+            engine.pool._invalidate(fairy, error)
         raise DBAPIError.instance(
             None, None, error, psycopg.Error, True, gone, engine.dialect
         ) from error

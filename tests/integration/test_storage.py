@@ -466,3 +466,46 @@ def test_the_driver_cursor_hands_its_connection_back_in_transactions_even_after_
         connection.execute(text("CREATE TEMP TABLE kept_or_not (x int)"))
         connection.rollback()  # in a transaction, so this undoes it
         assert connection.execute(text("SELECT to_regclass('kept_or_not')")).scalar() is None
+
+
+def test_after_a_database_restart_one_webhook_fails_not_one_per_pooled_connection(
+    fresh_database: Any, settings: Any
+) -> None:
+    """The driver cursor retires every connection of a dead generation at once, as
+    SQLAlchemy's own handling does (found by review: it retired only the one that failed)."""
+    from dataclasses import replace
+
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    from shared.bootstrap import build
+    from shared.services import webhooks
+
+    url: str = fresh_database(migrated=True)
+    upgrade(url)
+    rt = build(replace(settings, database_url=url), pool_size=3)
+    try:
+        held = [rt.engine.raw_connection() for _ in range(3)]
+        pids = [c.driver_connection.info.backend_pid for c in held]  # type: ignore[union-attr]
+        for connection in held:
+            connection.close()
+        admin = create_engine(url, poolclass=NullPool)  # outside the pool
+        with admin.connect() as connection:  # a restart, as far as those three can tell
+            for pid in pids:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.dispose()
+        failures = 0
+        for number in range(3):
+            event = {
+                "id": f"evt_restart{number}",
+                "type": "customer.updated",
+                "data": {"object": {"id": f"cus_{number}"}},
+            }
+            try:
+                webhooks.store_event(rt.uow(), event)
+            except DBAPIError as error:
+                assert error.connection_invalidated
+                failures += 1
+        assert failures <= 1
+    finally:
+        rt.engine.dispose()

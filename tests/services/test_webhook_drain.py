@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text, update
 
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
@@ -20,7 +20,7 @@ from shared.payments.gateway import PaymentUnavailable
 from shared.services import provisioning, webhooks
 from shared.services.access import Actor
 from shared.store.db import upgrade
-from shared.store.models import OperatorAlert, WebhookEvent
+from shared.store.models import OperatorAlert, Organization, WebhookEvent
 from tests.services.conftest import Shop
 from tests.services.test_round_trips import counted
 from tests.services.test_webhooks import hand_made, recorded, stored
@@ -184,3 +184,66 @@ def test_a_batch_costs_one_claim_one_write_and_the_handlers_own_reads(shop: Shop
         assert webhooks.drain(shop.rt.uow(), shop.fake, 20).taken == 20
     # customer.updated for customers not ours: one read each
     assert count.statements <= 20 + 2 and count.transactions == 0, count
+
+
+def test_the_sweep_never_sends_again_what_a_running_drain_holds(shop: Shop) -> None:
+    """Events that waited long for a free thread are old, not lost: while a drain works
+    through them the sweep leaves them to it (found by review: it used to send them all)."""
+    purchase = shop.checkout(5, shop.fake.card(THREE_D_SECURE))
+    shop.charge(purchase)
+    intent = str(shop.purchase(purchase).stripe_payment_intent_id)
+    shop.fake.authenticate(intent)
+    early = [hand_made() for _ in range(2)]
+    succeeded = recorded(shop, "payment_intent.succeeded")
+    ids = [e["id"] for e in early] + [succeeded["id"]]
+    for event in (*early, succeeded):
+        store(shop, event)
+    with shop.rt.uow() as uow:  # received two minutes ago
+        uow.session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id.in_(ids))
+            .values(received_at=text("now() - interval '120 seconds'"))
+        )
+        uow.commit()
+    swept: list[str] = []
+
+    class SweepMeanwhile:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(shop.fake, name)
+
+        def get_payment(self, payment_id: str) -> Any:
+            swept.extend(webhooks.unprocessed_events(shop.rt.uow(), older_than=60, retries=5))
+            return shop.fake.get_payment(payment_id)
+
+    drained = webhooks.drain(shop.rt.uow(), SweepMeanwhile(), 25)  # type: ignore[arg-type]
+
+    assert drained.taken == 3 and drained.left == []
+    assert [event_id for event_id in swept if event_id in ids] == []
+    assert shop.purchase(purchase).status == "succeeded"
+
+
+def test_a_drain_never_writes_over_an_end_another_run_reached_meanwhile(shop: Shop) -> None:
+    shop.charge(shop.checkout(4))  # the organization now has its Stripe customer
+    with shop.rt.uow() as uow:
+        customer = uow.session.get_one(Organization, shop.org).stripe_customer_id
+    first = hand_made()  # a stranger's: handled first, its outcome written at the end
+    second = hand_made(id=customer, invoice_settings={"default_payment_method": "pm_other"})
+    for event in (first, second):
+        store(shop, event)
+    asked: list[str] = []
+
+    class OtherRunMeanwhile:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(shop.fake, name)
+
+        def default_card(self, customer_id: str) -> Any:
+            # another run of the first event (a replay) ends it before this batch is written
+            asked.append(customer_id)
+            webhooks._finish(shop.rt.uow(), first["id"], "invalid", "by the other run", "x")
+            return shop.fake.default_card(customer_id)
+
+    webhooks.drain(shop.rt.uow(), OtherRunMeanwhile(), 25)  # type: ignore[arg-type]
+    assert asked == [customer]
+    row = stored(shop, first["id"])
+    assert (row.outcome, row.error) == ("invalid", "by the other run")
+    assert stored(shop, second["id"]).outcome == "processed"
