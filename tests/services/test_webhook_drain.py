@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
@@ -52,6 +52,16 @@ def shop(own_runtime: Runtime) -> Iterator[Shop]:
         uow.session.execute(delete(OperatorAlert))
         uow.session.execute(delete(WebhookEvent))
         uow.commit()
+
+
+def stripe_where(shop: Shop, **calls: Callable[..., Any]) -> Any:
+    """The in-memory Stripe with some of its calls replaced."""
+
+    class Replaced:
+        def __getattr__(self, name: str) -> Any:
+            return calls.get(name) or getattr(shop.fake, name)
+
+    return Replaced()
 
 
 def store(shop: Shop, *events: dict[str, Any]) -> None:
@@ -119,15 +129,11 @@ def test_after_a_failure_the_rest_of_the_batch_goes_to_tasks_of_their_own(shop: 
         store(shop, event)
     calls: list[str] = []
 
-    class Away:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(shop.fake, name)
+    def away(payment_id: str) -> Any:
+        calls.append(payment_id)
+        raise PaymentUnavailable("APIConnectionError: timed out")
 
-        def get_payment(self, payment_id: str) -> Any:
-            calls.append(payment_id)
-            raise PaymentUnavailable("APIConnectionError: timed out")
-
-    drained = webhooks.drain(shop.rt.uow(), Away(), 10)  # type: ignore[arg-type]
+    drained = webhooks.drain(shop.rt.uow(), stripe_where(shop, get_payment=away), 10)
 
     assert calls == [intent]  # one timeout waited here, not one per event
     assert drained.left == [succeeded["id"]] + [e["id"] for e in after]
@@ -207,15 +213,11 @@ def test_the_sweep_never_sends_again_what_a_running_drain_holds(shop: Shop) -> N
         uow.commit()
     swept: list[str] = []
 
-    class SweepMeanwhile:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(shop.fake, name)
+    def sweep_meanwhile(payment_id: str) -> Any:
+        swept.extend(webhooks.unprocessed_events(shop.rt.uow(), older_than=60, retries=5))
+        return shop.fake.get_payment(payment_id)
 
-        def get_payment(self, payment_id: str) -> Any:
-            swept.extend(webhooks.unprocessed_events(shop.rt.uow(), older_than=60, retries=5))
-            return shop.fake.get_payment(payment_id)
-
-    drained = webhooks.drain(shop.rt.uow(), SweepMeanwhile(), 25)  # type: ignore[arg-type]
+    drained = webhooks.drain(shop.rt.uow(), stripe_where(shop, get_payment=sweep_meanwhile), 25)
 
     assert drained.taken == 3 and drained.left == []
     assert [event_id for event_id in swept if event_id in ids] == []
@@ -232,17 +234,13 @@ def test_a_drain_never_writes_over_an_end_another_run_reached_meanwhile(shop: Sh
         store(shop, event)
     asked: list[str] = []
 
-    class OtherRunMeanwhile:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(shop.fake, name)
+    def other_run_meanwhile(customer_id: str) -> Any:
+        # another run of the first event (a replay) ends it before this batch is written
+        asked.append(customer_id)
+        webhooks._finish(shop.rt.uow(), first["id"], "invalid", "by the other run", "x")
+        return shop.fake.default_card(customer_id)
 
-        def default_card(self, customer_id: str) -> Any:
-            # another run of the first event (a replay) ends it before this batch is written
-            asked.append(customer_id)
-            webhooks._finish(shop.rt.uow(), first["id"], "invalid", "by the other run", "x")
-            return shop.fake.default_card(customer_id)
-
-    webhooks.drain(shop.rt.uow(), OtherRunMeanwhile(), 25)  # type: ignore[arg-type]
+    webhooks.drain(shop.rt.uow(), stripe_where(shop, default_card=other_run_meanwhile), 25)
     assert asked == [customer]
     row = stored(shop, first["id"])
     assert (row.outcome, row.error) == ("invalid", "by the other run")
