@@ -72,9 +72,9 @@ def configure(service: str, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level or os.environ.get("SEATS_LOG_LEVEL") or "INFO")
-    # The Stripe SDK writes two INFO lines per call (URL and status, no request id), a
-    # tenth of a worker's time in a purchase; its warnings and errors still come through,
-    # and SEATS_LOG_LEVEL=DEBUG shows every call.
+    # The Stripe SDK writes two INFO lines per call (URL and status, no request id), about
+    # 7% of a worker's time in a purchase; its warnings and errors still come through, and
+    # SEATS_LOG_LEVEL=DEBUG shows every call.
     quiet = root.level > logging.DEBUG
     logging.getLogger("stripe").setLevel(logging.WARNING if quiet else logging.NOTSET)
     structlog.contextvars.clear_contextvars()

@@ -1,5 +1,5 @@
 """What the process logs: our lines at SEATS_LOG_LEVEL, the Stripe SDK's per-call lines only
-when debugging (they cost a tenth of a worker's time and say nothing an operator uses)."""
+when debugging (they cost about 7% of a worker's time and say nothing an operator uses)."""
 
 from __future__ import annotations
 
