@@ -20,15 +20,19 @@ from shared.store.db import upgrade
 from shared.store.models import OperatorAlert, Organization, Purchase, Subscription
 
 
-@pytest.fixture(scope="session")
-def runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
-    """A database of the tier's own: the in-memory Stripe's customers never meet the
-    stand-in's, so the e2e tier's ledger audit reads only real ones."""
+def runtime_on_own_database(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
     url: str = fresh_database(migrated=True)
     upgrade(url)
     rt = build(replace(settings, database_url=url), pool_size=10)
     yield rt
     rt.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
+    """A database of the tier's own: the in-memory Stripe's customers never meet the
+    stand-in's, so the e2e tier's ledger audit reads only real ones."""
+    yield from runtime_on_own_database(fresh_database, settings)
 
 
 @pytest.fixture

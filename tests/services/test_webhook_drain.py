@@ -3,52 +3,36 @@ one write of outcomes, failures left for a task of their own, two drains never s
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, text, update
 
-from shared.bootstrap import Runtime, build
+from shared.bootstrap import Runtime
 from shared.config import Settings
-from shared.payments.fake_stripe import THREE_D_SECURE, FakeStripe
+from shared.payments.fake_stripe import THREE_D_SECURE
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import provisioning, webhooks
-from shared.services.access import Actor
-from shared.store.db import upgrade
+from shared.services import webhooks
 from shared.store.models import OperatorAlert, Organization, WebhookEvent
-from tests.services.conftest import Shop
+from tests.services.conftest import Shop, runtime_on_own_database
 from tests.services.test_round_trips import counted
 from tests.services.test_webhooks import hand_made, recorded, stored
 
 
 @pytest.fixture(scope="module")
-def own_runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
+def runtime(fresh_database: Any, settings: Settings) -> Iterator[Runtime]:
     """A database of this module's own: a drain takes every waiting event in it, so other
-    tests' leftovers must not be there."""
-    url: str = fresh_database(migrated=True)
-    upgrade(url)
-    rt = build(replace(settings, database_url=url), pool_size=10)
-    yield rt
-    rt.engine.dispose()
+    tests' leftovers must not be there (the conftest's `shop` builds on this one)."""
+    yield from runtime_on_own_database(fresh_database, settings)
 
 
-@pytest.fixture
-def shop(own_runtime: Runtime) -> Iterator[Shop]:
-    rt = own_runtime
-    org = provisioning.create_organization(rt.uow(), "Drain shop", "cad", "America/Toronto")
-    user, _ = provisioning.create_user(
-        rt.uow(), org, f"b-{secrets.token_hex(3)}@example.com", "buyer"
-    )
-    plan = provisioning.create_subscription(
-        rt.uow(), org, "XLGL", 36500, "year", 3, date.today() - timedelta(days=100)
-    )
-    yield Shop(rt, FakeStripe(), org, plan, Actor(user, org, "buyer"))
-    with rt.uow() as uow:  # no event is left waiting for the next test's drains
+@pytest.fixture(autouse=True)
+def nothing_left_waiting(runtime: Runtime) -> Iterator[None]:
+    """No event is left waiting for the next test's drains."""
+    yield
+    with runtime.uow() as uow:
         uow.session.execute(delete(OperatorAlert))
         uow.session.execute(delete(WebhookEvent))
         uow.commit()
