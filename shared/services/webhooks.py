@@ -566,17 +566,8 @@ def process_event(
                 raise NotFound(f"no stored event {event_id}", "not_found")
             return str(stored), []
         event_type, payload, before = claimed
-        handler = HANDLERS.get(event_type)
-        if handler is None:
-            claiming.session.execute(
-                FINISH,
-                {"event_id": event_id, "new_outcome": "ignored", "new_error": None, "at": _now()},
-            )
         claiming.commit()
-        if handler is None:
-            return "ignored", []
-        obj = payload["data"]["object"]
-    outcome, wake = _apply(uow, gateway, event_id, event_type, obj, before)
+    outcome, wake = _apply(uow, gateway, event_id, event_type, payload["data"]["object"], before)
     if outcome != "invalid":  # recorded already, with its alert
         _finish(uow, event_id, outcome, None)
     return outcome, wake
@@ -665,21 +656,6 @@ def drain(
         when_full()
     drained = Drained(len(taken))
     finished: list[dict[str, Any]] = []
-    _handle_batch(uow, gateway, taken, drained, finished)
-    if finished:
-        with uow.single() as finishing:
-            finishing.session.execute(FAIL, finished)
-            finishing.commit()
-    return drained
-
-
-def _handle_batch(
-    uow: UnitOfWork,
-    gateway: PaymentGateway,
-    taken: list[Any],
-    drained: Drained,
-    finished: list[dict[str, Any]],
-) -> None:
     for done, (event_id, event_type, payload, _) in enumerate(taken):
         log_lines.bind(event_id=event_id)  # each line a handler logs names its event
         try:
@@ -695,14 +671,19 @@ def _handle_batch(
                 exc_info=True,
             )
             drained.left = [row[0] for row in taken[done:]]
-            return
+            break
         finally:
             log_lines.unbind("event_id")
         drained.woken.extend(wake)
-        if outcome != "invalid":
+        if outcome != "invalid":  # recorded already, with its alert
             finished.append(
                 {"event_id": event_id, "new_outcome": outcome, "new_error": None, "at": _now()}
             )
+    if finished:
+        with uow.single() as finishing:
+            finishing.session.execute(FAIL, finished)
+            finishing.commit()
+    return drained
 
 
 def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None) -> list[str]:
