@@ -57,11 +57,8 @@ def priced_lines(
     return lines
 
 
-def cart_view(session: Session, actor: Actor, now: datetime | None) -> CartView:
-    lines = priced_lines(session, actor.user_id, now)
-    currency = (
-        lines[0].item.subscription.currency if lines else organization_of(session, actor).currency
-    )
+def _view(lines: list[Line], currency: str) -> CartView:
+    ordered = sorted(lines, key=lambda line: line.item.id)
     return CartView(
         items=[
             CartLineView.of(
@@ -70,11 +67,19 @@ def cart_view(session: Session, actor: Actor, now: datetime | None) -> CartView:
                 line.problem.code if line.problem else None,
                 line.problem.message if line.problem else None,
             )
-            for line in lines
+            for line in ordered
         ],
-        total_due=sum(line.offer.amount_due for line in lines if line.offer),
+        total_due=sum(line.offer.amount_due for line in ordered if line.offer),
         currency=currency,
     )
+
+
+def cart_view(session: Session, actor: Actor, now: datetime | None) -> CartView:
+    lines = priced_lines(session, actor.user_id, now)
+    currency = (
+        lines[0].item.subscription.currency if lines else organization_of(session, actor).currency
+    )
+    return _view(lines, currency)
 
 
 def get_cart(uow: UnitOfWork, actor: Actor, now: datetime | None = None) -> CartView:
@@ -109,23 +114,28 @@ def add_item(
                 "confirmation_required",
                 quote=to_json(offer),
             )
-        lines = uow.session.scalars(
-            select(CartItem)
-            .where(CartItem.user_id == actor.user_id)
-            .with_for_update(key_share=True)
-        ).all()
-        if any(line.subscription.currency != subscription.currency for line in lines):
+        lines = priced_lines(uow.session, actor.user_id, now, lock=True)
+        if any(line.item.subscription.currency != subscription.currency for line in lines):
             raise Conflict("a cart holds plans of one currency only", "currency_mismatch")
         # One statement: two first adds at once both land on the same line (no unique violation)
-        uow.session.execute(
+        added = uow.session.execute(
             insert(CartItem)
             .values(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
             .on_conflict_do_update(
                 index_elements=["user_id", "subscription_id"], set_={"active_seats": target}
             )
+            .returning(CartItem.id, CartItem.created_at)
+        ).one()
+        line = CartItem(  # the line as stored, priced above: the cart is not read again
+            id=added.id,
+            user_id=actor.user_id,
+            subscription_id=subscription_id,
+            active_seats=target,
+            created_at=added.created_at,
         )
-        uow.session.expire_all()  # lines loaded above may hold the count before the upsert
-        view = cart_view(uow.session, actor, now)
+        line.subscription = subscription
+        others = [kept for kept in lines if kept.item.id != added.id]
+        view = _view([*others, Line(line, offer)], subscription.currency)
         uow.commit()
         return view
 

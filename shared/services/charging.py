@@ -56,10 +56,23 @@ class Next(StrEnum):
     BUSY = "busy"
 
 
+@dataclass(frozen=True)
+class CardToSave:
+    """A new card as the transaction that applied its purchase left it: the run that
+    committed it pushes it to Stripe without reading it back."""
+
+    organization_id: int
+    method: str
+    current: bool
+    brand_known: bool
+    customer_id: str | None
+
+
 @dataclass
 class Outcome:
     next: Next
     wake: list[int] = field(default_factory=list)
+    card: CardToSave | None = None
 
 
 @dataclass
@@ -296,7 +309,7 @@ def _late_payment(
     if ours and payment.amount == purchase.amount_due and _still_to_buy(purchase, plans):
         log.warning("purchase %s paid after it failed: seats applied", purchase.id)
         purchase.failure_code = purchase.failure_message = None
-        return Outcome(Next.DONE, _apply_success(session, purchase, payment, card)), FollowUp()
+        return _apply_success(session, purchase, payment, card), FollowUp()
     alert = raise_alert(
         session,
         kind="late_payment",
@@ -344,7 +357,7 @@ def _settle(
             cancel=payment.id if payment.status in PAYABLE else None
         )
     if payment.status == "succeeded":
-        return Outcome(Next.DONE, _apply_success(session, purchase, payment, card)), FollowUp()
+        return _apply_success(session, purchase, payment, card), FollowUp()
     if payment.status in ("requires_payment_method", "canceled"):
         code = payment.failure_code or (
             "payment_canceled" if payment.status == "canceled" else "payment_failed"
@@ -426,7 +439,7 @@ def refund(uow: UnitOfWork, gateway: PaymentGateway, alert_id: int) -> None:
 
 def _apply_success(
     session: Session, purchase: Purchase, payment: Payment, card: Card | None
-) -> list[int]:
+) -> Outcome:
     plans = _locked_plans(session, purchase)
     paid_with = payment.payment_method_id
     if paid_with and paid_with != purchase.payment_method_id:
@@ -461,26 +474,30 @@ def _apply_success(
             actor_user_id=purchase.user_id,
             purchase_id=purchase.id,
         )
+    to_save = None
     if purchase.new_card:
         # loaded with the purchase; its UPDATE takes the row lock
         known = card if card and card.id == purchase.payment_method_id else None
-        purchase.organization.keep_card(known or Card(purchase.payment_method_id, None, None))
+        organization = purchase.organization
+        organization.keep_card(known or Card(purchase.payment_method_id, None, None))
         purchase.card_sync_pending = True
+        to_save = CardToSave(
+            organization.id,
+            purchase.payment_method_id,
+            current=True,
+            brand_known=organization.payment_method_brand is not None,
+            customer_id=organization.stripe_customer_id,
+        )
     purchase.status = PurchaseStatus.SUCCEEDED
     purchase.attention = None
     purchase.amount_due = payment.amount
     purchase.client_secret = None
     purchase.completed_at = datetime.now(UTC)
-    return _release(session, purchase, plans)
+    return Outcome(Next.DONE, _release(session, purchase, plans), to_save)
 
 
-def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> None:
-    """After a new card paid, make it Stripe's default for renewals and learn its brand.
-
-    Seats never wait for this: it runs after the purchase succeeded and is
-    retried by the sweep until Stripe answers. Only the organization's current
-    card is pushed, so a late run never brings back an older card.
-    """
+def _card_state(uow: UnitOfWork, purchase_id: int) -> CardToSave | None:
+    """The card a purchase still has to push, as stored (None: nothing to push)."""
     with uow.single() as reading:
         found = reading.session.execute(
             select(
@@ -495,20 +512,41 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
             .where(Purchase.id == purchase_id)
         ).one()
     if not found.card_sync_pending:
+        return None
+    return CardToSave(
+        found.organization_id,
+        found.payment_method_id,
+        current=found.current == found.payment_method_id,
+        brand_known=found.payment_method_brand is not None,
+        customer_id=found.stripe_customer_id,
+    )
+
+
+def save_card(
+    uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int, known: CardToSave | None = None
+) -> None:
+    """After a new card paid, make it Stripe's default for renewals and learn its brand.
+
+    Seats never wait for this: it runs after the purchase succeeded and is
+    retried by the sweep until Stripe answers. Only the organization's current
+    card is pushed, so a late run never brings back an older card. `known`: the
+    state the caller's own transaction just committed (no read).
+    """
+    state = known or _card_state(uow, purchase_id)
+    if state is None:
         return
-    method, current = found.payment_method_id, found.current == found.payment_method_id
     card = None
-    if current and found.stripe_customer_id:
-        gateway.set_default_card(found.stripe_customer_id, method)
-        if found.payment_method_brand is None:
-            card = gateway.get_card(method)
+    if state.current and state.customer_id:
+        gateway.set_default_card(state.customer_id, state.method)
+        if not state.brand_known:
+            card = gateway.get_card(state.method)
     with uow.single() as writing:  # two repeatable updates, the one that ends it last
         if card is not None:
             writing.session.execute(
                 update(Organization)
                 .where(
-                    Organization.id == found.organization_id,
-                    Organization.payment_method_id == method,
+                    Organization.id == state.organization_id,
+                    Organization.payment_method_id == state.method,
                 )
                 .values(payment_method_brand=card.brand, payment_method_last4=card.last4)
             )
@@ -519,10 +557,12 @@ def save_card(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> Non
         )
 
 
-def save_card_later(uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int) -> None:
+def save_card_later(
+    uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int, known: CardToSave | None = None
+) -> None:
     """Try now; if Stripe is away the sweep tries again, and the purchase is already done."""
     try:
-        save_card(uow, gateway, purchase_id)
+        save_card(uow, gateway, purchase_id, known)
     except (PaymentUnavailable, PaymentRefused) as error:
         log.warning("saving the card of purchase %s failed, will retry: %s", purchase_id, error)
 
@@ -656,7 +696,7 @@ def _charge(
         return _refused(uow, gateway, purchase_id, refusal)
     outcome = settle(uow, gateway, purchase_id, payment, card)
     if new_card:
-        save_card_later(uow, gateway, purchase_id)
+        save_card_later(uow, gateway, purchase_id, outcome.card)
     return outcome
 
 
@@ -714,9 +754,9 @@ def _settle_free(uow: UnitOfWork, purchase_id: int) -> Outcome:
             return Outcome(Next.DONE)
         free = Payment(id="", status="succeeded", amount=0, currency=purchase.currency)
         purchase.new_card = False
-        wake = _apply_success(uow.session, purchase, free, None)
+        outcome = _apply_success(uow.session, purchase, free, None)
         uow.commit()
-        return Outcome(Next.DONE, wake)
+        return outcome
 
 
 def park(uow: UnitOfWork, engine: Engine, purchase_id: int, reason: str) -> list[int]:

@@ -6,10 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Integer,
+    column,
+    delete,
+    insert,
+    select,
+    true,
+    values,
+)
 from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.cards import check_payment_method
@@ -93,6 +104,17 @@ class _Line:
     offer: Quote
 
 
+LINE_COLUMNS = (
+    column("subscription_id", BigInteger),
+    column("active_seats", Integer),
+    column("seats_to_buy", Integer),
+    column("subtotal", BigInteger),
+    column("proration_coupon", BigInteger),
+    column("amount_due", BigInteger),
+    column("renews_at", Date),
+)
+
+
 def _store(
     session: Session,
     actor: Actor,
@@ -103,38 +125,57 @@ def _store(
     fingerprint: str,
     confirmed_amount: int,
     retry_of: int | None = None,
-) -> Purchase:
-    due = sum(line.offer.amount_due for line in lines)
-    purchase = Purchase(
-        organization_id=actor.organization_id,
-        user_id=actor.user_id,
-        idempotency_key=key,
-        status=PurchaseStatus.PENDING,
-        currency=lines[0].offer.currency,
-        confirmed_amount=confirmed_amount,
-        amount_due=due,
-        payment_method_id=method,
-        new_card=method != organization.payment_method_id,
-        attempts=0,
-        request_fingerprint=fingerprint,
-        retry_of_id=retry_of,
-    )
-    session.add(purchase)
-    session.flush()
-    for line in lines:
-        session.add(
-            PurchaseItem(
-                purchase_id=purchase.id,
-                subscription_id=line.subscription_id,
-                active_seats=line.active_seats,
-                seats_to_buy=line.offer.seats_to_buy,
-                subtotal=line.offer.subtotal,
-                proration_coupon=line.offer.proration_coupon,
-                amount_due=line.offer.amount_due,
-                renews_at=line.offer.renews_at,
-            )
+    emptied: Sequence[int] = (),
+) -> int:
+    """The purchase, its lines and the emptied cart lines in one statement (one round trip)."""
+    stored = (
+        insert(Purchase)
+        .values(
+            organization_id=actor.organization_id,
+            user_id=actor.user_id,
+            idempotency_key=key,
+            status=PurchaseStatus.PENDING,
+            currency=lines[0].offer.currency,
+            confirmed_amount=confirmed_amount,
+            amount_due=sum(line.offer.amount_due for line in lines),
+            payment_method_id=method,
+            new_card=method != organization.payment_method_id,
+            attempts=0,
+            card_sync_pending=False,  # Python-side defaults are not applied inside a CTE
+            request_fingerprint=fingerprint,
+            retry_of_id=retry_of,
         )
-    return purchase
+        .returning(Purchase.id)
+        .cte("stored")
+    )
+    priced = values(*LINE_COLUMNS, name="priced").data(
+        [
+            (
+                line.subscription_id,
+                line.active_seats,
+                line.offer.seats_to_buy,
+                line.offer.subtotal,
+                line.offer.proration_coupon,
+                line.offer.amount_due,
+                line.offer.renews_at,
+            )
+            for line in lines
+        ]
+    )
+    items = (
+        insert(PurchaseItem)
+        .from_select(
+            ["purchase_id", *(c.name for c in LINE_COLUMNS)],
+            select(stored.c.id, *(priced.c[c.name] for c in LINE_COLUMNS))
+            .select_from(stored)
+            .join(priced, true()),  # one purchase, each of its lines
+        )
+        .cte("items")
+    )
+    query = select(stored.c.id).add_cte(items)
+    if emptied:
+        query = query.add_cte(delete(CartItem).where(CartItem.id.in_(emptied)).cte("emptied"))
+    return int(session.scalars(query).one())
 
 
 def _check_same_request(
@@ -198,7 +239,7 @@ def checkout(
             for line in buying
             if line.offer is not None
         ]
-        purchase = _store(
+        purchase_id = _store(
             session,
             actor,
             key,
@@ -207,11 +248,10 @@ def checkout(
             chosen,
             fingerprint,
             confirmed_amount=sum(line.offer.amount_due for line in chosen),
+            emptied=[line.item.id for line in buying],
         )
-        # one statement empties the bought lines
-        session.execute(delete(CartItem).where(CartItem.id.in_([line.item.id for line in buying])))
         uow.commit()
-        return purchase.id, purchase.status
+        return purchase_id, PurchaseStatus.PENDING
 
 
 def retry_purchase(
@@ -286,7 +326,7 @@ def retry_purchase(
                 "add them to your cart again to see the new price",
                 "quote_expired",
             )
-        purchase = _store(
+        purchase_id = _store(
             session,
             actor,
             key,
@@ -298,4 +338,4 @@ def retry_purchase(
             retry_of=failed.id,
         )
         uow.commit()
-        return purchase.id, purchase.status
+        return purchase_id, PurchaseStatus.PENDING

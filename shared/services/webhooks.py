@@ -378,7 +378,7 @@ def on_payment_intent(
         return "ignored", []
     payment = _current(gateway, intent["id"])
     outcome = charging.settle(uow, gateway, purchase_id, payment)
-    charging.save_card_later(uow, gateway, purchase_id)
+    charging.save_card_later(uow, gateway, purchase_id, outcome.card)
     return "processed", outcome.wake
 
 

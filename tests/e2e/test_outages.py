@@ -196,7 +196,9 @@ def test_failed_event_is_parked_then_replayed(
         deadline = time.monotonic() + 30
         while True:
             event = wait_processed(stack_runtime, event_id)
-            if event.outcome == "failed" and event.attempts == 2:
+            # the drain's try, then the event's own task and its one retry: seen after
+            # the second (the retry waiting) or the third, it is `failed` either way
+            if event.outcome == "failed" and event.attempts >= 2:
                 break
             assert time.monotonic() < deadline, (event.outcome, event.attempts)
             time.sleep(0.2)
