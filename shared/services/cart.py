@@ -95,10 +95,15 @@ def add_item(
     confirmed: bool,
     now: datetime | None = None,
 ) -> CartView:
-    """Seats above the paid count go in the cart only once the buyer said yes to the quote."""
+    """Seats above the paid count go in the cart only once the buyer said yes to the quote.
+
+    Each statement stands alone (no BEGIN/COMMIT round trips): the upsert is the only
+    write, and the lines' lock, held for its statement, only waits out a checkout taking
+    them, so the cart answered is the one left after it.
+    """
     check_seat_count(target)
-    with uow:
-        subscription = subscription_for(uow.session, actor, subscription_id, manage=True)
+    with uow.single() as alone:
+        subscription = subscription_for(alone.session, actor, subscription_id, manage=True)
         offer = price(subscription, target, now)
         if offer.seats_to_buy == 0:
             raise Conflict(
@@ -114,11 +119,11 @@ def add_item(
                 "confirmation_required",
                 quote=to_json(offer),
             )
-        lines = priced_lines(uow.session, actor.user_id, now, lock=True)
+        lines = priced_lines(alone.session, actor.user_id, now, lock=True)
         if any(line.item.subscription.currency != subscription.currency for line in lines):
             raise Conflict("a cart holds plans of one currency only", "currency_mismatch")
         # One statement: two first adds at once both land on the same line (no unique violation)
-        added = uow.session.execute(
+        added = alone.session.execute(
             insert(CartItem)
             .values(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
             .on_conflict_do_update(
@@ -136,7 +141,7 @@ def add_item(
         line.subscription = subscription
         others = [kept for kept in lines if kept.item.id != added.id]
         view = _view([*others, Line(line, offer)], subscription.currency)
-        uow.commit()
+        alone.commit()
         return view
 
 

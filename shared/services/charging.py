@@ -575,8 +575,8 @@ def stripe_customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: i
     is never deleted (with Stripe's idempotency key both calls may return the
     same one).
     """
-    with uow:
-        existing = uow.session.scalar(
+    with uow.single() as reading:  # one statement, no BEGIN/COMMIT
+        existing = reading.session.scalar(
             select(Organization.stripe_customer_id).where(Organization.id == organization_id)
         )
         if existing:

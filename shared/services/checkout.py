@@ -10,17 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (
-    BigInteger,
-    Date,
-    Integer,
-    column,
-    delete,
-    insert,
-    select,
-    true,
-    values,
-)
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.cards import check_payment_method
@@ -31,7 +21,7 @@ from shared.services.access import Actor, subscription_for
 from shared.services.cart import priced_lines
 from shared.services.seats import price
 from shared.store.db import UnitOfWork
-from shared.store.models import CartItem, Organization, Purchase, PurchaseItem, User
+from shared.store.models import Organization, Purchase, User
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -104,15 +94,31 @@ class _Line:
     offer: Quote
 
 
-LINE_COLUMNS = (
-    column("subscription_id", BigInteger),
-    column("active_seats", Integer),
-    column("seats_to_buy", Integer),
-    column("subtotal", BigInteger),
-    column("proration_coupon", BigInteger),
-    column("amount_due", BigInteger),
-    column("renews_at", Date),
+STORE = text(
+    """
+    WITH stored AS (
+        INSERT INTO purchases (organization_id, user_id, idempotency_key, status, currency,
+            confirmed_amount, amount_due, payment_method_id, new_card, attempts,
+            card_sync_pending, request_fingerprint, retry_of_id)
+        VALUES (:organization_id, :user_id, :key, :status, :currency,
+            :confirmed_amount, :amount_due, :method, :new_card, 0, false, :fingerprint,
+            :retry_of)
+        RETURNING id
+    ), items AS (
+        INSERT INTO purchase_items (purchase_id, subscription_id, active_seats, seats_to_buy,
+            subtotal, proration_coupon, amount_due, renews_at)
+        SELECT stored.id, line.* FROM stored, unnest(
+            CAST(:plans AS bigint[]), CAST(:counts AS integer[]), CAST(:to_buy AS integer[]),
+            CAST(:subtotals AS bigint[]), CAST(:coupons AS bigint[]), CAST(:dues AS bigint[]),
+            CAST(:renews AS date[])
+        ) AS line
+    ), emptied AS (
+        DELETE FROM cart_items WHERE id = ANY(CAST(:emptied AS bigint[]))
+    )
+    SELECT id FROM stored
+    """
 )
+"""The purchase, its lines and the cart lines it empties: one round trip, compiled once."""
 
 
 def _store(
@@ -127,55 +133,33 @@ def _store(
     retry_of: int | None = None,
     emptied: Sequence[int] = (),
 ) -> int:
-    """The purchase, its lines and the emptied cart lines in one statement (one round trip)."""
-    stored = (
-        insert(Purchase)
-        .values(
-            organization_id=actor.organization_id,
-            user_id=actor.user_id,
-            idempotency_key=key,
-            status=PurchaseStatus.PENDING,
-            currency=lines[0].offer.currency,
-            confirmed_amount=confirmed_amount,
-            amount_due=sum(line.offer.amount_due for line in lines),
-            payment_method_id=method,
-            new_card=method != organization.payment_method_id,
-            attempts=0,
-            card_sync_pending=False,  # Python-side defaults are not applied inside a CTE
-            request_fingerprint=fingerprint,
-            retry_of_id=retry_of,
-        )
-        .returning(Purchase.id)
-        .cte("stored")
+    offers = [line.offer for line in lines]
+    return int(
+        session.execute(
+            STORE,
+            {
+                "organization_id": actor.organization_id,
+                "user_id": actor.user_id,
+                "key": key,
+                "status": PurchaseStatus.PENDING.value,
+                "currency": offers[0].currency,
+                "confirmed_amount": confirmed_amount,
+                "amount_due": sum(offer.amount_due for offer in offers),
+                "method": method,
+                "new_card": method != organization.payment_method_id,
+                "fingerprint": fingerprint,
+                "retry_of": retry_of,
+                "plans": [line.subscription_id for line in lines],
+                "counts": [line.active_seats for line in lines],
+                "to_buy": [offer.seats_to_buy for offer in offers],
+                "subtotals": [offer.subtotal for offer in offers],
+                "coupons": [offer.proration_coupon for offer in offers],
+                "dues": [offer.amount_due for offer in offers],
+                "renews": [offer.renews_at for offer in offers],
+                "emptied": list(emptied),
+            },
+        ).scalar_one()
     )
-    priced = values(*LINE_COLUMNS, name="priced").data(
-        [
-            (
-                line.subscription_id,
-                line.active_seats,
-                line.offer.seats_to_buy,
-                line.offer.subtotal,
-                line.offer.proration_coupon,
-                line.offer.amount_due,
-                line.offer.renews_at,
-            )
-            for line in lines
-        ]
-    )
-    items = (
-        insert(PurchaseItem)
-        .from_select(
-            ["purchase_id", *(c.name for c in LINE_COLUMNS)],
-            select(stored.c.id, *(priced.c[c.name] for c in LINE_COLUMNS))
-            .select_from(stored)
-            .join(priced, true()),  # one purchase, each of its lines
-        )
-        .cte("items")
-    )
-    query = select(stored.c.id).add_cte(items)
-    if emptied:
-        query = query.add_cte(delete(CartItem).where(CartItem.id.in_(emptied)).cte("emptied"))
-    return int(session.scalars(query).one())
 
 
 def _check_same_request(
