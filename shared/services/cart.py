@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, joinedload
 
@@ -28,6 +28,20 @@ class Line:
     problem: Conflict | None = None
 
 
+LINES = (
+    select(CartItem)
+    .where(CartItem.user_id == bindparam("user_id"))
+    .order_by(CartItem.id)
+    .options(
+        joinedload(CartItem.subscription, innerjoin=True).joinedload(
+            Subscription.organization, innerjoin=True
+        )
+    )
+)
+"""A buyer's lines with their plans and organizations, built once (every add and checkout)."""
+LOCKED_LINES = LINES.with_for_update(key_share=True, of=CartItem)
+
+
 def priced_lines(
     session: Session, user_id: int, now: datetime | None, lock: bool = False
 ) -> list[Line]:
@@ -36,20 +50,8 @@ def priced_lines(
     Each line is priced on its own: a plan due for renewal blocks its own line,
     never the rest of the cart.
     """
-    query = (
-        select(CartItem)
-        .where(CartItem.user_id == user_id)
-        .order_by(CartItem.id)
-        .options(
-            joinedload(CartItem.subscription, innerjoin=True).joinedload(
-                Subscription.organization, innerjoin=True
-            )
-        )
-    )
-    if lock:
-        query = query.with_for_update(key_share=True, of=CartItem)
     lines = []
-    for item in session.scalars(query):
+    for item in session.scalars(LOCKED_LINES if lock else LINES, {"user_id": user_id}):
         try:
             lines.append(Line(item, price(item.subscription, item.active_seats, now)))
         except Conflict as problem:

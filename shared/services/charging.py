@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from shared.domain.cards import Card
@@ -88,59 +88,64 @@ def purchase_lock(engine: Engine, purchase_id: int) -> AbstractContextManager[bo
     return work_lock(engine, PURCHASE_LOCKS, purchase_id)
 
 
+# The statements every charge runs, built once: building one and working out its cache
+# key cost more CPU than sending it.
+LOCKED_PURCHASE = (
+    select(Purchase)
+    .where(Purchase.id == bindparam("purchase_id"))
+    .options(
+        joinedload(Purchase.items, innerjoin=True),
+        joinedload(Purchase.organization, innerjoin=True),
+    )
+    .with_for_update(key_share=True, of=Purchase)
+)
+LOCKED_PLANS = (
+    select(Subscription)
+    .where(Subscription.id.in_(bindparam("plan_ids", expanding=True)))
+    .order_by(Subscription.id)
+    .options(joinedload(Subscription.organization, innerjoin=True))
+    .with_for_update(key_share=True, of=Subscription)
+)
+_FIRST_PENDING = (
+    select(func.min(Purchase.id))
+    .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
+    .where(
+        PurchaseItem.subscription_id.in_(bindparam("plan_ids", expanding=True)),
+        Purchase.status == PurchaseStatus.PENDING,
+        Purchase.attention.is_(None),
+    )
+    .group_by(PurchaseItem.subscription_id)
+)
+FIRST_PENDING_BEFORE = _FIRST_PENDING.where(Purchase.id < bindparam("before"))
+FIRST_WAITING = _FIRST_PENDING.where(Purchase.waiting_since.is_not(None))
+
+
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
     """The purchase, row-locked, read with its lines and its organization in one round trip
     (only the purchase's own row is locked)."""
-    return (
-        session.scalars(
-            select(Purchase)
-            .where(Purchase.id == purchase_id)
-            .options(
-                joinedload(Purchase.items, innerjoin=True),
-                joinedload(Purchase.organization, innerjoin=True),
-            )
-            .with_for_update(key_share=True, of=Purchase)
-        )
-        .unique()
-        .one()
-    )
+    return session.scalars(LOCKED_PURCHASE, {"purchase_id": purchase_id}).unique().one()
 
 
 def _locked_plans(session: Session, purchase: Purchase) -> dict[int, Subscription]:
     """The plans, row-locked in id order (no deadlock between chargers), with their
     organization (its time zone prices the lines) read in the same round trip."""
     ids = sorted(item.subscription_id for item in purchase.items)
-    plans = session.scalars(
-        select(Subscription)
-        .where(Subscription.id.in_(ids))
-        .order_by(Subscription.id)
-        .options(joinedload(Subscription.organization, innerjoin=True))
-        .with_for_update(key_share=True, of=Subscription)
-    )
+    plans = session.scalars(LOCKED_PLANS, {"plan_ids": ids})
     return {plan.id: plan for plan in plans}
 
 
-def next_in_line(
-    session: Session, plan_ids: list[int], before: int | None = None, waiting: bool = False
-) -> list[int]:
-    """The oldest purchase still to charge for each plan: plans serve buyers in checkout
-    order. `waiting`: only if it found the plan busy; one not tried yet has a message of
-    its own on the way, and a second would find nothing to do."""
-    query = (
-        select(func.min(Purchase.id))
-        .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
-        .where(
-            PurchaseItem.subscription_id.in_(plan_ids),
-            Purchase.status == PurchaseStatus.PENDING,
-            Purchase.attention.is_(None),
-        )
-        .group_by(PurchaseItem.subscription_id)
+def next_in_line(session: Session, plan_ids: list[int], before: int) -> list[int]:
+    """The oldest purchase older than `before` still to charge for each plan: plans serve
+    buyers in checkout order."""
+    return sorted(
+        set(session.scalars(FIRST_PENDING_BEFORE, {"plan_ids": plan_ids, "before": before}))
     )
-    if before is not None:
-        query = query.where(Purchase.id < before)
-    if waiting:
-        query = query.where(Purchase.waiting_since.is_not(None))
-    return sorted(set(session.scalars(query)))
+
+
+def _waiting_in_line(session: Session, plan_ids: list[int]) -> list[int]:
+    """The oldest purchase of each plan that found it busy; one not tried yet has a
+    message of its own on the way, and a second would find nothing to do."""
+    return sorted(set(session.scalars(FIRST_WAITING, {"plan_ids": plan_ids})))
 
 
 def _release(
@@ -162,11 +167,7 @@ def _release(
         for plan in plans.values():
             if plan.charging_purchase_id == purchase.id:
                 plan.charging_purchase_id = None
-    return [
-        waiting
-        for waiting in next_in_line(session, plan_ids, waiting=True)
-        if waiting != purchase.id
-    ]
+    return [waiting for waiting in _waiting_in_line(session, plan_ids) if waiting != purchase.id]
 
 
 def _fail(

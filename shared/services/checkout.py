@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.cards import check_payment_method
@@ -40,10 +40,20 @@ def check_idempotency_key(key: str | None) -> str:
     return key
 
 
+KEYED = select(Purchase).where(
+    Purchase.user_id == bindparam("user_id"), Purchase.idempotency_key == bindparam("key")
+)
+"""The purchase a buyer's key already made (statements a checkout runs are built once)."""
+LOCKED_BUYER = (
+    select(User)
+    .where(User.id == bindparam("user_id"))
+    .options(joinedload(User.organization, innerjoin=True))
+    .with_for_update(key_share=True, of=User)
+)
+
+
 def _existing(session: Session, actor: Actor, key: str) -> Purchase | None:
-    return session.scalar(
-        select(Purchase).where(Purchase.user_id == actor.user_id, Purchase.idempotency_key == key)
-    )
+    return session.scalar(KEYED, {"user_id": actor.user_id, "key": key})
 
 
 def request_fingerprint(payment_method: str | None, retry_of: int | None = None) -> str:
@@ -71,12 +81,7 @@ def _check_card(payment_method: str | None) -> None:
 def _lock_buyer(session: Session, actor: Actor) -> Organization:
     """One checkout or retry per buyer at a time: the key check and the insert agree.
     The buyer's organization comes in the same round trip."""
-    buyer = session.scalars(
-        select(User)
-        .where(User.id == actor.user_id)
-        .options(joinedload(User.organization, innerjoin=True))
-        .with_for_update(key_share=True, of=User)
-    ).one()
+    buyer = session.scalars(LOCKED_BUYER, {"user_id": actor.user_id}).one()
     return buyer.organization
 
 
