@@ -1,0 +1,107 @@
+"""CPU per purchase step in one process: the cart add, the checkout and the charge, called
+one after another against the machine's PostgreSQL with the in-memory Stripe.
+
+The pipeline benchmarks (`purchases.py`) move 20 to 40% from one run to the next on a
+shared machine; this one measures only our own code and its statements, one call at a
+time, so two commits compared back to back differ by what changed:
+
+    .venv/bin/python bench/services.py [--purchases 300] [--profile charge]
+
+Prints, per step, wall and CPU milliseconds per call (the CPU of this process only:
+PostgreSQL's own is not in it). `--profile STEP` adds cProfile's top functions for that
+step, timed by CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import date, timedelta
+from typing import Any
+
+from harness import scratch_database
+
+from shared.bootstrap import build
+from shared.config import Settings
+from shared.payments.fake_stripe import FakeStripe
+from shared.services import cart, charging, checkout, provisioning
+from shared.services.access import Actor
+
+STEPS = ("add", "checkout", "charge")
+
+
+def measure(name: str, count: int, step: Callable[[int], Any], profile: str | None) -> list[Any]:
+    profiler = cProfile.Profile(time.process_time) if profile == name else None
+    began, cpu = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
+    results = [step(i) for i in range(count)]
+    if profiler:
+        profiler.disable()
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    print(
+        f"{name:9s} {1000 * wall / count:7.3f} ms wall  {1000 * cpu / count:7.3f} ms CPU per call"
+    )
+    if profiler:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--purchases", type=int, default=300)
+    parser.add_argument("--profile", choices=STEPS)
+    args = parser.parse_args()
+    os.environ.setdefault("STRIPE_API_KEY", "sk_test_services_bench")
+    with scratch_database() as url:
+        runtime = build(replace(Settings.from_env(), database_url=url))
+        stripe = FakeStripe()
+        started = date.today() - timedelta(days=100)
+        buyers: list[tuple[Actor, int]] = []
+        for i in range(args.purchases + 1):
+            uow = runtime.uow
+            org = provisioning.create_organization(uow(), f"Bench {i}", "cad", "America/Toronto")
+            user, _ = provisioning.create_user(uow(), org, f"buyer-{i}@bench.example.com", "buyer")
+            plan = provisioning.create_subscription(uow(), org, "XLGL", 36500, "year", 3, started)
+            buyers.append((Actor(user, org, "buyer"), plan))
+            # each organization's Stripe customer exists, as after its first purchase
+            charging.stripe_customer(uow(), stripe, org)
+        warm, plan = buyers.pop()  # every statement compiled and every pool filled once
+        cart.add_item(runtime.uow(), warm, plan, 4, True)
+        first, _ = checkout.checkout(runtime.uow(), warm, "warm", stripe.card())
+        charging.charge(runtime.uow(), runtime.engine, stripe, first)
+        count = len(buyers)
+        print(f"{count} purchases, one plan each, a new card each; in-memory Stripe")
+        measure(
+            "add",
+            count,
+            lambda i: cart.add_item(runtime.uow(), buyers[i][0], buyers[i][1], 5, True),
+            args.profile,
+        )
+        keys = [secrets.token_hex(8) for _ in range(count)]
+        cards = [stripe.card() for _ in range(count)]
+        bought = measure(
+            "checkout",
+            count,
+            lambda i: checkout.checkout(runtime.uow(), buyers[i][0], keys[i], cards[i])[0],
+            args.profile,
+        )
+        outcomes = measure(
+            "charge",
+            count,
+            lambda i: charging.charge(runtime.uow(), runtime.engine, stripe, bought[i]),
+            args.profile,
+        )
+        done = sum(1 for outcome in outcomes if outcome.next == charging.Next.DONE)
+        print(f"charged: {done}/{count} done")
+        runtime.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
