@@ -35,7 +35,15 @@ from shared.payments.gateway import (
 from shared.services.alerts import raise_alert
 from shared.services.seats import price, record_change
 from shared.store.db import PURCHASE_LOCKS, AdvisoryLock, UnitOfWork, work_lock
-from shared.store.models import OperatorAlert, Organization, Purchase, PurchaseItem, Subscription
+from shared.store.models import (
+    ORGANIZATIONS,
+    PURCHASES,
+    OperatorAlert,
+    Organization,
+    Purchase,
+    PurchaseItem,
+    Subscription,
+)
 
 log = logging.getLogger("seats.charging")
 
@@ -118,6 +126,42 @@ _FIRST_PENDING = (
 )
 FIRST_PENDING_BEFORE = _FIRST_PENDING.where(Purchase.id < bindparam("before"))
 FIRST_WAITING = _FIRST_PENDING.where(Purchase.waiting_since.is_not(None))
+RECORD_INTENT = (
+    update(PURCHASES)
+    .where(
+        PURCHASES.c.id == bindparam("purchase_id"),
+        PURCHASES.c.stripe_payment_intent_id.is_(None),
+        PURCHASES.c.status == PurchaseStatus.PROCESSING.value,
+        PURCHASES.c.attention.is_(None),
+    )
+    .values(stripe_payment_intent_id=bindparam("intent"), updated_at=func.now())
+    .returning(PURCHASES.c.stripe_payment_intent_id)
+)
+CARD_STATE = (
+    select(
+        PURCHASES.c.card_sync_pending,
+        PURCHASES.c.payment_method_id,
+        PURCHASES.c.organization_id,
+        ORGANIZATIONS.c.payment_method_id.label("current"),
+        ORGANIZATIONS.c.payment_method_brand,
+        ORGANIZATIONS.c.stripe_customer_id,
+    )
+    .join(ORGANIZATIONS, ORGANIZATIONS.c.id == PURCHASES.c.organization_id)
+    .where(PURCHASES.c.id == bindparam("purchase_id"))
+)
+CARD_BRAND = (
+    update(ORGANIZATIONS)
+    .where(
+        ORGANIZATIONS.c.id == bindparam("organization_id"),
+        ORGANIZATIONS.c.payment_method_id == bindparam("method"),
+    )
+    .values(payment_method_brand=bindparam("brand"), payment_method_last4=bindparam("last4"))
+)
+CARD_SAVED = (
+    update(PURCHASES)
+    .where(PURCHASES.c.id == bindparam("purchase_id"))
+    .values(card_sync_pending=False, updated_at=func.now())
+)
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
@@ -500,18 +544,7 @@ def _apply_success(
 def _card_state(uow: UnitOfWork, purchase_id: int) -> CardToSave | None:
     """The card a purchase still has to push, as stored (None: nothing to push)."""
     with uow.single() as reading:
-        found = reading.session.execute(
-            select(
-                Purchase.card_sync_pending,
-                Purchase.payment_method_id,
-                Purchase.organization_id,
-                Organization.payment_method_id.label("current"),
-                Organization.payment_method_brand,
-                Organization.stripe_customer_id,
-            )
-            .join(Organization, Organization.id == Purchase.organization_id)
-            .where(Purchase.id == purchase_id)
-        ).one()
+        found = reading.session.execute(CARD_STATE, {"purchase_id": purchase_id}).one()
     if not found.card_sync_pending:
         return None
     return CardToSave(
@@ -544,18 +577,15 @@ def save_card(
     with uow.single() as writing:  # two repeatable updates, the one that ends it last
         if card is not None:
             writing.session.execute(
-                update(Organization)
-                .where(
-                    Organization.id == state.organization_id,
-                    Organization.payment_method_id == state.method,
-                )
-                .values(payment_method_brand=card.brand, payment_method_last4=card.last4)
+                CARD_BRAND,
+                {
+                    "organization_id": state.organization_id,
+                    "method": state.method,
+                    "brand": card.brand,
+                    "last4": card.last4,
+                },
             )
-        writing.session.execute(
-            update(Purchase)
-            .where(Purchase.id == purchase_id)
-            .values(card_sync_pending=False, updated_at=func.now())
-        )
+        writing.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
 
 
 def save_card_later(
@@ -710,15 +740,7 @@ def _record_intent(uow: UnitOfWork, purchase_id: int, created: Payment) -> str |
     """
     with uow.single() as recording:  # one statement in the usual case
         recorded = recording.session.scalar(
-            update(Purchase)
-            .where(
-                Purchase.id == purchase_id,
-                Purchase.stripe_payment_intent_id.is_(None),
-                Purchase.status == PurchaseStatus.PROCESSING,
-                Purchase.attention.is_(None),
-            )
-            .values(stripe_payment_intent_id=created.id, updated_at=func.now())
-            .returning(Purchase.stripe_payment_intent_id)
+            RECORD_INTENT, {"purchase_id": purchase_id, "intent": created.id}
         )
         if recorded is not None:
             recording.commit()

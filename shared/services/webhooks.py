@@ -32,10 +32,12 @@ from shared.services import charging, renewals
 from shared.store.db import UnitOfWork
 from shared.store.inbox import insert_event
 from shared.store.models import (
+    ORGANIZATIONS,
+    PURCHASES,
+    RENEWALS,
     OperatorAlert,
     Organization,
     Purchase,
-    Renewal,
     SyncCursor,
     WebhookEvent,
 )
@@ -315,8 +317,6 @@ def _amount(obj: dict[str, Any], field: str) -> int:
     return value
 
 
-PURCHASES = cast(Table, Purchase.__table__)
-RENEWALS = cast(Table, Renewal.__table__)
 _INTENT = bindparam("intent", type_=Text())
 INTENT_STATE = select(
     select(RENEWALS.c.id).where(RENEWALS.c.stripe_payment_intent_id == _INTENT).scalar_subquery(),
@@ -430,7 +430,6 @@ def on_money_back(
     return "processed", []
 
 
-ORGANIZATIONS = cast(Table, Organization.__table__)
 SAVED_CARD = select(
     ORGANIZATIONS.c.id, ORGANIZATIONS.c.payment_method_id, ORGANIZATIONS.c.payment_method_brand
 ).where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -340,3 +341,10 @@ class SyncCursor(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+# The tables themselves, for Core statements built once on the hottest paths (an ORM
+# UPDATE also works out what in the session it changes; these skip that).
+PURCHASES = cast(Table, Purchase.__table__)
+RENEWALS = cast(Table, Renewal.__table__)
+ORGANIZATIONS = cast(Table, Organization.__table__)
