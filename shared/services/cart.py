@@ -40,6 +40,13 @@ LINES = (
 )
 """A buyer's lines with their plans and organizations, built once (every add and checkout)."""
 LOCKED_LINES = LINES.with_for_update(key_share=True, of=CartItem)
+OTHER_CURRENCY = (
+    select(CartItem.id)
+    .join(Subscription, Subscription.id == CartItem.subscription_id)
+    .where(CartItem.user_id == bindparam("user_id"), Subscription.currency != bindparam("currency"))
+    .limit(1)
+)
+"""A line of the buyer's cart in another currency than the plan being added, if any."""
 
 
 def priced_lines(
@@ -59,8 +66,11 @@ def priced_lines(
     return lines
 
 
-def _view(lines: list[Line], currency: str) -> CartView:
-    ordered = sorted(lines, key=lambda line: line.item.id)
+def cart_view(session: Session, actor: Actor, now: datetime | None) -> CartView:
+    lines = priced_lines(session, actor.user_id, now)
+    currency = (
+        lines[0].item.subscription.currency if lines else organization_of(session, actor).currency
+    )
     return CartView(
         items=[
             CartLineView.of(
@@ -69,19 +79,11 @@ def _view(lines: list[Line], currency: str) -> CartView:
                 line.problem.code if line.problem else None,
                 line.problem.message if line.problem else None,
             )
-            for line in ordered
+            for line in lines
         ],
-        total_due=sum(line.offer.amount_due for line in ordered if line.offer),
+        total_due=sum(line.offer.amount_due for line in lines if line.offer),
         currency=currency,
     )
-
-
-def cart_view(session: Session, actor: Actor, now: datetime | None) -> CartView:
-    lines = priced_lines(session, actor.user_id, now)
-    currency = (
-        lines[0].item.subscription.currency if lines else organization_of(session, actor).currency
-    )
-    return _view(lines, currency)
 
 
 def get_cart(uow: UnitOfWork, actor: Actor, now: datetime | None = None) -> CartView:
@@ -100,8 +102,8 @@ def add_item(
     """Seats above the paid count go in the cart only once the buyer said yes to the quote.
 
     Each statement stands alone (no BEGIN/COMMIT round trips): the upsert is the only
-    write, and the lines' lock, held for its statement, only waits out a checkout taking
-    them, so the cart answered is the one left after it.
+    write, and the cart is read after it, so the answer holds whatever another tab of the
+    same buyer committed meanwhile (a checkout that took the lines, another add).
     """
     check_seat_count(target)
     with uow.single() as alone:
@@ -121,30 +123,21 @@ def add_item(
                 "confirmation_required",
                 quote=to_json(offer),
             )
-        lines = priced_lines(alone.session, actor.user_id, now, lock=True)
-        if any(line.item.subscription.currency != subscription.currency for line in lines):
+        other_currency = alone.session.scalar(
+            OTHER_CURRENCY, {"user_id": actor.user_id, "currency": subscription.currency}
+        )
+        if other_currency is not None:
             raise Conflict("a cart holds plans of one currency only", "currency_mismatch")
         # One statement: two first adds at once both land on the same line (no unique violation)
-        added = alone.session.execute(
+        alone.session.execute(
             insert(CartItem)
             .values(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
             .on_conflict_do_update(
                 index_elements=["user_id", "subscription_id"], set_={"active_seats": target}
             )
-            .returning(CartItem.id, CartItem.created_at)
-        ).one()
-        line = CartItem(  # the line as stored, priced above: the cart is not read again
-            id=added.id,
-            user_id=actor.user_id,
-            subscription_id=subscription_id,
-            active_seats=target,
-            created_at=added.created_at,
         )
-        line.subscription = subscription
-        others = [kept for kept in lines if kept.item.id != added.id]
-        view = _view([*others, Line(line, offer)], subscription.currency)
-        alone.commit()
-        return view
+        alone.session.expire_all()  # the plan read above is priced again as it is now
+        return cart_view(alone.session, actor, now)
 
 
 def remove_item(uow: UnitOfWork, actor: Actor, item_id: int) -> None:

@@ -4,9 +4,14 @@ statements as it takes (README "Benchmarks"): what the buyer sees must not chang
 from __future__ import annotations
 
 import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date, timedelta
 from typing import Any
+
+from sqlalchemy import event
 
 from shared.services import cart, checkout, provisioning
 from shared.store.models import CartItem, Purchase
@@ -61,3 +66,56 @@ def test_a_two_plan_checkout_stores_every_line_as_priced_and_empties_the_cart(
     assert shop.charge(purchase_id).next == "done"
     assert shop.purchase(purchase_id).status == "succeeded"
     assert shop.counts() == (5, 5)
+
+
+@contextmanager
+def before_the_add_writes(shop: Shop, another_tab: Callable[[], Any]) -> Iterator[list[bool]]:
+    """Runs `another_tab` to its end (in a thread) right after the add's first read of the
+    cart, before its upsert; yields whether it finished before the add went on."""
+    me, ran = threading.get_ident(), [False]
+    finished: list[bool] = []
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.get_ident() == me and not ran[0] and "cart_items" in statement:
+            ran[0] = True
+            tab = threading.Thread(target=lambda: (another_tab(), finished.append(True)))
+            tab.start()
+            tab.join(timeout=5)  # a lock the add still held would make it wait instead
+
+    event.listen(shop.rt.engine, "after_cursor_execute", after)
+    try:
+        yield finished
+    finally:
+        event.remove(shop.rt.engine, "after_cursor_execute", after)
+    assert ran[0] and finished, "the other tab did not run to its end"
+
+
+def test_an_add_racing_a_checkout_of_the_same_cart_answers_the_cart_left(shop: Shop) -> None:
+    """Found by review: an answer built from the lines read before the upsert showed the
+    line the other tab had just bought next to the new one (the plan twice)."""
+    cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 5, True)
+
+    def checkout_in_another_tab() -> None:
+        checkout.checkout(shop.rt.uow(), shop.buyer, secrets.token_hex(8), shop.fake.card())
+
+    with before_the_add_writes(shop, checkout_in_another_tab):
+        answered = cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 7, True)
+    assert asdict(answered) == asdict(cart.get_cart(shop.rt.uow(), shop.buyer))
+    [line] = answered.items
+    assert line.active_seats == 7 and answered.total_due == line.amount_due
+
+
+def test_two_adds_at_once_each_answer_a_cart_that_exists(shop: Shop) -> None:
+    other, third = second_plan(shop), second_plan(shop)
+    cart.add_item(shop.rt.uow(), shop.buyer, third, 4, True)
+
+    def add_in_another_tab() -> None:
+        cart.add_item(shop.rt.uow(), shop.buyer, other, 4, True)
+
+    with before_the_add_writes(shop, add_in_another_tab):
+        answered = cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 5, True)
+    read_back = cart.get_cart(shop.rt.uow(), shop.buyer)
+    assert asdict(answered) == asdict(read_back)
+    assert sorted(line.subscription_id for line in answered.items) == sorted(
+        [third, other, shop.plan]
+    )
