@@ -45,6 +45,8 @@ class Bench:
 
 BENCHES = [
     Bench("purchases", "purchases.py", [], ["--plans", "40", "--rounds", "1"]),
+    # our own code alone, in one process: the steady figure beside the pipeline's
+    Bench("services", "services.py", [], ["--purchases", "100"]),
     # the charge alone, its webhooks sent nowhere: comparable with the figures of issue 13
     Bench(
         "purchases-no-webhooks",
@@ -145,6 +147,7 @@ def run(bench: Bench, quick: bool, folder: Path) -> dict[str, Any] | None:
 
 
 Row = tuple[str, str, str, str, str]
+STEPS = ("add", "checkout", "charge")
 
 
 def ratio(figure: float, reference: float) -> str:
@@ -259,6 +262,18 @@ def table(results: dict[str, dict[str, Any]]) -> list[Row]:
         rows += purchase_rows("no latency", results["purchases"], 0.5)
     if "purchases-no-webhooks" in results:
         rows += purchase_rows("no webhooks", results["purchases-no-webhooks"], 0.5)[:3]
+    if "services" in results:
+        steps = results["services"]
+        by = ", ".join(f"{step} {steps[step]['cpu_ms']:.1f}" for step in STEPS)
+        rows.append(
+            (
+                f"our own code per purchase, one process, in-memory Stripe ({by})",
+                f"{sum(steps[step]['cpu_ms'] for step in STEPS):.1f} ms CPU",
+                f"{steps['done']}/{steps['purchases']} charged",
+                "",
+                "",
+            )
+        )
     if "purchases-latency" in results:
         rows += purchase_rows("100 ms per Stripe call", results["purchases-latency"], 0.8)[:1]
     for name in ("scale-out", "pgbouncer"):

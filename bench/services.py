@@ -5,7 +5,7 @@ The pipeline benchmarks (`purchases.py`) move 20 to 40% from one run to the next
 shared machine; this one measures only our own code and its statements, one call at a
 time, so two commits compared back to back differ by what changed:
 
-    .venv/bin/python bench/services.py [--purchases 300] [--profile charge]
+    .venv/bin/python bench/services.py [--purchases 300] [--profile charge] [--json FILE]
 
 Prints, per step, wall and CPU milliseconds per call (the CPU of this process only:
 PostgreSQL's own is not in it). `--profile STEP` adds cProfile's top functions for that
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import os
 import pstats
 import secrets
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from harness import scratch_database
@@ -36,7 +38,13 @@ from shared.services.access import Actor
 STEPS = ("add", "checkout", "charge")
 
 
-def measure(name: str, count: int, step: Callable[[int], Any], profile: str | None) -> list[Any]:
+def measure(
+    name: str,
+    count: int,
+    step: Callable[[int], Any],
+    profile: str | None,
+    spent: dict[str, Any],
+) -> list[Any]:
     profiler = cProfile.Profile(time.process_time) if profile == name else None
     began, cpu = time.perf_counter(), time.process_time()
     if profiler:
@@ -45,8 +53,10 @@ def measure(name: str, count: int, step: Callable[[int], Any], profile: str | No
     if profiler:
         profiler.disable()
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    spent[name] = {"wall_ms": 1000 * wall / count, "cpu_ms": 1000 * cpu / count}
     print(
-        f"{name:9s} {1000 * wall / count:7.3f} ms wall  {1000 * cpu / count:7.3f} ms CPU per call"
+        f"{name:9s} {spent[name]['wall_ms']:7.3f} ms wall  "
+        f"{spent[name]['cpu_ms']:7.3f} ms CPU per call"
     )
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
@@ -57,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--purchases", type=int, default=300)
     parser.add_argument("--profile", choices=STEPS)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     os.environ.setdefault("STRIPE_API_KEY", "sk_test_services_bench")
     with scratch_database() as url:
@@ -77,12 +88,14 @@ def main() -> None:
         first, _ = checkout.checkout(runtime.uow(), warm, "warm", stripe.card())
         charging.charge(runtime.uow(), runtime.engine, stripe, first)
         count = len(buyers)
+        spent: dict[str, Any] = {}
         print(f"{count} purchases, one plan each, a new card each; in-memory Stripe")
         measure(
             "add",
             count,
             lambda i: cart.add_item(runtime.uow(), buyers[i][0], buyers[i][1], 5, True),
             args.profile,
+            spent,
         )
         keys = [secrets.token_hex(8) for _ in range(count)]
         cards = [stripe.card() for _ in range(count)]
@@ -91,15 +104,19 @@ def main() -> None:
             count,
             lambda i: checkout.checkout(runtime.uow(), buyers[i][0], keys[i], cards[i])[0],
             args.profile,
+            spent,
         )
         outcomes = measure(
             "charge",
             count,
             lambda i: charging.charge(runtime.uow(), runtime.engine, stripe, bought[i]),
             args.profile,
+            spent,
         )
         done = sum(1 for outcome in outcomes if outcome.next == charging.Next.DONE)
         print(f"charged: {done}/{count} done")
+        if args.json:
+            args.json.write_text(json.dumps({"purchases": count, "done": done, **spent}))
         runtime.engine.dispose()
 
 
