@@ -632,7 +632,9 @@ def test_a_replay_settles_an_event_that_failed_while_stripe_was_away(
     while (event := wait_processed(stack_runtime, event_id)).attempts < 2:
         assert time.monotonic() < deadline, (event.outcome, event.attempts)
         time.sleep(0.2)
-    assert (event.outcome, event.attempts) == ("failed", 2)
+    # the drain's try, then the event's own task and its one retry: seen after the second
+    # (the retry waiting) or the third, it is `failed` either way
+    assert event.outcome == "failed" and event.attempts in (2, 3), event.attempts
     assert "Unavailable" in str(event.error)
     outage.stop()
     assert shop.buyer.get(f"/api/purchases/{purchase}").json()["status"] == "processing"
