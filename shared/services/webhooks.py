@@ -248,7 +248,7 @@ def _stored(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> dict[
     rows = [_row(event, source) for event in events]
     invalid = any(row["outcome"] == "invalid" for row in rows)
     if len(rows) == 1 and not invalid:  # a webhook: the hot path, one statement
-        return insert_event(uow, rows[0])
+        return insert_event(uow, rows[0], *_done_if(events[0]))
     with uow if invalid else uow.single() as unit:
         inserted = {row.id: row.outcome for row in unit.session.execute(STORE, rows)}
         for event_id, outcome in inserted.items():
@@ -273,8 +273,8 @@ def store_events(uow: UnitOfWork, events: list[dict[str, Any]], source: str) -> 
 
 
 def store_event(uow: UnitOfWork, event: dict[str, Any], source: str = "webhook") -> str:
-    """`new` (to handle), `ignored` (no handler: done at once), `invalid` (stored done, with
-    an alert) or `duplicate` (a no-op)."""
+    """`new` (to handle), `ignored` (no handler: done at once), `processed` (what it asks
+    for is done already), `invalid` (stored done, with an alert) or `duplicate` (a no-op)."""
     stored = _stored(uow, [event], source)
     if not stored:
         return "duplicate"
@@ -480,13 +480,18 @@ def _sync_saved_card(
     return "processed", []
 
 
+def _named_default(customer: dict[str, Any]) -> str | None:
+    """The default card a customer event names, if it names one."""
+    settings = customer.get("invoice_settings")
+    named = settings.get("default_payment_method") if isinstance(settings, dict) else None
+    return named if isinstance(named, str) else None
+
+
 def on_customer_updated(
     uow: UnitOfWork, gateway: PaymentGateway, customer: dict[str, Any], event_id: str
 ) -> Handled:
-    settings = customer.get("invoice_settings")
-    named = settings.get("default_payment_method") if isinstance(settings, dict) else None
     return _sync_saved_card(
-        uow, gateway, _object_id(customer, "cus_"), named=named if isinstance(named, str) else None
+        uow, gateway, _object_id(customer, "cus_"), named=_named_default(customer)
     )
 
 
@@ -521,6 +526,21 @@ HANDLERS: dict[str, Handler] = {
     "customer.updated": on_customer_updated,
     "payment_method.detached": on_payment_method_detached,
 }
+
+
+def _done_if(event: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What the inbox may check as it stores an event (`inbox.APPLIED`): the first thing its
+    handler would read, when that alone says there is nothing to do (a payment of ours
+    already settled, the card we keep named as the default). Such an event is stored
+    `processed` in the same statement and never queued: most events Stripe sends are the
+    echo of what a charger has just done."""
+    handler = HANDLERS.get(event["type"])
+    if handler is on_payment_intent:
+        return "intent", None
+    if handler is on_customer_updated:
+        named = _named_default(event["data"]["object"])
+        return ("saved_card", named) if named is not None else (None, None)
+    return None, None
 
 
 DONE = frozenset({"processed", "ignored", "invalid"})

@@ -12,15 +12,36 @@ from shared.store.db import UnitOfWork
 INSERT = (
     "INSERT INTO webhook_events"
     " (id, type, object_id, payload, source, attempts, outcome, error, processed_at)"
-    " VALUES (%(id)s, %(type)s, %(object_id)s, %(payload)s, %(source)s, %(attempts)s,"
-    " %(outcome)s, %(error)s, %(processed_at)s)"
+    " SELECT %(id)s, %(type)s, %(object_id)s, %(payload)s, %(source)s, %(attempts)s,"
+    " CASE WHEN applied.done THEN 'processed' ELSE CAST(%(outcome)s AS text) END,"
+    " %(error)s,"
+    " CASE WHEN applied.done THEN now() ELSE CAST(%(processed_at)s AS timestamptz) END"
+    " FROM (SELECT CASE CAST(%(check)s AS text)"
+    "  WHEN 'intent' THEN EXISTS (SELECT 1 FROM purchases"
+    "   WHERE stripe_payment_intent_id = %(object_id)s AND status = 'succeeded'"
+    "   AND NOT card_sync_pending)"
+    "   OR EXISTS (SELECT 1 FROM renewals"
+    "   WHERE stripe_payment_intent_id = %(object_id)s AND status = 'succeeded')"
+    "  WHEN 'saved_card' THEN EXISTS (SELECT 1 FROM organizations"
+    "   WHERE stripe_customer_id = %(object_id)s"
+    "   AND payment_method_id = CAST(%(named)s AS text) AND payment_method_brand IS NOT NULL)"
+    "  ELSE false END AS done) AS applied"
     " ON CONFLICT (id) DO NOTHING RETURNING outcome"
 )
+"""Stored `processed` at once when the database already shows all the event asks for
+(`check`): a payment of ours paid and settled (`intent`), or the customer's default card
+being the card we keep (`saved_card`)."""
 
 
-def insert_event(uow: UnitOfWork, row: dict[str, Any]) -> dict[str, str | None]:
-    """{id: its outcome (None: to be handled)} when new, {} when the id was stored before."""
+def insert_event(
+    uow: UnitOfWork, row: dict[str, Any], check: str | None = None, named: str | None = None
+) -> dict[str, str | None]:
+    """{id: its outcome (None: to be handled)} when new, {} when the id was stored before.
+
+    With a `check` the event is stored `processed` at once, in the same statement, when
+    the database already shows what it asks for: nothing is queued for it."""
+    params = {**row, "payload": Jsonb(row["payload"]), "check": check, "named": named}
     with uow.driver_cursor() as cursor:
-        cursor.execute(INSERT, {**row, "payload": Jsonb(row["payload"])}, prepare=True)
+        cursor.execute(INSERT, params, prepare=True)
         found = cursor.fetchone()
     return {} if found is None else {row["id"]: found[0]}

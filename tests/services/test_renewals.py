@@ -154,6 +154,22 @@ def test_a_yearly_plan_renews_once_for_its_active_seats(shop: Shop) -> None:
     assert yearly.charges() == [3 * 10000]
 
 
+def test_the_success_event_of_a_settled_renewal_is_stored_done_and_never_queued(
+    shop: Shop,
+) -> None:
+    save_card(shop)
+    yearly = plan(shop, date(2027, 3, 10))
+    yearly.run(morning(date(2028, 3, 10)))
+    [intent] = {r.stripe_payment_intent_id for r in yearly.renewals()}
+    [event] = [
+        e
+        for e in shop.fake.events
+        if e["type"] == "payment_intent.succeeded" and e["data"]["object"]["id"] == intent
+    ]
+    assert webhooks.store_event(shop.rt.uow(), event) == "processed"
+    assert yearly.charges() == [3 * 10000] and yearly.row().paid_seats == 3
+
+
 def test_lowered_seats_are_charged_and_become_the_paid_seats(shop: Shop) -> None:
     save_card(shop)
     yearly = plan(shop, date(2027, 3, 10))

@@ -13,7 +13,7 @@ from shared.domain.errors import NotFound
 from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
 from shared.payments.gateway import PaymentUnavailable
 from shared.services import webhooks
-from shared.store.models import OperatorAlert, SyncCursor, WebhookEvent
+from shared.store.models import OperatorAlert, Purchase, SyncCursor, WebhookEvent
 from tests.services.conftest import Shop
 
 NOW = 1_700_000_000
@@ -106,6 +106,57 @@ def test_an_event_is_stored_once_with_its_type_and_object_and_waits_to_be_handle
     assert row.payload == event
 
 
+def test_the_success_of_a_purchase_already_settled_is_stored_done_and_never_queued(
+    shop: Shop,
+) -> None:
+    """Most events are the echo of what a charger just did: the inbox sees it is done as it
+    stores the event (one statement), so no worker ever runs for it."""
+    purchase, _ = paid(shop)
+    event = recorded(shop, "payment_intent.succeeded")
+    calls = len(shop.fake.calls)
+    assert deliver(shop, event) == "processed"
+    assert deliver(shop, event) == "duplicate"
+    row = stored(shop, event["id"])
+    assert (row.outcome, row.attempts, row.processed_at is not None) == ("processed", 0, True)
+    assert event["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
+    assert shop.fake.calls[calls:] == [] and shop.counts() == (4, 4)
+    assert shop.purchase(purchase).status == "succeeded"
+
+
+def test_a_success_whose_card_is_still_on_its_way_to_stripe_is_handled(shop: Shop) -> None:
+    """Done means all of it: a purchase whose new card Stripe has not taken yet still has
+    work its event can finish."""
+    purchase = shop.checkout(4, shop.fake.card())
+    shop.charge(purchase)
+    with shop.rt.uow() as uow:
+        uow.session.execute(
+            update(Purchase).where(Purchase.id == purchase).values(card_sync_pending=True)
+        )
+        uow.commit()
+    _, handled = delivered(shop, "payment_intent.succeeded")
+    assert handled == ("processed", [])
+    assert shop.purchase(purchase).card_sync_pending is False
+
+
+def test_a_success_before_the_charger_recorded_it_is_handled(shop: Shop) -> None:
+    purchase = shop.checkout(4)
+    shop.fake.fail("confirm_payment", when="after")
+    with pytest.raises(PaymentUnavailable):
+        shop.charge(purchase)
+    assert shop.purchase(purchase).status == "processing"
+    _, handled = delivered(shop, "payment_intent.succeeded")
+    assert handled == ("processed", []) and shop.purchase(purchase).status == "succeeded"
+
+
+def test_a_customer_update_naming_another_card_is_handled(shop: Shop) -> None:
+    shop.charge(shop.checkout(4, shop.fake.card()))
+    customer = str(shop.organization().stripe_customer_id)
+    other = hand_made(id=customer, invoice_settings={"default_payment_method": "pm_other"})
+    assert deliver(shop, other) == "new"
+    unnamed = hand_made(id=customer, invoice_settings={"default_payment_method": None})
+    assert deliver(shop, unnamed) == "new"
+
+
 def test_an_object_without_a_text_id_is_stored_without_one(shop: Shop) -> None:
     event = hand_made(id=42)
     deliver(shop, event)
@@ -190,8 +241,8 @@ def test_a_late_payment_failed_never_undoes_a_success(shop: Shop) -> None:
     failed = recorded(shop, "payment_intent.payment_failed")
     shop.fake.pay_with(intent, shop.fake.card())  # Stripe.js: another card
     delivered(shop, "payment_intent.succeeded")
-    assert deliver(shop, failed) == "new"
-    assert handle(shop, failed["id"]) == ("processed", [])
+    assert deliver(shop, failed) == "processed"  # the payment is settled: nothing to queue
+    assert handle(shop, failed["id"], again=True) == ("processed", [])  # a replay: the same
     assert shop.purchase(purchase).status == "succeeded" and shop.counts() == (5, 5)
 
 
@@ -506,12 +557,13 @@ def test_reconciliation_stores_the_events_we_never_received_once(shop: Shop) -> 
     received, *missed = shop.fake.events
     deliver(shop, received)
     fresh = webhooks.backfill(shop.rt.uow(), shop.fake)
-    assert sorted(fresh) == sorted(event["id"] for event in missed) != []
+    assert missed != [] and set(fresh) <= {event["id"] for event in missed}
     assert {stored(shop, e["id"]).source for e in missed} == {"reconcile"}
     assert stored(shop, received["id"]).source == "webhook"
     assert webhooks.backfill(shop.rt.uow(), shop.fake) == []
     assert cursor(shop) == max(event["created"] for event in shop.fake.events)
     assert [handle(shop, event_id)[0] for event_id in fresh] == ["processed"] * len(fresh)
+    assert {stored(shop, event["id"]).outcome for event in missed} == {"processed"}
 
 
 def test_reconciliation_reads_from_its_cursor_with_five_minutes_of_overlap(shop: Shop) -> None:
@@ -665,7 +717,10 @@ def test_our_own_card_update_coming_back_asks_stripe_nothing(shop: Shop) -> None
     shop.charge(shop.checkout(4, card))
     assert shop.organization().payment_method_id == card
     calls = len(shop.fake.calls)
-    _, handled = delivered(shop, "customer.updated")
-    assert handled == ("processed", [])
+    event = recorded(shop, "customer.updated")
+    assert deliver(shop, event) == "processed"  # stored done: never queued, never handled
+    row = stored(shop, event["id"])
+    assert (row.attempts, row.processed_at is not None) == (0, True)
+    assert handle(shop, event["id"], again=True) == ("processed", [])  # a replay reads it
     assert shop.fake.calls[calls:] == []
     assert shop.organization().payment_method_id == card
