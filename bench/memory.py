@@ -12,7 +12,7 @@ Reported: RSS at start, after the first tenth (warm), at the end and its peak; t
 per 1,000 tasks after the first tenth (least squares over the samples). A leak shows as a
 steady slope; a warm-up as a step in the first tenth.
 
-    .venv/bin/python bench/memory.py [--tasks 10000] [--threads 16] [--json out.json]
+    .venv/bin/python bench/memory.py [--tasks 10000] [--threads 32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def slope(points: list[tuple[int, int]]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep-logs", action="store_true")

@@ -513,7 +513,7 @@ def main() -> None:
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=4)
     parser.add_argument("--worker-processes", type=int, default=1)
-    parser.add_argument("--worker-threads", type=int, default=16)
+    parser.add_argument("--worker-threads", type=int, default=32)
     parser.add_argument("--pgbouncer", action="store_true", help="PostgreSQL behind PgBouncer")
     parser.add_argument(
         "--no-webhooks",

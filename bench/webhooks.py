@@ -28,7 +28,7 @@ ids sent, every row has an outcome, every ``attempts`` <= 1 (processed once).
 Run from the repository root (PostgreSQL on 127.0.0.1:5432, Redis on :6379)::
 
     .venv/bin/python bench/webhooks.py [--web-processes 2] [--web-threads 4]
-        [--worker-threads 16] [--json out.json]
+        [--worker-threads 32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=4)
-    parser.add_argument("--worker-threads", type=int, default=16)
+    parser.add_argument("--worker-threads", type=int, default=32)
     parser.add_argument("--unique", type=int, default=4000)
     parser.add_argument("--duplicates", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)

@@ -81,7 +81,7 @@ class Settings:
     dunning_days: tuple[int, ...] = (1, 3, 5, 7)
     renewal_scan_interval: float = 300
     off_session: bool = False
-    worker_concurrency: int = 16
+    worker_concurrency: int = 32
     webhook_batch: int = 25
     """Events one drain takes at a time; a full batch sends another drain at once, so a
     backlog spreads over the worker's threads."""
@@ -125,7 +125,7 @@ class Settings:
             dunning_days=parse_dunning_days(env.get("SEATS_DUNNING_DAYS") or "1,3,5,7"),
             renewal_scan_interval=_number(env, "SEATS_RENEWAL_SCAN_INTERVAL", 300),
             off_session=_flag(env.get("SEATS_OFF_SESSION"), not env.get("STRIPE_API_BASE")),
-            worker_concurrency=_whole(env, "SEATS_WORKER_CONCURRENCY", 16, 1),
+            worker_concurrency=_whole(env, "SEATS_WORKER_CONCURRENCY", 32, 1),
             webhook_batch=_whole(env, "SEATS_WEBHOOK_BATCH", 25, 1),
             task_events=_flag(env.get("SEATS_TASK_EVENTS"), False),
             stripe_js_url=env.get("STRIPE_JS_URL") or STRIPE_JS,
