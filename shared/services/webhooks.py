@@ -431,9 +431,16 @@ def on_money_back(
 
 
 SAVED_CARD = select(
-    ORGANIZATIONS.c.id, ORGANIZATIONS.c.payment_method_id, ORGANIZATIONS.c.payment_method_brand
+    ORGANIZATIONS.c.id,
+    ORGANIZATIONS.c.payment_method_id,
+    ORGANIZATIONS.c.payment_method_brand,
+    select(PURCHASES.c.id)
+    .where(PURCHASES.c.organization_id == ORGANIZATIONS.c.id, PURCHASES.c.card_sync_pending)
+    .limit(1)
+    .scalar_subquery(),
 ).where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))
-"""Whose customer this is and the card we keep for it (every customer event asks)."""
+"""Whose customer this is, the card we keep for it, and a purchase of theirs whose new card
+is still on its way to Stripe (every customer event asks): one round trip."""
 
 
 def _sync_saved_card(
@@ -453,7 +460,7 @@ def _sync_saved_card(
         found = reading.session.execute(SAVED_CARD, {"customer": customer_id}).one_or_none()
     if found is None:
         return "ignored", []
-    known, saved, brand = found
+    known, saved, brand, saving = found
     if gone is None and named is not None and named == saved and brand is not None:
         return "processed", []
     if gone is not None:  # a detached card is never kept, nor pushed to Stripe later
@@ -464,15 +471,16 @@ def _sync_saved_card(
             if organization.payment_method_id == gone:
                 organization.keep_card(None)
             uow.commit()
-    with uow.single() as reading:
-        saving = reading.session.scalar(
-            select(Purchase.id).where(Purchase.organization_id == known, Purchase.card_sync_pending)
-        )
     if saving is not None:  # our newer card is on its way to Stripe: its own event follows
         return "processed", []
     card = gateway.default_card(customer_id)
     if card is not None and card.id == gone:
         card = None
+    if gone is None and card is not None and card.id == saved and brand is not None:
+        # Stripe's default is the card we keep: an event older than our last push (a card
+        # we pushed before it). A card saved meanwhile is newer than what Stripe said here,
+        # and is on its way to Stripe with an event of its own: nothing to write.
+        return "processed", []
     with uow:
         organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
         organization.keep_card(card)

@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, event, select, update
 
 from shared.domain.errors import NotFound
 from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
@@ -370,6 +370,27 @@ def test_our_saved_card_follows_the_default_set_in_the_dashboard(shop: Shop) -> 
         "mastercard",
         "4444",
     )
+
+
+def test_an_older_card_update_arriving_after_our_next_card_writes_nothing(shop: Shop) -> None:
+    """The echo of our first card arrives after the second was pushed: Stripe is asked (only
+    it knows the default now), says ours, and nothing is written."""
+    first, second = shop.fake.card(), shop.fake.card()
+    shop.charge(shop.checkout(4, first))
+    [stale] = [e for e in shop.fake.events if e["type"] == "customer.updated"]
+    shop.charge(shop.checkout(5, second))
+    assert deliver(shop, stale) == "new"  # names a card we no longer keep: to handle
+    sent: list[str] = []
+    listen = (shop.rt.engine, "before_cursor_execute")
+    record = lambda *args: sent.append(args[2].split()[0])  # noqa: E731
+    event.listen(*listen, record)
+    try:
+        assert handle(shop, stale["id"]) == ("processed", [])
+    finally:
+        event.remove(*listen, record)
+    assert sent == ["UPDATE", "SELECT", "UPDATE"]  # the claim, what we keep, the outcome
+    organization = shop.organization()
+    assert (organization.payment_method_id, organization.payment_method_brand) == (second, "visa")
 
 
 def test_an_update_of_a_customer_not_ours_is_ignored(shop: Shop) -> None:
