@@ -430,14 +430,21 @@ def on_money_back(
     return "processed", []
 
 
+def _card_on_its_way(organization: Any) -> Any:
+    """A purchase of the organization whose new card is still on its way to Stripe."""
+    return (
+        select(PURCHASES.c.id)
+        .where(PURCHASES.c.organization_id == organization, PURCHASES.c.card_sync_pending)
+        .limit(1)
+    )
+
+
+CARD_ON_ITS_WAY = _card_on_its_way(bindparam("organization"))
 SAVED_CARD = select(
     ORGANIZATIONS.c.id,
     ORGANIZATIONS.c.payment_method_id,
     ORGANIZATIONS.c.payment_method_brand,
-    select(PURCHASES.c.id)
-    .where(PURCHASES.c.organization_id == ORGANIZATIONS.c.id, PURCHASES.c.card_sync_pending)
-    .limit(1)
-    .scalar_subquery(),
+    _card_on_its_way(ORGANIZATIONS.c.id).scalar_subquery(),
 ).where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))
 """Whose customer this is, the card we keep for it, and a purchase of theirs whose new card
 is still on its way to Stripe (every customer event asks): one round trip."""
@@ -470,17 +477,15 @@ def _sync_saved_card(
             )
             if organization.payment_method_id == gone:
                 organization.keep_card(None)
+            # read again under the lock: a charger applying a new card holds that row, and
+            # the card it has just committed is on its way to Stripe
+            saving = uow.session.scalar(CARD_ON_ITS_WAY, {"organization": known})
             uow.commit()
     if saving is not None:  # our newer card is on its way to Stripe: its own event follows
         return "processed", []
     card = gateway.default_card(customer_id)
     if card is not None and card.id == gone:
         card = None
-    if gone is None and card is not None and card.id == saved and brand is not None:
-        # Stripe's default is the card we keep: an event older than our last push (a card
-        # we pushed before it). A card saved meanwhile is newer than what Stripe said here,
-        # and is on its way to Stripe with an event of its own: nothing to write.
-        return "processed", []
     with uow:
         organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
         organization.keep_card(card)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from shared.domain.errors import Conflict
 from shared.payments.fake_stripe import THREE_D_SECURE
@@ -20,6 +23,7 @@ from shared.services import (
 )
 from shared.store.models import OperatorAlert
 from tests.services.conftest import Shop, later
+from tests.services.test_webhooks import deliver, handle, recorded, stripe_sends
 
 
 def settle_by_webhook(shop: Shop, intent: str, metadata: dict[str, str] | None = None) -> None:
@@ -254,3 +258,147 @@ def test_metadata_with_unicode_digits_is_not_our_purchase(shop: Shop) -> None:
     foreign = shop.fake.create_foreign_payment(1, "usd", customer, {"purchase_id": "²"})
     settle_by_webhook(shop, foreign.id)  # ignored, not a crash
     assert shop.purchase(purchase).status == "pending"
+
+
+# -- found by the review of the card echo shortcuts (session of 2026-12-07) --------------------
+
+
+def _detach_while_a_purchase_applies_its_new_card(shop: Shop) -> tuple[int, str, str, Any]:
+    """We keep `old`; a purchase paying with `new` is being charged; `old` is detached in
+    the dashboard. The charger's transaction (keep `new`, card_sync_pending) holds the
+    organization's row, so the detach handler's locked transaction waits for its commit:
+    simulated by committing the charger right before that lock is asked for."""
+    old = shop.fake.card()
+    shop.charge(shop.checkout(4, old))
+    assert shop.organization().payment_method_id == old
+    new = shop.fake.card()
+    purchase = shop.checkout(5, new)
+    shop.fake.detach(old)
+    stripe_sends(shop, "payment_method.detached", {"id": old, "object": "payment_method"})
+    detached = recorded(shop, "payment_method.detached")
+    assert deliver(shop, detached) == "new"
+    fired: list[bool] = []
+
+    def charger_commits_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        locking = statement.startswith("SELECT organizations.") and "FOR NO KEY" in statement
+        if fired or not locking:
+            return
+        fired.append(True)
+        shop.fake.fail("set_default_card")  # its push to Stripe is a moment behind
+        shop.charge(purchase)
+        assert shop.purchase(purchase).card_sync_pending  # its card is on its way
+
+    event.listen(shop.rt.engine, "before_cursor_execute", charger_commits_first)
+    return purchase, new, detached["id"], charger_commits_first
+
+
+def test_a_detach_racing_a_new_card_then_a_retried_push_keeps_the_card_that_paid(
+    shop: Shop,
+) -> None:
+    purchase, new, detached, listener = _detach_while_a_purchase_applies_its_new_card(shop)
+    try:
+        assert handle(shop, detached) == ("processed", [])
+    finally:
+        event.remove(shop.rt.engine, "before_cursor_execute", listener)
+    shop.charge(purchase)  # the sweep retries the card bookkeeping
+    customer = str(shop.organization().stripe_customer_id)
+    assert shop.purchase(purchase).status == "succeeded"
+    # the card that just paid must be the one kept for renewals, and Stripe's default
+    assert shop.organization().payment_method_id == new
+    assert shop.fake.customers[customer]["default"] == new
+
+
+def test_a_detach_racing_a_new_card_keeps_it_once_every_event_is_processed(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No outage: the charger's push to Stripe lands just after the handler asked Stripe,
+    and its echo is stored before the handler writes (processed at once: the database
+    shows `new` kept). A handler that read "no newer card on its way" before waiting for the
+    organization's lock would then write "no card" over `new`, with no event left to
+    correct it: it reads that under the lock."""
+    purchase, new, detached, listener = _detach_while_a_purchase_applies_its_new_card(shop)
+    asked = shop.fake.default_card
+    pushed: list[str] = []
+
+    def push() -> None:  # the charger's own push and the echo Stripe sends for it
+        pushed.append("yes")
+        charging.save_card(shop.rt.uow(), shop.fake, purchase)
+        echo = recorded(shop, "customer.updated")
+        pushed.append(deliver(shop, echo))
+        if pushed[-1] == "new":
+            handle(shop, echo["id"])
+
+    def push_lands_after_we_asked(customer: str) -> Any:
+        answer = asked(customer)
+        if not pushed:
+            push()
+        return answer
+
+    monkeypatch.setattr(shop.fake, "default_card", push_lands_after_we_asked)
+    try:
+        assert handle(shop, detached) == ("processed", [])
+    finally:
+        event.remove(shop.rt.engine, "before_cursor_execute", listener)
+    if not pushed:  # the handler did not ask Stripe: the push lands now
+        push()
+    customer = str(shop.organization().stripe_customer_id)
+    assert shop.fake.customers[customer]["default"] == new
+    assert shop.purchase(purchase).card_sync_pending is False
+    assert detached not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
+    assert pushed[-1] == "processed"  # the echo: stored done at once
+    assert shop.organization().payment_method_id == new  # what we keep for renewals
+
+
+def test_a_stale_update_that_finds_stripe_on_our_card_still_corrects_a_racing_write(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard sets B, then A again. The handler of B's event read Stripe (B) and is
+    about to write it; A's event is stored processed at once (we still keep A). A stale
+    event (the echo of an older card) reads Stripe (A) meanwhile and writes it after B's
+    handler: the last write is Stripe's latest answer (a shortcut that wrote nothing when
+    Stripe named the card we keep left B)."""
+    first, card = shop.fake.card(), shop.fake.card()
+    shop.charge(shop.checkout(4, first))
+    [stale] = [e for e in shop.fake.events if e["type"] == "customer.updated"]
+    shop.charge(shop.checkout(5, card))
+    assert deliver(shop, stale) == "new"
+    customer = str(shop.organization().stripe_customer_id)
+    other = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, other)  # the dashboard: B
+    to_other = recorded(shop, "customer.updated")
+    assert deliver(shop, to_other) == "new"
+    asked = shop.fake.default_card
+    b_read, stale_read, b_done = threading.Event(), threading.Event(), threading.Event()
+
+    def default_card(customer_id: str) -> Any:
+        answer = asked(customer_id)
+        if threading.current_thread().name == "b":
+            b_read.set()
+            assert stale_read.wait(10)
+        else:
+            stale_read.set()
+            assert b_done.wait(10)
+        return answer
+
+    monkeypatch.setattr(shop.fake, "default_card", default_card)
+    results: dict[str, Any] = {}
+
+    def run(name: str, event_id: str) -> None:
+        try:
+            results[name] = handle(shop, event_id)
+        finally:
+            if name == "b":
+                b_done.set()
+
+    b = threading.Thread(target=run, args=("b", to_other["id"]), name="b")
+    b.start()
+    assert b_read.wait(10)
+    shop.fake.set_default_card(customer, card)  # the dashboard: back to A
+    assert deliver(shop, recorded(shop, "customer.updated")) == "processed"  # we keep A
+    s = threading.Thread(target=run, args=("s", stale["id"]), name="s")
+    s.start()
+    b.join(10)
+    s.join(10)
+    assert results == {"b": ("processed", []), "s": ("processed", [])}
+    assert shop.fake.customers[customer]["default"] == card
+    assert shop.organization().payment_method_id == card  # we follow Stripe's default

@@ -372,9 +372,12 @@ def test_our_saved_card_follows_the_default_set_in_the_dashboard(shop: Shop) -> 
     )
 
 
-def test_an_older_card_update_arriving_after_our_next_card_writes_nothing(shop: Shop) -> None:
+def test_an_older_card_update_arriving_after_our_next_card_keeps_the_newer_card(
+    shop: Shop,
+) -> None:
     """The echo of our first card arrives after the second was pushed: Stripe is asked (only
-    it knows the default now), says ours, and nothing is written."""
+    it knows the default now) and ours stays. What we keep and whether a newer card is on
+    its way to Stripe are one read."""
     first, second = shop.fake.card(), shop.fake.card()
     shop.charge(shop.checkout(4, first))
     [stale] = [e for e in shop.fake.events if e["type"] == "customer.updated"]
@@ -388,7 +391,8 @@ def test_an_older_card_update_arriving_after_our_next_card_writes_nothing(shop: 
         assert handle(shop, stale["id"]) == ("processed", [])
     finally:
         event.remove(*listen, record)
-    assert sent == ["UPDATE", "SELECT", "UPDATE"]  # the claim, what we keep, the outcome
+    # the claim, what we keep (and a card on its way), the locked write, the outcome
+    assert sent == ["UPDATE", "SELECT", "SELECT", "UPDATE"]
     organization = shop.organization()
     assert (organization.payment_method_id, organization.payment_method_brand) == (second, "visa")
 
