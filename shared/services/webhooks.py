@@ -450,6 +450,25 @@ SAVED_CARD = select(
 is still on its way to Stripe (every customer event asks): one round trip."""
 
 
+_METHOD = bindparam("method", type_=Text())
+_BRAND = bindparam("brand", type_=Text())
+_LAST4 = bindparam("last4", type_=Text())
+KEEP_CARD = (
+    update(ORGANIZATIONS)
+    .where(
+        ORGANIZATIONS.c.id == bindparam("organization"),
+        or_(
+            ORGANIZATIONS.c.payment_method_id.is_distinct_from(_METHOD),
+            ORGANIZATIONS.c.payment_method_brand.is_distinct_from(_BRAND),
+            ORGANIZATIONS.c.payment_method_last4.is_distinct_from(_LAST4),
+        ),
+    )
+    .values(payment_method_id=_METHOD, payment_method_brand=_BRAND, payment_method_last4=_LAST4)
+)
+"""Keep Stripe's default card as ours (`Organization.keep_card` in one conditional UPDATE:
+no row written when it is the card we keep already)."""
+
+
 def _sync_saved_card(
     uow: UnitOfWork,
     gateway: PaymentGateway,
@@ -486,10 +505,16 @@ def _sync_saved_card(
     card = gateway.default_card(customer_id)
     if card is not None and card.id == gone:
         card = None
-    with uow:
-        organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
-        organization.keep_card(card)
-        uow.commit()
+    with uow.single() as writing:  # one statement: it takes the row's lock itself
+        writing.session.execute(
+            KEEP_CARD,
+            {
+                "organization": known,
+                "method": card.id if card else None,
+                "brand": card.brand if card else None,
+                "last4": card.last4 if card else None,
+            },
+        )
     return "processed", []
 
 
