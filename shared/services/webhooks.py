@@ -450,25 +450,6 @@ SAVED_CARD = select(
 is still on its way to Stripe (every customer event asks): one round trip."""
 
 
-_METHOD = bindparam("method", type_=Text())
-_BRAND = bindparam("brand", type_=Text())
-_LAST4 = bindparam("last4", type_=Text())
-KEEP_CARD = (
-    update(ORGANIZATIONS)
-    .where(
-        ORGANIZATIONS.c.id == bindparam("organization"),
-        or_(
-            ORGANIZATIONS.c.payment_method_id.is_distinct_from(_METHOD),
-            ORGANIZATIONS.c.payment_method_brand.is_distinct_from(_BRAND),
-            ORGANIZATIONS.c.payment_method_last4.is_distinct_from(_LAST4),
-        ),
-    )
-    .values(payment_method_id=_METHOD, payment_method_brand=_BRAND, payment_method_last4=_LAST4)
-)
-"""Keep Stripe's default card as ours (`Organization.keep_card` in one conditional UPDATE:
-no row written when it is the card we keep already)."""
-
-
 def _sync_saved_card(
     uow: UnitOfWork,
     gateway: PaymentGateway,
@@ -505,16 +486,13 @@ def _sync_saved_card(
     card = gateway.default_card(customer_id)
     if card is not None and card.id == gone:
         card = None
-    with uow.single() as writing:  # one statement: it takes the row's lock itself
-        writing.session.execute(
-            KEEP_CARD,
-            {
-                "organization": known,
-                "method": card.id if card else None,
-                "brand": card.brand if card else None,
-                "last4": card.last4 if card else None,
-            },
-        )
+    with uow:
+        organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
+        # read again under the lock (a charger applying a new card holds that row): a card
+        # committed since we asked Stripe is newer than its answer, and is on its way there
+        if uow.session.scalar(CARD_ON_ITS_WAY, {"organization": known}) is None:
+            organization.keep_card(card)
+        uow.commit()
     return "processed", []
 
 

@@ -402,3 +402,45 @@ def test_a_stale_update_that_finds_stripe_on_our_card_still_corrects_a_racing_wr
     assert results == {"b": ("processed", []), "s": ("processed", [])}
     assert shop.fake.customers[customer]["default"] == card
     assert shop.organization().payment_method_id == card  # we follow Stripe's default
+
+
+@pytest.mark.parametrize("kind", ["payment_method.detached", "customer.updated"])
+def test_a_card_committed_while_a_handler_asks_stripe_is_kept(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A handler asks Stripe for the default card; meanwhile a purchase paying with a new
+    card commits it (its push to Stripe fails for now). Stripe's answer is older than that
+    card: written over it, the renewal would have no card (or an older one) and the sweep,
+    seeing the card no longer current, would never push it."""
+    old = shop.fake.card()
+    shop.charge(shop.checkout(4, old))
+    [echo] = [e for e in shop.fake.events if e["type"] == "customer.updated"]
+    new = shop.fake.card()
+    purchase = shop.checkout(5, new)
+    if kind == "payment_method.detached":
+        shop.fake.detach(old)
+        stripe_sends(shop, kind, {"id": old, "object": "payment_method"})
+        event_id = recorded(shop, kind)["id"]
+        assert deliver(shop, recorded(shop, kind)) == "new"
+    else:  # another card set in the dashboard, its event waiting
+        other = shop.fake.card("5555555555554444")
+        customer = str(shop.organization().stripe_customer_id)
+        shop.fake.set_default_card(customer, other)
+        event_id = recorded(shop, kind)["id"]
+        assert echo["id"] != event_id and deliver(shop, recorded(shop, kind)) == "new"
+    asked = shop.fake.default_card
+
+    def charger_commits_meanwhile(customer_id: str) -> Any:
+        answer = asked(customer_id)
+        shop.fake.fail("set_default_card")
+        shop.charge(purchase)
+        assert shop.purchase(purchase).card_sync_pending  # its card is on its way
+        return answer
+
+    monkeypatch.setattr(shop.fake, "default_card", charger_commits_meanwhile)
+    assert handle(shop, event_id) == ("processed", [])
+    assert shop.organization().payment_method_id == new
+    monkeypatch.undo()
+    shop.charge(purchase)  # the sweep retries the card bookkeeping
+    customer = str(shop.organization().stripe_customer_id)
+    assert shop.organization().payment_method_id == new == shop.fake.customers[customer]["default"]
