@@ -29,7 +29,7 @@ from shared.domain.renewals import RenewalStatus
 from shared.domain.seats import PurchaseStatus
 from shared.payments.gateway import Payment, PaymentGateway, PaymentRefused
 from shared.services import charging, renewals
-from shared.store.db import UnitOfWork
+from shared.store.db import CARD_SYNC_LOCKS, UnitOfWork
 from shared.store.inbox import insert_event
 from shared.store.models import (
     ORGANIZATIONS,
@@ -462,7 +462,25 @@ def _sync_saved_card(
     An event that `named` our saved card (and whose details we have) as the default asks
     for nothing: usually our own update coming back. Stripe is not asked again; a later
     change has its own event, which names another card and is read from Stripe.
+
+    One sync per customer at a time (an advisory lock): an answer Stripe gave a handler is
+    written before any later event about that customer is read, here or by the inbox.
     """
+    with uow.single() as reading:
+        ours = reading.session.execute(SAVED_CARD, {"customer": customer_id}).first()
+    if ours is None:  # not a customer of ours: no lock for it
+        return "ignored", []
+    with uow.named_lock(CARD_SYNC_LOCKS, customer_id):
+        return _sync_saved_card_alone(uow, gateway, customer_id, gone, named)
+
+
+def _sync_saved_card_alone(
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    customer_id: str,
+    gone: str | None,
+    named: str | None,
+) -> Handled:
     with uow.single() as reading:
         found = reading.session.execute(SAVED_CARD, {"customer": customer_id}).one_or_none()
     if found is None:

@@ -28,6 +28,8 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 PURCHASE_LOCKS = 7301
 RENEWAL_LOCKS = 7302
 """Advisory lock namespaces: (namespace, id) pairs never collide across kinds of work."""
+CARD_SYNC_LOCKS = 7303
+"""The two-key form (namespace, hashtext(Stripe customer id)): a key space of its own."""
 
 
 def lock_key(namespace: int, key: int) -> int:
@@ -53,6 +55,27 @@ def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
             if got:
                 connection.execute(text("SELECT pg_advisory_unlock(:lock)"), params)
             connection.commit()
+
+
+@contextmanager
+def named_lock(engine: Engine, namespace: int, name: str) -> Iterator[None]:
+    """Wait to become the one worker on (namespace, name), on a connection of its own in
+    autocommit (nothing held open while it waits on Stripe); a crashed holder's lock dies
+    with its connection, and one that cannot unlock is thrown away."""
+    params = {"namespace": namespace, "name": name}
+    with engine.connect() as connection:
+        locking = connection.execution_options(isolation_level="AUTOCOMMIT")
+        locking.execute(text("SELECT pg_advisory_lock(:namespace, hashtext(:name))"), params)
+        try:
+            yield
+        finally:
+            try:
+                locking.execute(
+                    text("SELECT pg_advisory_unlock(:namespace, hashtext(:name))"), params
+                )
+            except Exception:
+                connection.invalidate()
+                raise
 
 
 class AdvisoryLock:
@@ -130,6 +153,10 @@ class UnitOfWork:
         thirds of that statement's cost). Driver errors come out as SQLAlchemy's, so the
         same handlers (503 on an outage) apply."""
         return _driver_cursor(self._session_factory.kw["bind"])
+
+    def named_lock(self, namespace: int, name: str) -> AbstractContextManager[None]:
+        """`named_lock` on this unit's database."""
+        return named_lock(self._session_factory.kw["bind"].engine, namespace, name)
 
     def single(self) -> UnitOfWork:
         """For a block whose statements each stand alone (reads, one conditional UPDATE):

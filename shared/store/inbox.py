@@ -7,7 +7,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from shared.store.db import UnitOfWork
+from shared.store.db import CARD_SYNC_LOCKS, UnitOfWork
 
 INSERT = (
     "INSERT INTO webhook_events"
@@ -22,15 +22,20 @@ INSERT = (
     "   AND NOT card_sync_pending)"
     "   OR EXISTS (SELECT 1 FROM renewals"
     "   WHERE stripe_payment_intent_id = %(object_id)s AND status = 'succeeded')"
-    "  WHEN 'saved_card' THEN EXISTS (SELECT 1 FROM organizations"
+    "  WHEN 'saved_card' THEN CASE WHEN EXISTS (SELECT 1 FROM organizations"
     "   WHERE stripe_customer_id = %(object_id)s"
     "   AND payment_method_id = CAST(%(named)s AS text) AND payment_method_brand IS NOT NULL)"
+    "   THEN pg_try_advisory_xact_lock(CAST(%(card_sync_locks)s AS integer),"
+    "    hashtext(%(object_id)s))"
+    "   ELSE false END"
     "  ELSE false END AS done) AS applied"
     " ON CONFLICT (id) DO NOTHING RETURNING outcome"
 )
 """Stored `processed` at once when the database already shows all the event asks for
 (`check`): a payment of ours paid and settled (`intent`), or the customer's default card
-being the card we keep (`saved_card`)."""
+being the card we keep (`saved_card`), unless a handler is syncing that customer's card
+right now (it holds the card sync lock): what it is about to write may be older than this
+event, which is then queued and handled after it."""
 
 
 def insert_event(
@@ -40,7 +45,13 @@ def insert_event(
 
     With a `check` the event is stored `processed` at once, in the same statement, when
     the database already shows what it asks for: nothing is queued for it."""
-    params = {**row, "payload": Jsonb(row["payload"]), "check": check, "named": named}
+    params = {
+        **row,
+        "payload": Jsonb(row["payload"]),
+        "check": check,
+        "named": named,
+        "card_sync_locks": CARD_SYNC_LOCKS,
+    }
     with uow.driver_cursor() as cursor:
         cursor.execute(INSERT, params, prepare=True)
         found = cursor.fetchone()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,14 @@ from shared.services import (
 )
 from shared.store.models import OperatorAlert
 from tests.services.conftest import Shop, later
-from tests.services.test_webhooks import deliver, handle, recorded, stripe_sends
+from tests.services.test_webhooks import (
+    deliver,
+    hand_made,
+    handle,
+    recorded,
+    stored,
+    stripe_sends,
+)
 
 
 def settle_by_webhook(shop: Shop, intent: str, metadata: dict[str, str] | None = None) -> None:
@@ -349,61 +357,6 @@ def test_a_detach_racing_a_new_card_keeps_it_once_every_event_is_processed(
     assert shop.organization().payment_method_id == new  # what we keep for renewals
 
 
-def test_a_stale_update_that_finds_stripe_on_our_card_still_corrects_a_racing_write(
-    shop: Shop, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The dashboard sets B, then A again. The handler of B's event read Stripe (B) and is
-    about to write it; A's event is stored processed at once (we still keep A). A stale
-    event (the echo of an older card) reads Stripe (A) meanwhile and writes it after B's
-    handler: the last write is Stripe's latest answer (a shortcut that wrote nothing when
-    Stripe named the card we keep left B)."""
-    first, card = shop.fake.card(), shop.fake.card()
-    shop.charge(shop.checkout(4, first))
-    [stale] = [e for e in shop.fake.events if e["type"] == "customer.updated"]
-    shop.charge(shop.checkout(5, card))
-    assert deliver(shop, stale) == "new"
-    customer = str(shop.organization().stripe_customer_id)
-    other = shop.fake.card("5555555555554444")
-    shop.fake.set_default_card(customer, other)  # the dashboard: B
-    to_other = recorded(shop, "customer.updated")
-    assert deliver(shop, to_other) == "new"
-    asked = shop.fake.default_card
-    b_read, stale_read, b_done = threading.Event(), threading.Event(), threading.Event()
-
-    def default_card(customer_id: str) -> Any:
-        answer = asked(customer_id)
-        if threading.current_thread().name == "b":
-            b_read.set()
-            assert stale_read.wait(10)
-        else:
-            stale_read.set()
-            assert b_done.wait(10)
-        return answer
-
-    monkeypatch.setattr(shop.fake, "default_card", default_card)
-    results: dict[str, Any] = {}
-
-    def run(name: str, event_id: str) -> None:
-        try:
-            results[name] = handle(shop, event_id)
-        finally:
-            if name == "b":
-                b_done.set()
-
-    b = threading.Thread(target=run, args=("b", to_other["id"]), name="b")
-    b.start()
-    assert b_read.wait(10)
-    shop.fake.set_default_card(customer, card)  # the dashboard: back to A
-    assert deliver(shop, recorded(shop, "customer.updated")) == "processed"  # we keep A
-    s = threading.Thread(target=run, args=("s", stale["id"]), name="s")
-    s.start()
-    b.join(10)
-    s.join(10)
-    assert results == {"b": ("processed", []), "s": ("processed", [])}
-    assert shop.fake.customers[customer]["default"] == card
-    assert shop.organization().payment_method_id == card  # we follow Stripe's default
-
-
 @pytest.mark.parametrize("kind", ["payment_method.detached", "customer.updated"])
 def test_a_card_committed_while_a_handler_asks_stripe_is_kept(
     shop: Shop, monkeypatch: pytest.MonkeyPatch, kind: str
@@ -444,3 +397,111 @@ def test_a_card_committed_while_a_handler_asks_stripe_is_kept(
     shop.charge(purchase)  # the sweep retries the card bookkeeping
     customer = str(shop.organization().stripe_customer_id)
     assert shop.organization().payment_method_id == new == shop.fake.customers[customer]["default"]
+
+
+@pytest.mark.parametrize("kind", ["payment_method.detached", "customer.updated"])
+def test_a_card_pushed_while_a_handler_asks_stripe_is_kept(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Between a handler's question to Stripe and its write, the charger commits `new`,
+    pushes it (Stripe's default is `new`) and clears card_sync_pending. The handler writes
+    Stripe's older answer; the echo of `new`, stored meanwhile, is not taken as done (a sync
+    of that customer is running), so handling it afterwards brings `new` back."""
+    old = shop.fake.card()
+    shop.charge(shop.checkout(4, old))
+    new = shop.fake.card()
+    purchase = shop.checkout(5, new)
+    customer = str(shop.organization().stripe_customer_id)
+    if kind == "payment_method.detached":
+        shop.fake.detach(old)
+        stripe_sends(shop, kind, {"id": old, "object": "payment_method"})
+    else:  # another card set in the dashboard, its event waiting
+        shop.fake.set_default_card(customer, shop.fake.card("5555555555554444"))
+    event_id = recorded(shop, kind)["id"]
+    assert deliver(shop, recorded(shop, kind)) == "new"
+    asked = shop.fake.default_card
+    echo: list[dict[str, Any]] = []
+
+    def charger_runs_meanwhile(customer_id: str) -> Any:
+        answer = asked(customer_id)  # Stripe answers before the charger's push lands
+        shop.charge(purchase)  # commits `new`, pushes it, clears card_sync_pending
+        assert not shop.purchase(purchase).card_sync_pending
+        echo.append(recorded(shop, "customer.updated"))
+        assert deliver(shop, echo[0]) == "new"  # to handle: a sync is running
+        return answer
+
+    monkeypatch.setattr(shop.fake, "default_card", charger_runs_meanwhile)
+    assert handle(shop, event_id) == ("processed", [])
+    monkeypatch.undo()
+    assert handle(shop, echo[0]["id"]) == ("processed", [])  # the worker, right after
+    assert shop.fake.customers[customer]["default"] == new
+    assert shop.organization().payment_method_id == new  # the card that paid, for renewals
+
+
+def test_a_dashboard_change_undone_while_its_handler_asks_stripe_ends_on_stripes_card(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """We keep A. The dashboard sets B; B's handler asks Stripe (B). The dashboard sets A
+    again while it waits: that event names the card we keep, but a sync of that customer is
+    running, so it is queued, not taken as done, and handled after B's write."""
+    card = shop.fake.card()
+    shop.charge(shop.checkout(4, card))
+    customer = str(shop.organization().stripe_customer_id)
+    other = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, other)  # the dashboard: B
+    to_other = recorded(shop, "customer.updated")
+    assert deliver(shop, to_other) == "new"
+    asked = shop.fake.default_card
+    back: list[dict[str, Any]] = []
+
+    def dashboard_back_meanwhile(customer_id: str) -> Any:
+        answer = asked(customer_id)
+        shop.fake.set_default_card(customer, card)  # the dashboard: back to A
+        back.append(recorded(shop, "customer.updated"))
+        assert deliver(shop, back[0]) == "new"
+        return answer
+
+    monkeypatch.setattr(shop.fake, "default_card", dashboard_back_meanwhile)
+    assert handle(shop, to_other["id"]) == ("processed", [])
+    assert shop.organization().payment_method_id == other  # B's answer, written
+    monkeypatch.undo()
+    assert handle(shop, back[0]["id"]) == ("processed", [])
+    assert shop.fake.customers[customer]["default"] == card
+    assert shop.organization().payment_method_id == card
+
+
+def test_two_syncs_of_one_customer_never_ask_stripe_at_once(shop: Shop) -> None:
+    """The second waits for the first to write: each answer is written before the next
+    question, so a slower, older answer never lands last."""
+    shop.charge(shop.checkout(4, shop.fake.card()))
+    customer = str(shop.organization().stripe_customer_id)
+    first, second = (
+        hand_made(id=customer, invoice_settings={"default_payment_method": f"pm_{name}"})
+        for name in ("first", "second")
+    )
+    for event_ in (first, second):
+        assert deliver(shop, event_) == "new"
+    asked = shop.fake.default_card
+    inside, overlap = threading.Lock(), []
+
+    def one_at_a_time(customer_id: str) -> Any:
+        if not inside.acquire(blocking=False):
+            overlap.append(customer_id)
+            return asked(customer_id)
+        try:
+            time.sleep(0.3)
+            return asked(customer_id)
+        finally:
+            inside.release()
+
+    shop.fake.default_card = one_at_a_time  # type: ignore[method-assign]
+    try:
+        threads = [threading.Thread(target=handle, args=(shop, e["id"])) for e in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        shop.fake.default_card = asked  # type: ignore[method-assign]
+    assert overlap == []
+    assert {stored(shop, e["id"]).outcome for e in (first, second)} == {"processed"}

@@ -391,9 +391,10 @@ def test_an_older_card_update_arriving_after_our_next_card_keeps_the_newer_card(
         assert handle(shop, stale["id"]) == ("processed", [])
     finally:
         event.remove(*listen, record)
-    # the claim, what we keep (and a card on its way), the locked row, a card on its way
-    # again under the lock, the outcome: the card is the same, nothing is written
-    assert sent == ["UPDATE", "SELECT", "SELECT", "SELECT", "UPDATE"]
+    # the claim, whose customer, the customer's sync lock, what we keep (and a card on its
+    # way), the locked row, a card on its way again under the row lock, the unlock, the
+    # outcome: the card is the same, nothing is written
+    assert sent == ["UPDATE"] + ["SELECT"] * 6 + ["UPDATE"]
     organization = shop.organization()
     assert (organization.payment_method_id, organization.payment_method_brand) == (second, "visa")
 
