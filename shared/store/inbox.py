@@ -24,7 +24,8 @@ INSERT = (
     "   WHERE stripe_payment_intent_id = %(object_id)s AND status = 'succeeded')"
     "  WHEN 'saved_card' THEN CASE WHEN EXISTS (SELECT 1 FROM organizations"
     "   WHERE stripe_customer_id = %(object_id)s"
-    "   AND payment_method_id = CAST(%(named)s AS text) AND payment_method_brand IS NOT NULL)"
+    "   AND payment_method_id = CAST(%(named)s AS text) AND payment_method_brand IS NOT NULL"
+    "   FOR SHARE)"
     "   THEN pg_try_advisory_xact_lock(CAST(%(card_sync_locks)s AS integer),"
     "    hashtext(%(object_id)s))"
     "   ELSE false END"
@@ -35,7 +36,9 @@ INSERT = (
 (`check`): a payment of ours paid and settled (`intent`), or the customer's default card
 being the card we keep (`saved_card`), unless a handler is syncing that customer's card
 right now (it holds the card sync lock): what it is about to write may be older than this
-event, which is then queued and handled after it."""
+event, which is then queued and handled after it. The organization's row is read FOR SHARE:
+a sync committing its write meanwhile is waited for and its card read, not the one in the
+statement's snapshot (the lock is tried after the read)."""
 
 
 def insert_event(

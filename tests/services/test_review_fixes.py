@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from shared.domain.errors import Conflict
 from shared.payments.fake_stripe import THREE_D_SECURE
@@ -505,3 +505,62 @@ def test_two_syncs_of_one_customer_never_ask_stripe_at_once(shop: Shop) -> None:
         shop.fake.default_card = asked  # type: ignore[method-assign]
     assert overlap == []
     assert {stored(shop, e["id"]).outcome for e in (first, second)} == {"processed"}
+
+
+def test_an_insert_whose_snapshot_predates_a_syncs_write_is_not_taken_as_done(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox reads the card we keep, then tries the sync lock, in one statement. Read
+    in the statement's snapshot (taken when the INSERT starts), the card would miss a sync
+    that commits its (older) answer and unlocks in between, which is then no longer in the
+    way of the lock: the event would be taken as done and nothing would ever correct the
+    older answer. Read FOR SHARE, the row waits for that sync and gives its card. The
+    pg_sleep only widens the gap a descheduled backend leaves between the two."""
+    from shared.store import inbox
+
+    card = shop.fake.card()
+    shop.charge(shop.checkout(4, card))
+    customer = str(shop.organization().stripe_customer_id)
+    other = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, other)  # the dashboard: B
+    to_other = recorded(shop, "customer.updated")
+    assert deliver(shop, to_other) == "new"
+    slow = inbox.INSERT.replace(
+        "THEN pg_try_advisory_xact_lock(",
+        "THEN (SELECT true FROM pg_sleep(1)) AND pg_try_advisory_xact_lock(",
+    )
+    assert slow != inbox.INSERT
+    asked = shop.fake.default_card
+    stored_as: list[str] = []
+
+    def dashboard_back_meanwhile(customer_id: str) -> Any:
+        answer = asked(customer_id)  # B
+        shop.fake.set_default_card(customer, card)  # the dashboard: back to A
+        back = recorded(shop, "customer.updated")
+        backs.append(back["id"])
+        monkeypatch.setattr(inbox, "INSERT", slow)
+        thread = threading.Thread(target=lambda: stored_as.append(deliver(shop, back)))
+        thread.start()
+        with shop.rt.uow() as uow:  # its snapshot is taken: it sleeps before the try-lock
+            for _ in range(100):
+                if uow.session.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+                ):
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the insert never started")
+        threads.append(thread)
+        return answer  # B is written and the lock released while the insert sleeps
+
+    threads: list[threading.Thread] = []
+    backs: list[str] = []
+    monkeypatch.setattr(shop.fake, "default_card", dashboard_back_meanwhile)
+    assert handle(shop, to_other["id"]) == ("processed", [])
+    threads[0].join(10)
+    monkeypatch.undo()
+    assert shop.fake.customers[customer]["default"] == card  # Stripe: A
+    assert shop.organization().payment_method_id == other  # B's (older) answer, written
+    assert stored_as == ["new"], "A's event was taken as done although B was written after"
+    assert handle(shop, backs[0]) == ("processed", [])  # the worker, afterwards
+    assert shop.organization().payment_method_id == card
