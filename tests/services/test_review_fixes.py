@@ -438,19 +438,25 @@ def test_a_card_pushed_while_a_handler_asks_stripe_is_kept(
     assert shop.organization().payment_method_id == new  # the card that paid, for renewals
 
 
+def dashboard_sets_another_card(shop: Shop) -> tuple[str, str, str, dict[str, Any]]:
+    """We keep A (a purchase paid with it); the dashboard sets B, its event stored to handle."""
+    card = shop.fake.card()
+    shop.charge(shop.checkout(4, card))
+    customer = str(shop.organization().stripe_customer_id)
+    other = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, other)
+    to_other = recorded(shop, "customer.updated")
+    assert deliver(shop, to_other) == "new"
+    return card, customer, other, to_other
+
+
 def test_a_dashboard_change_undone_while_its_handler_asks_stripe_ends_on_stripes_card(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """We keep A. The dashboard sets B; B's handler asks Stripe (B). The dashboard sets A
     again while it waits: that event names the card we keep, but a sync of that customer is
     running, so it is queued, not taken as done, and handled after B's write."""
-    card = shop.fake.card()
-    shop.charge(shop.checkout(4, card))
-    customer = str(shop.organization().stripe_customer_id)
-    other = shop.fake.card("5555555555554444")
-    shop.fake.set_default_card(customer, other)  # the dashboard: B
-    to_other = recorded(shop, "customer.updated")
-    assert deliver(shop, to_other) == "new"
+    card, customer, other, to_other = dashboard_sets_another_card(shop)
     asked = shop.fake.default_card
     back: list[dict[str, Any]] = []
 
@@ -518,13 +524,7 @@ def test_an_insert_whose_snapshot_predates_a_syncs_write_is_not_taken_as_done(
     pg_sleep only widens the gap a descheduled backend leaves between the two."""
     from shared.store import inbox
 
-    card = shop.fake.card()
-    shop.charge(shop.checkout(4, card))
-    customer = str(shop.organization().stripe_customer_id)
-    other = shop.fake.card("5555555555554444")
-    shop.fake.set_default_card(customer, other)  # the dashboard: B
-    to_other = recorded(shop, "customer.updated")
-    assert deliver(shop, to_other) == "new"
+    card, customer, other, to_other = dashboard_sets_another_card(shop)
     slow = inbox.INSERT.replace(
         "THEN pg_try_advisory_xact_lock(",
         "THEN (SELECT true FROM pg_sleep(1)) AND pg_try_advisory_xact_lock(",
