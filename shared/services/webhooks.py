@@ -18,7 +18,19 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, Text, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -430,7 +442,7 @@ def on_money_back(
     return "processed", []
 
 
-def _card_on_its_way(organization: Any) -> Any:
+def _card_on_its_way(organization: ColumnElement[Any]) -> Select[tuple[int]]:
     """A purchase of the organization whose new card is still on its way to Stripe."""
     return (
         select(PURCHASES.c.id)
@@ -563,7 +575,7 @@ HANDLERS: dict[str, Handler] = {
 
 
 def _done_if(event: dict[str, Any]) -> tuple[str | None, str | None]:
-    """What the inbox may check as it stores an event (`inbox.APPLIED`): the first thing its
+    """What the inbox may check as it stores an event (`inbox.INSERT`): the first thing its
     handler would read, when that alone says there is nothing to do (a payment of ours
     already settled, the card we keep named as the default). Such an event is stored
     `processed` in the same statement and never queued: most events Stripe sends are the
