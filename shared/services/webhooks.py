@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     Table,
     Text,
@@ -452,14 +453,36 @@ def _card_on_its_way(organization: ColumnElement[Any]) -> Select[tuple[int]]:
 
 
 CARD_ON_ITS_WAY = _card_on_its_way(bindparam("organization"))
-SAVED_CARD = select(
-    ORGANIZATIONS.c.id,
-    ORGANIZATIONS.c.payment_method_id,
-    ORGANIZATIONS.c.payment_method_brand,
-    _card_on_its_way(ORGANIZATIONS.c.id).scalar_subquery(),
-).where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))
-"""Whose customer this is, the card we keep for it, and a purchase of theirs whose new card
-is still on its way to Stripe (every customer event asks): one round trip."""
+SAVED_CARD = (
+    select(
+        ORGANIZATIONS.c.id,
+        ORGANIZATIONS.c.payment_method_id,
+        ORGANIZATIONS.c.payment_method_brand,
+        _card_on_its_way(ORGANIZATIONS.c.id).scalar_subquery(),
+    )
+    .where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))
+    .with_for_update(read=True, of=ORGANIZATIONS)
+)
+"""Whose customer this is, the card we keep for it (its latest committed version: FOR
+SHARE), and a purchase of theirs whose new card is still on its way to Stripe (every
+customer event asks): one round trip, which also tries the customer's sync lock."""
+KEEP_STRIPES_CARD = (
+    update(ORGANIZATIONS)
+    .where(
+        ORGANIZATIONS.c.id == bindparam("organization"),
+        ORGANIZATIONS.c.payment_method_id.is_not_distinct_from(bindparam("saved")),
+        ~_card_on_its_way(ORGANIZATIONS.c.id).exists(),
+    )
+    .values(
+        payment_method_id=bindparam("card"),
+        payment_method_brand=bindparam("brand"),
+        payment_method_last4=bindparam("last4"),
+    )
+)
+"""Keep Stripe's answer only if the card we keep is still the one read before asking: a
+charger applying a new card changes it (the row lock makes this statement wait for that
+charger's commit and then check the row again), and that newer card is on its way to
+Stripe. One statement, no transaction of its own."""
 
 
 def _sync_saved_card(
@@ -475,28 +498,28 @@ def _sync_saved_card(
     for nothing: usually our own update coming back. Stripe is not asked again; a later
     change has its own event, which names another card and is read from Stripe.
 
-    One sync per customer at a time (an advisory lock): an answer Stripe gave a handler is
+    One sync per customer at a time (an advisory lock, tried in the statement that reads
+    the customer, and only if the customer is ours): an answer Stripe gave a handler is
     written before any later event about that customer is read, here or by the inbox.
     """
-    with uow.single() as reading:
-        ours = reading.session.execute(SAVED_CARD, {"customer": customer_id}).first()
-    if ours is None:  # not a customer of ours: no lock for it
-        return "ignored", []
-    with uow.named_lock(CARD_SYNC_LOCKS, customer_id):
-        return _sync_saved_card_alone(uow, gateway, customer_id, gone, named)
+    customer = {"customer": customer_id}
+    with uow.named_lock(CARD_SYNC_LOCKS, customer_id, SAVED_CARD, customer) as (alone, found):
+        if found is None:  # not a customer of ours: no lock was taken
+            return "ignored", []
+        return _sync_saved_card_alone(uow, alone, gateway, customer_id, found, gone, named)
 
 
 def _sync_saved_card_alone(
     uow: UnitOfWork,
+    alone: Connection,
     gateway: PaymentGateway,
     customer_id: str,
+    found: tuple[Any, ...],
     gone: str | None,
     named: str | None,
 ) -> Handled:
-    with uow.single() as reading:
-        found = reading.session.execute(SAVED_CARD, {"customer": customer_id}).one_or_none()
-    if found is None:
-        return "ignored", []
+    """The sync, holding the customer's lock, from what `found` read under it; its own
+    statements on the lock's connection (autocommit: each stands alone)."""
     known, saved, brand, saving = found
     if gone is None and named is not None and named == saved and brand is not None:
         return "processed", []
@@ -507,6 +530,7 @@ def _sync_saved_card_alone(
             )
             if organization.payment_method_id == gone:
                 organization.keep_card(None)
+            saved, brand = organization.payment_method_id, organization.payment_method_brand
             # read again under the lock: a charger applying a new card holds that row, and
             # the card it has just committed is on its way to Stripe
             saving = uow.session.scalar(CARD_ON_ITS_WAY, {"organization": known})
@@ -516,13 +540,18 @@ def _sync_saved_card_alone(
     card = gateway.default_card(customer_id)
     if card is not None and card.id == gone:
         card = None
-    with uow:
-        organization = uow.session.get_one(Organization, known, with_for_update={"key_share": True})
-        # read again under the lock (a charger applying a new card holds that row): a card
-        # committed since we asked Stripe is newer than its answer, and is on its way there
-        if uow.session.scalar(CARD_ON_ITS_WAY, {"organization": known}) is None:
-            organization.keep_card(card)
-        uow.commit()
+    if (card.id if card else None) == saved and (card is None or brand is not None):
+        return "processed", []  # Stripe agrees with what we keep: nothing to write
+    alone.execute(
+        KEEP_STRIPES_CARD,
+        {
+            "organization": known,
+            "saved": saved,
+            "card": card.id if card else None,
+            "brand": card.brand if card else None,
+            "last4": card.last4 if card else None,
+        },
+    )
     return "processed", []
 
 

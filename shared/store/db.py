@@ -11,7 +11,18 @@ from typing import Any
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, func, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    bindparam,
+    create_engine,
+    func,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,21 +69,41 @@ def work_lock(engine: Engine, namespace: int, key: int) -> Iterator[bool]:
 
 
 @contextmanager
-def named_lock(engine: Engine, namespace: int, name: str) -> Iterator[None]:
-    """Wait to become the one worker on (namespace, name), on a connection of its own in
-    autocommit (nothing held open while it waits on Stripe); a crashed holder's lock dies
-    with its connection, and one that cannot unlock is thrown away."""
-    params = {"namespace": namespace, "name": name}
+def named_lock(
+    engine: Engine, namespace: int, name: str, first: Select[Any], params: dict[str, Any]
+) -> Iterator[tuple[Connection, tuple[Any, ...] | None]]:
+    """Become the one worker on (namespace, name) for a row `first` reads, and yield that row
+    as read once the lock is held (None, and no lock taken, when there is no such row).
+
+    The lock is tried in the same statement as the read: with nobody else on that name, the
+    usual case, lock and read are one round trip; otherwise it waits for the lock and reads
+    again. `first` must lock its row FOR SHARE, so that a write committed after the
+    statement's snapshot (by the holder before us, say) is the version read. It runs on a
+    connection of its own in autocommit (nothing held open while the holder waits on
+    Stripe), yielded for the holder's own single statements; the lock is released with
+    every session lock of that connection (a row read twice under concurrent change may
+    have tried it twice), a crashed holder's lock dies with its connection, and one that
+    cannot unlock is thrown away."""
+    key = {"lock_name": name}
+    lock = (namespace, func.hashtext(bindparam("lock_name")))
     with engine.connect() as connection:
-        locking = connection.execution_options(isolation_level="AUTOCOMMIT")
-        locking.execute(text("SELECT pg_advisory_lock(:namespace, hashtext(:name))"), params)
+        alone = connection.execution_options(isolation_level="AUTOCOMMIT")
+        tried = alone.execute(
+            first.add_columns(func.pg_try_advisory_lock(*lock)), {**params, **key}
+        ).one_or_none()
+        if tried is None:  # (a row found, then changed so that it no longer matched, would
+            # leave a lock held: `first` must read by a key its rows never change or lose)
+            yield alone, None
+            return
         try:
-            yield
+            row: Row[Any] | None = tried
+            if not tried[-1]:  # someone else holds it: wait, then read what they left
+                alone.execute(select(func.pg_advisory_lock(*lock)), key)
+                row = alone.execute(first.add_columns(true()), params).one_or_none()
+            yield alone, None if row is None else tuple(row)[:-1]
         finally:
             try:
-                locking.execute(
-                    text("SELECT pg_advisory_unlock(:namespace, hashtext(:name))"), params
-                )
+                alone.execute(select(func.pg_advisory_unlock_all()))
             except Exception:
                 connection.invalidate()
                 raise
@@ -154,9 +185,11 @@ class UnitOfWork:
         same handlers (503 on an outage) apply."""
         return _driver_cursor(self._session_factory.kw["bind"])
 
-    def named_lock(self, namespace: int, name: str) -> AbstractContextManager[None]:
+    def named_lock(
+        self, namespace: int, name: str, first: Select[Any], params: dict[str, Any]
+    ) -> AbstractContextManager[tuple[Connection, tuple[Any, ...] | None]]:
         """`named_lock` on this unit's database."""
-        return named_lock(self._session_factory.kw["bind"].engine, namespace, name)
+        return named_lock(self._session_factory.kw["bind"].engine, namespace, name, first, params)
 
     def single(self) -> UnitOfWork:
         """For a block whose statements each stand alone (reads, one conditional UPDATE):

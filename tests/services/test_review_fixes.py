@@ -564,3 +564,70 @@ def test_an_insert_whose_snapshot_predates_a_syncs_write_is_not_taken_as_done(
     assert stored_as == ["new"], "A's event was taken as done although B was written after"
     assert handle(shop, backs[0]) == ("processed", [])  # the worker, afterwards
     assert shop.organization().payment_method_id == card
+
+
+def sync_lock_is_free(shop: Shop, customer: str) -> bool:
+    """Whether another connection can take the customer's card sync lock at once."""
+    with shop.rt.engine.connect() as other:
+        key = {"customer": customer}
+        got = other.scalar(text("SELECT pg_try_advisory_lock(7303, hashtext(:customer))"), key)
+        if got:
+            other.execute(text("SELECT pg_advisory_unlock(7303, hashtext(:customer))"), key)
+        other.commit()
+        return bool(got)
+
+
+def test_a_sync_whose_read_waited_on_a_charger_leaves_no_lock_behind(shop: Shop) -> None:
+    """The sync lock is tried in the statement that reads the customer's row FOR SHARE. A
+    charger holding that row makes the read wait and read the row again, which may try the
+    lock a second time: the handler must still leave it free (a lock left on a pooled
+    connection would hold every later sync of that customer)."""
+    _, customer, other, to_other = dashboard_sets_another_card(shop)
+    organization = shop.organization().id
+    done: list[webhooks.Handled] = []
+    with shop.rt.engine.connect() as charger:  # a charger's transaction holding the row
+        charger.execute(
+            text(
+                "UPDATE organizations SET payment_method_last4 = payment_method_last4 "
+                "WHERE id = :id"
+            ),
+            {"id": organization},
+        )
+        handler = threading.Thread(target=lambda: done.append(handle(shop, to_other["id"])))
+        handler.start()
+        time.sleep(0.3)
+        assert not done  # waiting for the row
+        charger.commit()
+    handler.join(10)
+    assert done == [("processed", [])]
+    assert shop.organization().payment_method_id == other
+    assert sync_lock_is_free(shop, customer)
+
+
+def test_a_sync_that_waited_for_another_reads_what_it_wrote(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two events name the dashboard's new card B. The first handler asks Stripe (B) and
+    writes it; the second, which found the lock taken, reads again once it has it: B is the
+    card we keep, so Stripe is not asked a second time."""
+    _, customer, other, to_other = dashboard_sets_another_card(shop)
+    again = hand_made(id=customer, invoice_settings={"default_payment_method": other})
+    assert deliver(shop, again) == "new"
+    asked = shop.fake.default_card
+    questions: list[str] = []
+    second = threading.Thread(target=handle, args=(shop, again["id"]))
+
+    def slow(customer_id: str) -> Any:
+        questions.append(customer_id)
+        if len(questions) == 1:
+            second.start()  # the second handler starts now, and finds the lock taken
+            time.sleep(0.3)
+        return asked(customer_id)
+
+    monkeypatch.setattr(shop.fake, "default_card", slow)
+    assert handle(shop, to_other["id"]) == ("processed", [])
+    second.join(10)
+    assert questions == [customer]
+    assert stored(shop, again["id"]).outcome == "processed"
+    assert shop.organization().payment_method_id == other
+    assert sync_lock_is_free(shop, customer)
