@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import BigInteger, Integer, bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, joinedload
 
@@ -16,7 +16,7 @@ from shared.services.access import Actor, organization_of, subscription_for
 from shared.services.seats import price
 from shared.services.views import CartLineView, CartView, to_json
 from shared.store.db import UnitOfWork
-from shared.store.models import CartItem, Subscription
+from shared.store.models import CART_ITEMS, CartItem, Subscription
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,24 @@ LINES = (
 )
 """A buyer's lines with their plans and organizations, built once (every add and checkout)."""
 LOCKED_LINES = LINES.with_for_update(key_share=True, of=CartItem)
-OTHER_CURRENCY = (
+_OTHER_CURRENCY = (
     select(CartItem.id)
     .join(Subscription, Subscription.id == CartItem.subscription_id)
     .where(CartItem.user_id == bindparam("user_id"), Subscription.currency != bindparam("currency"))
-    .limit(1)
 )
-"""A line of the buyer's cart in another currency than the plan being added, if any."""
+_NEW_LINE = select(
+    bindparam("user_id", type_=BigInteger),
+    bindparam("subscription_id", type_=BigInteger),
+    bindparam("active_seats", type_=Integer),
+).where(~_OTHER_CURRENCY.exists())
+_UPSERT = insert(CART_ITEMS).from_select(["user_id", "subscription_id", "active_seats"], _NEW_LINE)
+UPSERT_LINE = _UPSERT.on_conflict_do_update(
+    index_elements=["user_id", "subscription_id"],
+    set_={"active_seats": _UPSERT.excluded.active_seats},
+).returning(CART_ITEMS.c.id)
+"""The line added or its seat count changed, in one statement, unless the buyer's cart holds
+a plan of another currency (then no row comes back). Two first adds at once both land on
+the same line (no unique violation)."""
 
 
 def priced_lines(
@@ -123,19 +134,14 @@ def add_item(
                 "confirmation_required",
                 quote=to_json(offer),
             )
-        other_currency = alone.session.scalar(
-            OTHER_CURRENCY, {"user_id": actor.user_id, "currency": subscription.currency}
-        )
-        if other_currency is not None:
+        line = {
+            "user_id": actor.user_id,
+            "subscription_id": subscription_id,
+            "active_seats": target,
+            "currency": subscription.currency,
+        }
+        if alone.session.scalar(UPSERT_LINE, line) is None:
             raise Conflict("a cart holds plans of one currency only", "currency_mismatch")
-        # One statement: two first adds at once both land on the same line (no unique violation)
-        alone.session.execute(
-            insert(CartItem)
-            .values(user_id=actor.user_id, subscription_id=subscription_id, active_seats=target)
-            .on_conflict_do_update(
-                index_elements=["user_id", "subscription_id"], set_={"active_seats": target}
-            )
-        )
         alone.session.expire_all()  # the plan read above is priced again as it is now
         return cart_view(alone.session, actor, now)
 

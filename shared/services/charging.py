@@ -16,9 +16,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy import BigInteger, Engine, bindparam, func, select, update
+from sqlalchemy.exc import NoResultFound
+from sqlalchemy.orm import Session, contains_eager, joinedload, sessionmaker
 
 from shared.domain.cards import Card
 from shared.domain.errors import Conflict
@@ -107,13 +109,28 @@ LOCKED_PURCHASE = (
     )
     .with_for_update(key_share=True, of=Purchase)
 )
-LOCKED_PLANS = (
-    select(Subscription)
-    .where(Subscription.id.in_(bindparam("plan_ids", expanding=True)))
+LOCKED_PURCHASE_AND_PLANS = (
+    select(Purchase, Subscription)
+    .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
+    .join(Subscription, Subscription.id == PurchaseItem.subscription_id)
+    .where(Purchase.id == bindparam("purchase_id"))
     .order_by(Subscription.id)
-    .options(joinedload(Subscription.organization, innerjoin=True))
-    .with_for_update(key_share=True, of=Subscription)
+    .options(
+        contains_eager(Purchase.items),
+        joinedload(Purchase.organization, innerjoin=True),
+        joinedload(Subscription.organization, innerjoin=True),
+    )
+    .with_for_update(key_share=True, of=[Purchase, Subscription])
 )
+"""The purchase with its lines and organization, and its plans with theirs (a plan's time
+zone prices its line), one row per line: the purchase's row and its plans' rows locked in
+one round trip, the purchase first and the plans in id order, as every charger locks them
+(no deadlock between chargers)."""
+LOCKED_PURCHASE_AND_PLANS_IF_FREE = LOCKED_PURCHASE_AND_PLANS.add_columns(
+    select(func.pg_try_advisory_lock(bindparam("lock", type_=BigInteger))).scalar_subquery()
+)
+"""The same, and whether this charger got its lock: tried once (an uncorrelated subquery),
+before any row is read, in the same round trip."""
 _FIRST_PENDING = (
     select(func.min(Purchase.id))
     .join(PurchaseItem, PurchaseItem.purchase_id == Purchase.id)
@@ -170,12 +187,26 @@ def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
     return session.scalars(LOCKED_PURCHASE, {"purchase_id": purchase_id}).unique().one()
 
 
-def _locked_plans(session: Session, purchase: Purchase) -> dict[int, Subscription]:
-    """The plans, row-locked in id order (no deadlock between chargers), with their
-    organization (its time zone prices the lines) read in the same round trip."""
-    ids = sorted(item.subscription_id for item in purchase.items)
-    plans = session.scalars(LOCKED_PLANS, {"plan_ids": ids})
-    return {plan.id: plan for plan in plans}
+Plans = dict[int, Subscription]
+
+
+def _locked_purchase_and_plans(
+    session: Session, purchase_id: int, lock: AdvisoryLock | None = None
+) -> tuple[Purchase, Plans, bool]:
+    """`LOCKED_PURCHASE_AND_PLANS`; with a `lock`, whether this charger got it (when not,
+    the rows it locked go with the caller's rollback)."""
+    if lock is None:
+        rows = session.execute(LOCKED_PURCHASE_AND_PLANS, {"purchase_id": purchase_id})
+    else:
+        lock.trying()
+        rows = session.execute(
+            LOCKED_PURCHASE_AND_PLANS_IF_FREE, {"purchase_id": purchase_id, "lock": lock.key}
+        )
+    found: list[Any] = list(rows.unique())
+    if not found:
+        raise NoResultFound(f"no purchase {purchase_id}")
+    mine = lock is None or lock.took(found[0][2])
+    return found[0][0], {row[1].id: row[1] for row in found}, mine
 
 
 def next_in_line(session: Session, plan_ids: list[int], before: int) -> list[int]:
@@ -238,7 +269,9 @@ def _wait(purchase: Purchase) -> Outcome:
     return Outcome(Next.WAIT)
 
 
-def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None) -> Outcome | None:
+def _claim_and_price(
+    session: Session, purchase: Purchase, plans: Plans, now: datetime | None
+) -> Outcome | None:
     """Take the plans for this purchase and price it against them as they are now.
 
     Purchases of one plan are charged one after another, so the second buyer
@@ -246,7 +279,6 @@ def _claim_and_price(session: Session, purchase: Purchase, now: datetime | None)
     purchase: the price it sets is kept through crashes, and with it the key
     of the PaymentIntent that charges it.
     """
-    plans = _locked_plans(session, purchase)
     for plan in plans.values():
         holder = plan.charging_purchase_id
         if holder not in (None, purchase.id):
@@ -339,7 +371,12 @@ def _still_to_buy(purchase: Purchase, plans: dict[int, Subscription]) -> bool:
 
 
 def _late_payment(
-    session: Session, purchase: Purchase, payment: Payment, card: Card | None, ours: bool
+    session: Session,
+    purchase: Purchase,
+    plans: Plans,
+    payment: Payment,
+    card: Card | None,
+    ours: bool,
 ) -> tuple[Outcome, FollowUp]:
     """Money arrived for a purchase that had failed: give the seats if they are still
     there to give at that price, otherwise refund it and tell an operator."""
@@ -350,11 +387,10 @@ def _late_payment(
         return Outcome(Next.DONE), FollowUp(
             refund_alert=decided.id if decided.refund_pending else None
         )
-    plans = _locked_plans(session, purchase)
     if ours and payment.amount == purchase.amount_due and _still_to_buy(purchase, plans):
         log.warning("purchase %s paid after it failed: seats applied", purchase.id)
         purchase.failure_code = purchase.failure_message = None
-        return _apply_success(session, purchase, payment, card), FollowUp()
+        return _apply_success(session, purchase, plans, payment, card), FollowUp()
     alert = raise_alert(
         session,
         kind="late_payment",
@@ -375,7 +411,7 @@ def _late_payment(
 def _settle(
     session: Session, purchase_id: int, payment: Payment, card: Card | None
 ) -> tuple[Outcome, FollowUp]:
-    purchase = _locked_purchase(session, purchase_id)
+    purchase, plans, _ = _locked_purchase_and_plans(session, purchase_id)
     customer = purchase.organization.stripe_customer_id
     ours = (
         customer is not None
@@ -397,12 +433,12 @@ def _settle(
         return Outcome(Next.DONE), FollowUp()
     if purchase.status == PurchaseStatus.FAILED:
         if payment.status == "succeeded":
-            return _late_payment(session, purchase, payment, card, ours)
+            return _late_payment(session, purchase, plans, payment, card, ours)
         return Outcome(Next.DONE), FollowUp(
             cancel=payment.id if payment.status in PAYABLE else None
         )
     if payment.status == "succeeded":
-        return _apply_success(session, purchase, payment, card), FollowUp()
+        return _apply_success(session, purchase, plans, payment, card), FollowUp()
     if payment.status in ("requires_payment_method", "canceled"):
         code = payment.failure_code or (
             "payment_canceled" if payment.status == "canceled" else "payment_failed"
@@ -483,9 +519,8 @@ def refund(uow: UnitOfWork, gateway: PaymentGateway, alert_id: int) -> None:
 
 
 def _apply_success(
-    session: Session, purchase: Purchase, payment: Payment, card: Card | None
+    session: Session, purchase: Purchase, plans: Plans, payment: Payment, card: Card | None
 ) -> Outcome:
-    plans = _locked_plans(session, purchase)
     paid_with = payment.payment_method_id
     if paid_with and paid_with != purchase.payment_method_id:
         # paid with another card than the one chosen at checkout (Stripe.js lets the
@@ -663,16 +698,16 @@ def _charge(
     action_ttl: float | None,
 ) -> Outcome:
     with uow:
-        if not lock.take(uow.session):
+        purchase, plans, mine = _locked_purchase_and_plans(uow.session, purchase_id, lock)
+        if not mine:  # another charger has it
             return Outcome(Next.BUSY)
-        purchase = _locked_purchase(uow.session, purchase_id)
         card_pending = purchase.card_sync_pending
         if purchase.status in TERMINAL or purchase.attention:
             finished = True
         else:
             finished = False
             if purchase.status == PurchaseStatus.PENDING:
-                stopped = _claim_and_price(uow.session, purchase, now)
+                stopped = _claim_and_price(uow.session, purchase, plans, now)
                 if stopped is not None:
                     uow.commit()
                     return stopped
@@ -772,12 +807,12 @@ def _refused(
 def _settle_free(uow: UnitOfWork, purchase_id: int) -> Outcome:
     """Seats whose prorated price rounds to zero are given without a charge."""
     with uow:
-        purchase = _locked_purchase(uow.session, purchase_id)
+        purchase, plans, _ = _locked_purchase_and_plans(uow.session, purchase_id)
         if purchase.status in TERMINAL:
             return Outcome(Next.DONE)
         free = Payment(id="", status="succeeded", amount=0, currency=purchase.currency)
         purchase.new_card = False
-        outcome = _apply_success(uow.session, purchase, free, None)
+        outcome = _apply_success(uow.session, purchase, plans, free, None)
         uow.commit()
         return outcome
 

@@ -88,32 +88,32 @@ def named_lock(
     lock = (namespace, func.hashtext(bindparam("lock_name")))
     with engine.connect() as connection:
         alone = connection.execution_options(isolation_level="AUTOCOMMIT")
-        tried = alone.execute(
-            first.add_columns(func.pg_try_advisory_lock(*lock)), {**params, **key}
-        ).one_or_none()
-        if tried is None:  # (a row found, then changed so that it no longer matched, would
-            # leave a lock held: `first` must read by a key its rows never change or lose)
-            yield alone, None
-            return
+        held = True  # until known otherwise: a read that failed may have taken the lock
         try:
-            row: Row[Any] | None = tried
-            if not tried[-1]:  # someone else holds it: wait, then read what they left
+            row: Row[Any] | None = alone.execute(
+                first.add_columns(func.pg_try_advisory_lock(*lock)), {**params, **key}
+            ).one_or_none()
+            if row is None:  # (a row found, then changed so that it no longer matched,
+                # would leave a lock held: `first` must read by a key its rows never lose)
+                held = False
+            elif not row[-1]:  # someone else holds it: wait, then read what they left
                 alone.execute(select(func.pg_advisory_lock(*lock)), key)
                 row = alone.execute(first.add_columns(true()), params).one_or_none()
             yield alone, None if row is None else tuple(row)[:-1]
         finally:
-            try:
-                alone.execute(select(func.pg_advisory_unlock_all()))
-            except Exception:
-                connection.invalidate()
-                raise
+            if held:
+                try:
+                    alone.execute(select(func.pg_advisory_unlock_all()))
+                except Exception:
+                    connection.invalidate()
+                    raise
 
 
 class AdvisoryLock:
-    """A worker's advisory lock, held on its own working connection: taken inside its first
-    transaction (no round trip of its own for BEGIN/COMMIT), released in autocommit at the
-    end; a connection that cannot unlock is thrown away, so the lock never goes back to the
-    pool with it. A crashed holder's lock dies with its connection."""
+    """A worker's advisory lock, held on its own working connection: tried inside its first
+    transaction (`take`, or as a column of its first read: `took`), released in autocommit
+    at the end; a connection that cannot unlock is thrown away, so the lock never goes back
+    to the pool with it. A crashed holder's lock dies with its connection."""
 
     def __init__(self, connection: Connection, namespace: int, key: int) -> None:
         self.connection = connection
@@ -121,15 +121,27 @@ class AdvisoryLock:
         self.held = False
 
     def take(self, session: Session) -> bool:
-        self.held = bool(session.scalar(select(func.pg_try_advisory_lock(self.key))))
+        self.trying()
+        return self.took(session.scalar(select(func.pg_try_advisory_lock(self.key))))
+
+    def trying(self) -> None:
+        """Called before the statement that tries the lock: if it fails, the lock may be
+        held all the same, and `release` lets it go."""
+        self.held = True
+
+    def took(self, got: bool | None) -> bool:
+        """What a `pg_try_advisory_lock(key)` the caller sent in its own read answered."""
+        self.held = bool(got)
         return self.held
 
     def release(self) -> None:
+        """Every session lock of the connection goes: it is this worker's own, and a read
+        that tried the lock may have tried it twice (a row re-read under concurrent change)."""
         if not self.held:
             return
         try:
             unlocking = self.connection.execution_options(isolation_level="AUTOCOMMIT")
-            unlocking.scalar(select(func.pg_advisory_unlock(self.key)))
+            unlocking.execute(select(func.pg_advisory_unlock_all()))
         except Exception:
             self.connection.invalidate()
             raise

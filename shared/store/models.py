@@ -348,3 +348,4 @@ class SyncCursor(Base):
 PURCHASES = cast(Table, Purchase.__table__)
 RENEWALS = cast(Table, Renewal.__table__)
 ORGANIZATIONS = cast(Table, Organization.__table__)
+CART_ITEMS = cast(Table, CartItem.__table__)

@@ -70,23 +70,24 @@ def test_a_two_plan_checkout_stores_every_line_as_priced_and_empties_the_cart(
 
 @contextmanager
 def before_the_add_writes(shop: Shop, another_tab: Callable[[], Any]) -> Iterator[list[bool]]:
-    """Runs `another_tab` to its end (in a thread) right after the add's first read of the
-    cart, before its upsert; yields whether it finished before the add went on."""
+    """Runs `another_tab` to its end (in a thread) right before the add's first statement on
+    the cart (its upsert), after the add read the plan; yields whether it finished before
+    the add went on."""
     me, ran = threading.get_ident(), [False]
     finished: list[bool] = []
 
-    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if threading.get_ident() == me and not ran[0] and "cart_items" in statement:
             ran[0] = True
             tab = threading.Thread(target=lambda: (another_tab(), finished.append(True)))
             tab.start()
             tab.join(timeout=5)  # a lock the add still held would make it wait instead
 
-    event.listen(shop.rt.engine, "after_cursor_execute", after)
+    event.listen(shop.rt.engine, "before_cursor_execute", before)
     try:
         yield finished
     finally:
-        event.remove(shop.rt.engine, "after_cursor_execute", after)
+        event.remove(shop.rt.engine, "before_cursor_execute", before)
     assert ran[0] and finished, "the other tab did not run to its end"
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import secrets
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, event, text
 
 from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
 from shared.payments.gateway import PaymentRequest, PaymentUnavailable
 from shared.services import cart, charging, checkout, provisioning, webhooks
 from shared.services.access import Actor
+from shared.store.db import PURCHASE_LOCKS, lock_key
 from shared.store.models import Subscription
 from tests.services.conftest import Shop, later
 
@@ -157,6 +160,35 @@ def test_a_second_charger_of_the_same_purchase_steps_aside(shop: Shop) -> None:
     shop.charge(purchase, checkpoint=another_worker_takes_it)
     assert seen == ["busy"]
     assert shop.purchase(purchase).status == "succeeded" and len(shop.fake.intents) == 1
+
+
+def test_a_charger_whose_first_read_fails_after_trying_the_lock_leaves_it_free(
+    shop: Shop,
+) -> None:
+    """The lock is tried inside the charger's first read: when that read fails after the
+    try (a lost connection, a deadlock), the lock must not stay with the pooled connection,
+    or every later charger of the purchase would step aside for nobody."""
+    purchase = shop.checkout(4)
+
+    def broken(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_try_advisory_lock" in statement:
+            raise RuntimeError("the connection broke after the lock was tried")
+
+    event.listen(shop.rt.engine, "after_cursor_execute", broken)
+    try:
+        with pytest.raises(RuntimeError):
+            shop.charge(purchase)
+    finally:
+        event.remove(shop.rt.engine, "after_cursor_execute", broken)
+    elsewhere = create_engine(shop.rt.engine.url)  # not the pool's: a lock is re-entrant
+    try:
+        with elsewhere.connect() as other:
+            key = lock_key(PURCHASE_LOCKS, purchase)
+            assert other.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key})
+    finally:
+        elsewhere.dispose()
+    assert shop.charge(purchase).next == "done"
+    assert shop.purchase(purchase).status == "succeeded"
 
 
 def test_seats_whose_prorated_price_rounds_to_zero_are_given_without_a_charge(

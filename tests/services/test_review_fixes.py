@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 
 from shared.domain.errors import Conflict
 from shared.payments.fake_stripe import THREE_D_SECURE
@@ -567,14 +567,19 @@ def test_an_insert_whose_snapshot_predates_a_syncs_write_is_not_taken_as_done(
 
 
 def sync_lock_is_free(shop: Shop, customer: str) -> bool:
-    """Whether another connection can take the customer's card sync lock at once."""
-    with shop.rt.engine.connect() as other:
-        key = {"customer": customer}
-        got = other.scalar(text("SELECT pg_try_advisory_lock(7303, hashtext(:customer))"), key)
-        if got:
-            other.execute(text("SELECT pg_advisory_unlock(7303, hashtext(:customer))"), key)
-        other.commit()
-        return bool(got)
+    """Whether a connection of another pool can take the customer's card sync lock at once
+    (one of ours that held it would take it again: a lock is re-entrant)."""
+    elsewhere = create_engine(shop.rt.engine.url)
+    try:
+        with elsewhere.connect() as other:
+            return bool(
+                other.scalar(
+                    text("SELECT pg_try_advisory_lock(7303, hashtext(:customer))"),
+                    {"customer": customer},
+                )
+            )
+    finally:
+        elsewhere.dispose()
 
 
 def test_a_sync_whose_read_waited_on_a_charger_leaves_no_lock_behind(shop: Shop) -> None:
