@@ -18,7 +18,22 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, bindparam, func, select, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Engine,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session, contains_eager, joinedload, sessionmaker
 
@@ -35,11 +50,13 @@ from shared.payments.gateway import (
     friendly_message,
 )
 from shared.services.alerts import raise_alert
-from shared.services.seats import price, record_change
+from shared.services.seats import price
 from shared.store.db import PURCHASE_LOCKS, AdvisoryLock, UnitOfWork, work_lock
 from shared.store.models import (
     ORGANIZATIONS,
     PURCHASES,
+    SEAT_CHANGES,
+    SUBSCRIPTIONS,
     OperatorAlert,
     Organization,
     Purchase,
@@ -143,6 +160,101 @@ _FIRST_PENDING = (
 )
 FIRST_PENDING_BEFORE = _FIRST_PENDING.where(Purchase.id < bindparam("before"))
 FIRST_WAITING = _FIRST_PENDING.where(Purchase.waiting_since.is_not(None))
+_LINE_FIELDS = ("line_plan", "paid_before", "active_before", "paid_after", "active_after")
+_LINES = (
+    func.unnest(
+        bindparam("line_plan", type_=ARRAY(BigInteger)),
+        *(bindparam(field, type_=ARRAY(Integer)) for field in _LINE_FIELDS[1:]),
+    )
+    .table_valued(
+        column("plan", BigInteger), *(column(field, Integer) for field in _LINE_FIELDS[1:])
+    )
+    .render_derived(name="line", with_types=False)
+)
+"""One row per plan of the purchase: its counts before, and after (NULL: its line buys
+nothing)."""
+_COUNTED = (
+    update(SUBSCRIPTIONS)
+    .where(
+        SUBSCRIPTIONS.c.id == _LINES.c.plan,
+        or_(
+            _LINES.c.paid_after.is_not(None),
+            SUBSCRIPTIONS.c.charging_purchase_id == bindparam("purchase_id"),
+        ),
+    )
+    .values(
+        paid_seats=func.coalesce(_LINES.c.paid_after, SUBSCRIPTIONS.c.paid_seats),
+        active_seats=func.coalesce(_LINES.c.active_after, SUBSCRIPTIONS.c.active_seats),
+        charging_purchase_id=case(
+            (SUBSCRIPTIONS.c.charging_purchase_id == bindparam("purchase_id"), None),
+            else_=SUBSCRIPTIONS.c.charging_purchase_id,
+        ),
+        updated_at=func.now(),
+    )
+    .cte("counted")
+)
+_AUDITED = (
+    insert(SEAT_CHANGES)
+    .from_select(
+        [
+            "subscription_id",
+            "actor_user_id",
+            "purchase_id",
+            "reason",
+            "paid_before",
+            "paid_after",
+            "active_before",
+            "active_after",
+        ],
+        select(
+            _LINES.c.plan,
+            bindparam("actor", type_=BigInteger),
+            bindparam("purchase_id", type_=BigInteger),
+            bindparam("reason", type_=Text),
+            _LINES.c.paid_before,
+            _LINES.c.paid_after,
+            _LINES.c.active_before,
+            _LINES.c.active_after,
+        ).where(_LINES.c.paid_after.is_not(None)),
+    )
+    .cte("audited")
+)
+_CARD_KEPT = (
+    update(ORGANIZATIONS)
+    .where(
+        ORGANIZATIONS.c.id == bindparam("organization"),
+        bindparam("keep_card", type_=Boolean),
+    )
+    .values(
+        payment_method_id=bindparam("card"),
+        payment_method_brand=bindparam("brand"),
+        payment_method_last4=bindparam("last4"),
+    )
+    .cte("card_kept")
+)
+_SUCCEEDED = (
+    update(PURCHASES)
+    .where(PURCHASES.c.id == bindparam("purchase_id"))
+    .values(
+        status=PurchaseStatus.SUCCEEDED.value,
+        attention=None,
+        amount_due=bindparam("amount"),
+        client_secret=None,
+        completed_at=bindparam("finished_at"),
+        payment_method_id=bindparam("method"),
+        new_card=bindparam("card_is_new"),
+        card_sync_pending=or_(PURCHASES.c.card_sync_pending, bindparam("keep_card")),
+        updated_at=func.now(),
+    )
+    .cte("succeeded")
+)
+APPLY = FIRST_WAITING.add_cte(_COUNTED, _AUDITED, _CARD_KEPT, _SUCCEEDED)
+# (no parameter is named after a column of a table it updates: SQLAlchemy would SET it)
+"""A paid purchase applied in one statement: the counts of the plans whose line it gives,
+each with its audit row, its plans freed, the card that paid kept for renewals (its row
+locked), the purchase succeeded; and, read in the same statement, the oldest purchase
+waiting for each plan. The plans were locked before (`LOCKED_PURCHASE_AND_PLANS`), so no
+purchase can start waiting for them between that lock and this statement's snapshot."""
 RECORD_INTENT = (
     update(PURCHASES)
     .where(
@@ -521,59 +633,85 @@ def refund(uow: UnitOfWork, gateway: PaymentGateway, alert_id: int) -> None:
 def _apply_success(
     session: Session, purchase: Purchase, plans: Plans, payment: Payment, card: Card | None
 ) -> Outcome:
+    """Give the seats a payment bought, free the plans, keep the card that paid: one
+    statement (`APPLY`), which also names the purchases waiting for these plans. The
+    loaded rows are read, never changed: nothing else is flushed after it."""
+    method, new_card = purchase.payment_method_id, purchase.new_card
     paid_with = payment.payment_method_id
-    if paid_with and paid_with != purchase.payment_method_id:
+    if paid_with and paid_with != method:
         # paid with another card than the one chosen at checkout (Stripe.js lets the
         # customer do that): the card that paid is the one to keep for renewals
-        purchase.payment_method_id, purchase.new_card, card = paid_with, True, None
-    for item in purchase.items:
-        plan = plans[item.subscription_id]
-        if item.seats_to_buy <= 0:
-            continue
-        if item.active_seats <= plan.paid_seats:
-            raise_alert(
-                session,
-                kind="seats_not_applied",
-                message=f"purchase {purchase.id} was paid, but plan {plan.id} already had "
-                f"{plan.paid_seats} paid seats, so its line ({item.active_seats} seats, "
-                f"{plain_amount(item.amount_due, purchase.currency)}) changed nothing: "
-                "refund that line or give the seats",
-                organization_id=purchase.organization_id,
-                purchase_id=purchase.id,
-                stripe_object_id=payment.id or None,
-                amount=item.amount_due,
-                dedupe_key=f"line:{purchase.id}:{plan.id}",
-            )
-            continue
-        counts = SeatCounts(plan.paid_seats, plan.active_seats).after_purchase(item.active_seats)
-        record_change(
-            session,
-            plan,
-            counts,
-            f"purchase {purchase.id} paid",
-            actor_user_id=purchase.user_id,
-            purchase_id=purchase.id,
-        )
+        method, new_card, card = paid_with, True, None
+    lines: dict[str, list[int | None]] = {name: [] for name in _LINE_FIELDS}
+    for plan_id, plan in plans.items():
+        counts = _bought(session, purchase, plan, payment)
+        for name, value in zip(
+            _LINE_FIELDS,
+            (plan_id, plan.paid_seats, plan.active_seats)
+            + ((counts.paid_seats, counts.active_seats) if counts else (None, None)),
+            strict=True,
+        ):
+            lines[name].append(value)
+    kept = None
     to_save = None
-    if purchase.new_card:
-        # loaded with the purchase; its UPDATE takes the row lock
-        known = card if card and card.id == purchase.payment_method_id else None
+    if new_card:
+        known = card if card and card.id == method else None
+        kept = known or Card(method, None, None)
         organization = purchase.organization
-        organization.keep_card(known or Card(purchase.payment_method_id, None, None))
-        purchase.card_sync_pending = True
         to_save = CardToSave(
             organization.id,
-            purchase.payment_method_id,
+            method,
             current=True,
-            brand_known=organization.payment_method_brand is not None,
+            brand_known=kept.brand is not None,
             customer_id=organization.stripe_customer_id,
         )
-    purchase.status = PurchaseStatus.SUCCEEDED
-    purchase.attention = None
-    purchase.amount_due = payment.amount
-    purchase.client_secret = None
-    purchase.completed_at = datetime.now(UTC)
-    return Outcome(Next.DONE, _release(session, purchase, plans), to_save)
+    waiting = session.scalars(
+        APPLY,
+        {
+            **lines,
+            "purchase_id": purchase.id,
+            "plan_ids": list(plans),
+            "actor": purchase.user_id,
+            "reason": f"purchase {purchase.id} paid",
+            "amount": payment.amount,
+            "finished_at": datetime.now(UTC),
+            "method": method,
+            "card_is_new": new_card,
+            "keep_card": kept is not None,
+            "organization": purchase.organization_id,
+            "card": kept.id if kept else None,
+            "brand": kept.brand if kept else None,
+            "last4": kept.last4 if kept else None,
+        },
+    )
+    wake = sorted({found for found in waiting if found != purchase.id})
+    return Outcome(Next.DONE, wake, to_save)
+
+
+def _bought(
+    session: Session, purchase: Purchase, plan: Subscription, payment: Payment
+) -> SeatCounts | None:
+    """The plan's counts once its line is given; None when its line buys nothing (a line
+    someone else bought meanwhile: told to an operator, the money is not lost)."""
+    item = next(item for item in purchase.items if item.subscription_id == plan.id)
+    if item.seats_to_buy <= 0:
+        return None
+    if item.active_seats <= plan.paid_seats:
+        raise_alert(
+            session,
+            kind="seats_not_applied",
+            message=f"purchase {purchase.id} was paid, but plan {plan.id} already had "
+            f"{plan.paid_seats} paid seats, so its line ({item.active_seats} seats, "
+            f"{plain_amount(item.amount_due, purchase.currency)}) changed nothing: "
+            "refund that line or give the seats",
+            organization_id=purchase.organization_id,
+            purchase_id=purchase.id,
+            stripe_object_id=payment.id or None,
+            amount=item.amount_due,
+            dedupe_key=f"line:{purchase.id}:{plan.id}",
+        )
+        return None
+    return SeatCounts(plan.paid_seats, plan.active_seats).after_purchase(item.active_seats)
 
 
 def _card_state(uow: UnitOfWork, purchase_id: int) -> CardToSave | None:
