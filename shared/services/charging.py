@@ -785,6 +785,12 @@ def stripe_customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: i
         )
         if existing:
             return existing
+    return new_stripe_customer(uow, gateway, organization_id)
+
+
+def new_stripe_customer(uow: UnitOfWork, gateway: PaymentGateway, organization_id: int) -> str:
+    """`stripe_customer` for a caller that has just read none: straight to the locked
+    transaction (which still returns one a racing charger made meanwhile)."""
     with uow:
         organization = uow.session.get_one(
             Organization, organization_id, with_for_update={"key_share": True}
@@ -868,7 +874,7 @@ def _charge(
     card: Card | None = None
     payment: Payment | None = None
     try:
-        customer = customer or stripe_customer(uow, gateway, organization_id)
+        customer = customer or new_stripe_customer(uow, gateway, organization_id)
         if intent_id is None:
             card = gateway.attach_card(method, customer) if new_card else None
             created = gateway.create_payment(
