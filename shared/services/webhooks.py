@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    literal_column,
     or_,
     select,
     tuple_,
@@ -452,25 +453,28 @@ def _card_on_its_way(organization: ColumnElement[Any]) -> Select[tuple[int]]:
     )
 
 
-CARD_ON_ITS_WAY = _card_on_its_way(bindparam("organization"))
+_row_version = literal_column("CAST(organizations.xmin AS text)", Text)
+"""The transaction that wrote the organization's row as it is: any write changes it."""
 SAVED_CARD = (
     select(
         ORGANIZATIONS.c.id,
         ORGANIZATIONS.c.payment_method_id,
         ORGANIZATIONS.c.payment_method_brand,
+        _row_version,
         _card_on_its_way(ORGANIZATIONS.c.id).scalar_subquery(),
     )
     .where(ORGANIZATIONS.c.stripe_customer_id == bindparam("customer"))
     .with_for_update(read=True, of=ORGANIZATIONS)
 )
-"""Whose customer this is, the card we keep for it (its latest committed version: FOR
-SHARE), and a purchase of theirs whose new card is still on its way to Stripe (every
-customer event asks): one round trip, which also tries the customer's sync lock."""
+"""Whose customer this is, the card we keep for it and the row's version (its latest
+committed version: FOR SHARE), and a purchase of theirs whose new card is still on its way
+to Stripe (every customer event asks): one round trip, which also tries the customer's
+sync lock."""
 KEEP_STRIPES_CARD = (
     update(ORGANIZATIONS)
     .where(
         ORGANIZATIONS.c.id == bindparam("organization"),
-        ORGANIZATIONS.c.payment_method_id.is_not_distinct_from(bindparam("saved")),
+        _row_version == bindparam("version"),
         ~_card_on_its_way(ORGANIZATIONS.c.id).exists(),
     )
     .values(
@@ -479,10 +483,11 @@ KEEP_STRIPES_CARD = (
         payment_method_last4=bindparam("last4"),
     )
 )
-"""Keep Stripe's answer only if the card we keep is still the one read before asking: a
-charger applying a new card changes it (the row lock makes this statement wait for that
-charger's commit and then check the row again), and that newer card is on its way to
-Stripe. One statement, no transaction of its own."""
+"""Keep Stripe's answer only if the organization's row is still the version read before
+asking. A charger keeping a card (even the same one) writes that row in the transaction that
+marks the card on its way to Stripe: the row lock makes this statement wait for its commit,
+then check the row's new version, which differs. (A subquery here would read the purchases
+in this statement's snapshot, from before that commit.) One statement, no transaction."""
 
 
 def _sync_saved_card(
@@ -506,21 +511,21 @@ def _sync_saved_card(
     with uow.named_lock(CARD_SYNC_LOCKS, customer_id, SAVED_CARD, customer) as (alone, found):
         if found is None:  # not a customer of ours: no lock was taken
             return "ignored", []
-        return _sync_saved_card_alone(uow, alone, gateway, customer_id, found, gone, named)
+        return _sync_saved_card_alone(uow, alone, gateway, customer, found, gone, named)
 
 
 def _sync_saved_card_alone(
     uow: UnitOfWork,
     alone: Connection,
     gateway: PaymentGateway,
-    customer_id: str,
+    customer: dict[str, str],
     found: tuple[Any, ...],
     gone: str | None,
     named: str | None,
 ) -> Handled:
     """The sync, holding the customer's lock, from what `found` read under it; its own
     statements on the lock's connection (autocommit: each stands alone)."""
-    known, saved, brand, saving = found
+    known, saved, brand, version, saving = found
     if gone is None and named is not None and named == saved and brand is not None:
         return "processed", []
     if gone is not None:  # a detached card is never kept, nor pushed to Stripe later
@@ -530,28 +535,27 @@ def _sync_saved_card_alone(
             )
             if organization.payment_method_id == gone:
                 organization.keep_card(None)
-            saved, brand = organization.payment_method_id, organization.payment_method_brand
-            # read again under the lock: a charger applying a new card holds that row, and
-            # the card it has just committed is on its way to Stripe
-            saving = uow.session.scalar(CARD_ON_ITS_WAY, {"organization": known})
             uow.commit()
+        known, saved, brand, version, saving = alone.execute(SAVED_CARD, customer).one()
     if saving is not None:  # our newer card is on its way to Stripe: its own event follows
         return "processed", []
-    card = gateway.default_card(customer_id)
+    card = gateway.default_card(customer["customer"])
     if card is not None and card.id == gone:
         card = None
-    if (card.id if card else None) == saved and (card is None or brand is not None):
-        return "processed", []  # Stripe agrees with what we keep: nothing to write
-    alone.execute(
-        KEEP_STRIPES_CARD,
-        {
-            "organization": known,
-            "saved": saved,
-            "card": card.id if card else None,
-            "brand": card.brand if card else None,
-            "last4": card.last4 if card else None,
-        },
-    )
+    answer = {
+        "organization": known,
+        "card": card.id if card else None,
+        "brand": card.brand if card else None,
+        "last4": card.last4 if card else None,
+    }
+    while (card.id if card else None) != saved or (card is not None and brand is None):
+        if alone.execute(KEEP_STRIPES_CARD, {**answer, "version": version}).rowcount:
+            break
+        # the row changed since it was read: read it again (a fresh snapshot)
+        again = alone.execute(SAVED_CARD, customer).one()
+        if again[4] is not None or again[1] != saved:
+            break  # a card kept since we asked Stripe is newer: its own event follows
+        known, saved, brand, version, saving = again  # another column changed: try again
     return "processed", []
 
 

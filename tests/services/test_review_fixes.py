@@ -636,3 +636,79 @@ def test_a_sync_that_waited_for_another_reads_what_it_wrote(
     assert stored(shop, again["id"]).outcome == "processed"
     assert shop.organization().payment_method_id == other
     assert sync_lock_is_free(shop, customer)
+
+
+def test_a_sync_writing_while_a_charger_keeps_the_same_card_leaves_the_card_that_paid(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review. We keep X. A purchase that chose a new card failed and is paid late
+    with X (Stripe.js: another card than chosen): its apply keeps X again and marks X on
+    its way to Stripe. Meanwhile the dashboard set D and D's handler asked Stripe (D); its
+    write waits for the charger's row lock. The card's id did not change, and a subquery
+    would read the purchases from before the charger's commit: only the row's version
+    tells the handler that X was kept since it asked. D must not be written over X."""
+    x = shop.fake.card()
+    shop.charge(shop.checkout(4, x))
+    customer = str(shop.organization().stripe_customer_id)
+    purchase, intent = failed_3ds_purchase_paid_anyway(shop)
+    assert shop.organization().payment_method_id == x
+    shop.fake.pay_with(intent, x)  # paid late, with the saved card instead of the chosen one
+    d = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, d)  # the dashboard
+    to_d = recorded(shop, "customer.updated")
+    assert deliver(shop, to_d) == "new"
+    charger: list[threading.Thread] = []
+    applied = threading.Event()
+
+    def hold_open(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        mine = charger and threading.current_thread() is charger[0]
+        if mine and not applied.is_set() and "UPDATE organizations" in statement:
+            applied.set()
+            time.sleep(0.6)  # the charger's transaction commits a bit later
+
+    asked = shop.fake.default_card
+
+    def charger_applies_meanwhile(customer_id: str) -> Any:
+        answer = asked(customer_id)  # D
+        charger.append(threading.Thread(target=settle_by_webhook, args=(shop, intent)))
+        charger[0].start()
+        assert applied.wait(5)  # the charger has kept X again, not committed yet
+        return answer
+
+    event.listen(shop.rt.engine, "after_cursor_execute", hold_open)
+    monkeypatch.setattr(shop.fake, "default_card", charger_applies_meanwhile)
+    try:
+        assert handle(shop, to_d["id"]) == ("processed", [])
+        charger[0].join(10)
+    finally:
+        event.remove(shop.rt.engine, "after_cursor_execute", hold_open)
+    monkeypatch.undo()
+    assert shop.purchase(purchase).status == "succeeded"
+    assert shop.fake.customers[customer]["default"] == x  # the charger pushed it after
+    assert shop.organization().payment_method_id == x
+
+
+def test_a_sync_whose_row_changed_otherwise_meanwhile_still_writes_stripes_card(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler's write needs the organization's row as it read it; an owner changing
+    something else on that row while it asked Stripe (the time zone) is no newer card: it
+    reads the row again and writes Stripe's answer."""
+    _, customer, other, to_other = dashboard_sets_another_card(shop)
+    organization = shop.organization().id
+    asked = shop.fake.default_card
+
+    def owner_edits_meanwhile(customer_id: str) -> Any:
+        with shop.rt.engine.connect() as owner:
+            owner.execute(
+                text("UPDATE organizations SET timezone = 'Europe/Paris' WHERE id = :id"),
+                {"id": organization},
+            )
+            owner.commit()
+        return asked(customer_id)
+
+    monkeypatch.setattr(shop.fake, "default_card", owner_edits_meanwhile)
+    assert handle(shop, to_other["id"]) == ("processed", [])
+    assert shop.fake.customers[customer]["default"] == other
+    assert shop.organization().payment_method_id == other
+    assert shop.organization().timezone == "Europe/Paris"
