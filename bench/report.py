@@ -192,7 +192,7 @@ def purchase_rows(name: str, r: dict[str, Any], target: float) -> list[Row]:
                 f"{per['round trips']:.1f} round trips",
                 f"{per['statements']:.1f} statements, {per['transactions']:.1f} transactions",
                 "",
-                "",
+                f"<= 30: {verdict(per['round trips'] <= 30)}",
             )
         )
         rows.append(
