@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import NoResultFound
-from sqlalchemy.orm import Session, contains_eager, joinedload, sessionmaker
+from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from shared.domain.cards import Card
 from shared.domain.errors import Conflict
@@ -824,7 +824,7 @@ def charge(
     through the Stripe calls (`uow` serves the steps other callers share).
     """
     with engine.connect() as connection:
-        own = UnitOfWork(sessionmaker(bind=connection, expire_on_commit=False))
+        own = UnitOfWork.on_connection(connection)
         lock = AdvisoryLock(connection, PURCHASE_LOCKS, purchase_id)
         try:
             return _charge(own, lock, gateway, purchase_id, now, checkpoint, action_ttl)

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import Engine, select, text
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy.orm import Session, joinedload
 
 from shared.domain.ids import id_from_text
 from shared.domain.money import plain_amount
@@ -296,7 +296,7 @@ def renew(
     """
     now = now or datetime.now(UTC)
     with engine.connect() as connection:  # one connection, the lock held on it
-        own = UnitOfWork(sessionmaker(bind=connection, expire_on_commit=False))
+        own = UnitOfWork.on_connection(connection)
         lock = AdvisoryLock(connection, RENEWAL_LOCKS, renewal_id)
         try:
             return _renew(own, lock, gateway, renewal_id, dunning, now, force, checkpoint)
