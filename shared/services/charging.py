@@ -135,14 +135,13 @@ LOCKED_PURCHASE_AND_PLANS = (
     .options(
         contains_eager(Purchase.items),
         joinedload(Purchase.organization, innerjoin=True),
-        joinedload(Subscription.organization, innerjoin=True),
     )
     .with_for_update(key_share=True, of=[Purchase, Subscription])
 )
-"""The purchase with its lines and organization, and its plans with theirs (a plan's time
-zone prices its line), one row per line: the purchase's row and its plans' rows locked in
-one round trip, the purchase first and the plans in id order, as every charger locks them
-(no deadlock between chargers)."""
+"""The purchase with its lines and organization, and its plans (their organization is the
+purchase's, found in the session when a plan's time zone prices its line), one row per
+line: the purchase's row and its plans' rows locked in one round trip, the purchase first
+and the plans in id order, as every charger, failure and park locks them (no deadlock)."""
 LOCKED_PURCHASE_AND_PLANS_IF_FREE = LOCKED_PURCHASE_AND_PLANS.add_columns(
     select(func.pg_try_advisory_lock(bindparam("lock", type_=BigInteger))).scalar_subquery()
 )
@@ -335,35 +334,19 @@ def _waiting_in_line(session: Session, plan_ids: list[int]) -> list[int]:
     return sorted(set(session.scalars(FIRST_WAITING, {"plan_ids": plan_ids})))
 
 
-def _release(
-    session: Session, purchase: Purchase, plans: dict[int, Subscription] | None = None
-) -> list[int]:
+def _release(session: Session, purchase: Purchase, plans: Plans) -> list[int]:
     """Free the plans this purchase held and name the purchases next in line for them.
 
-    Plans already loaded (and locked) are freed in the same UPDATE that writes their
-    counts; otherwise one UPDATE frees them all.
-    """
-    plan_ids = [item.subscription_id for item in purchase.items]
-    if plans is None:
-        session.execute(
-            update(Subscription)
-            .where(Subscription.id.in_(plan_ids), Subscription.charging_purchase_id == purchase.id)
-            .values(charging_purchase_id=None)
-        )
-    else:
-        for plan in plans.values():
-            if plan.charging_purchase_id == purchase.id:
-                plan.charging_purchase_id = None
-    return [waiting for waiting in _waiting_in_line(session, plan_ids) if waiting != purchase.id]
+    The plans were loaded and locked with the purchase, in id order, as every charger locks
+    them (an UPDATE of them all would lock them in the order it finds them: a deadlock with
+    a charger of the same plans)."""
+    for plan in plans.values():
+        if plan.charging_purchase_id == purchase.id:
+            plan.charging_purchase_id = None
+    return [waiting for waiting in _waiting_in_line(session, list(plans)) if waiting != purchase.id]
 
 
-def _fail(
-    session: Session,
-    purchase: Purchase,
-    code: str,
-    message: str,
-    plans: dict[int, Subscription] | None = None,
-) -> list[int]:
+def _fail(session: Session, purchase: Purchase, code: str, message: str, plans: Plans) -> list[int]:
     purchase.status = PurchaseStatus.FAILED
     purchase.attention = None
     purchase.failure_code = code
@@ -556,7 +539,7 @@ def _settle(
             "payment_canceled" if payment.status == "canceled" else "payment_failed"
         )
         message = payment.failure_message or friendly_message(code)
-        wake = _fail(session, purchase, code, message)
+        wake = _fail(session, purchase, code, message, plans)
         cancel = payment.id if payment.status in PAYABLE else None
         return Outcome(Next.DONE, wake), FollowUp(cancel=cancel)
     if payment.status == "requires_action":
@@ -934,10 +917,10 @@ def _refused(
     uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int, refusal: PaymentRefused
 ) -> Outcome:
     with uow:
-        purchase = _locked_purchase(uow.session, purchase_id)
+        purchase, plans, _ = _locked_purchase_and_plans(uow.session, purchase_id)
         if purchase.status in TERMINAL:
             return Outcome(Next.DONE)
-        wake = _fail(uow.session, purchase, refusal.code, refusal.message)
+        wake = _fail(uow.session, purchase, refusal.code, refusal.message, plans)
         intent = purchase.stripe_payment_intent_id
         uow.commit()
     if intent is not None:
@@ -978,13 +961,13 @@ def park(uow: UnitOfWork, engine: Engine, purchase_id: int, reason: str) -> list
 
 def _park(uow: UnitOfWork, purchase_id: int, reason: str) -> list[int]:
     with uow:
-        purchase = _locked_purchase(uow.session, purchase_id)
+        purchase, plans, _ = _locked_purchase_and_plans(uow.session, purchase_id)
         if purchase.status in TERMINAL:
             return []
         purchase.attention = reason[:500]
         wake: list[int] = []
         if purchase.stripe_payment_intent_id is None:
             purchase.status = PurchaseStatus.PENDING
-            wake = _release(uow.session, purchase)
+            wake = _release(uow.session, purchase, plans)
         uow.commit()
         return wake
