@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
+    Date,
     Engine,
     Integer,
     Text,
@@ -36,10 +37,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session, contains_eager, joinedload
+from sqlalchemy.sql.dml import Update
 
 from shared.domain.cards import Card
 from shared.domain.errors import Conflict
-from shared.domain.money import plain_amount
+from shared.domain.money import Quote, plain_amount
 from shared.domain.seats import TERMINAL, PurchaseStatus, SeatCounts
 from shared.payments.gateway import (
     Payment,
@@ -54,6 +56,7 @@ from shared.services.seats import price
 from shared.store.db import PURCHASE_LOCKS, AdvisoryLock, UnitOfWork, work_lock
 from shared.store.models import (
     ORGANIZATIONS,
+    PURCHASE_ITEMS,
     PURCHASES,
     SEAT_CHANGES,
     SUBSCRIPTIONS,
@@ -159,6 +162,71 @@ _FIRST_PENDING = (
 )
 FIRST_PENDING_BEFORE = _FIRST_PENDING.where(Purchase.id < bindparam("before"))
 FIRST_WAITING = _FIRST_PENDING.where(Purchase.waiting_since.is_not(None))
+
+
+def _purchase_update(param: str) -> Update:
+    """An UPDATE of the one purchase whose id is the parameter `param`."""
+    return update(PURCHASES).where(PURCHASES.c.id == bindparam(param))
+
+
+_PRICE_FIELDS = (
+    "price_item",
+    "price_seats",
+    "price_subtotal",
+    "price_coupon",
+    "price_amount",
+    "price_renews",
+)
+_PRICES = (
+    func.unnest(
+        bindparam("price_item", type_=ARRAY(BigInteger)),
+        bindparam("price_seats", type_=ARRAY(Integer)),
+        *(bindparam(name, type_=ARRAY(BigInteger)) for name in _PRICE_FIELDS[2:5]),
+        bindparam("price_renews", type_=ARRAY(Date)),
+    )
+    .table_valued(
+        column("item", BigInteger),
+        column("seats", Integer),
+        column("subtotal", BigInteger),
+        column("coupon", BigInteger),
+        column("amount", BigInteger),
+        column("renews", Date),
+    )
+    .render_derived(name="price", with_types=False)
+)
+"""The lines whose price changed since checkout (usually none)."""
+_REPRICED = (
+    update(PURCHASE_ITEMS)
+    .where(PURCHASE_ITEMS.c.id == _PRICES.c.item)
+    .values(
+        seats_to_buy=_PRICES.c.seats,
+        subtotal=_PRICES.c.subtotal,
+        proration_coupon=_PRICES.c.coupon,
+        amount_due=_PRICES.c.amount,
+        renews_at=_PRICES.c.renews,
+    )
+    .cte("repriced")
+)
+_HELD = (
+    update(SUBSCRIPTIONS)
+    .where(SUBSCRIPTIONS.c.id.in_(bindparam("plan_ids", expanding=True)))
+    .values(charging_purchase_id=bindparam("claimant"), updated_at=func.now())
+    .cte("held")
+)
+CLAIM = (
+    _purchase_update("claimant")
+    .values(
+        status=PurchaseStatus.PROCESSING.value,
+        amount_due=bindparam("total"),
+        attempts=PURCHASES.c.attempts + 1,
+        updated_at=func.now(),
+    )
+    .add_cte(_REPRICED, _HELD)
+)
+"""A purchase claimed in one statement: its plans held by it (locked already, by the read
+before), its lines priced again where the price changed, and the purchase processing at
+its total, its attempt counted. (No parameter is named after a column of a table it
+updates: SQLAlchemy would SET it.)"""
 _LINE_FIELDS = ("line_plan", "paid_before", "active_before", "paid_after", "active_after")
 _LINES = (
     func.unnest(
@@ -232,8 +300,7 @@ _CARD_KEPT = (
     .cte("card_kept")
 )
 _SUCCEEDED = (
-    update(PURCHASES)
-    .where(PURCHASES.c.id == bindparam("purchase_id"))
+    _purchase_update("purchase_id")
     .values(
         status=PurchaseStatus.SUCCEEDED.value,
         attention=None,
@@ -255,9 +322,8 @@ locked), the purchase succeeded; and, read in the same statement, the oldest pur
 waiting for each plan. The plans were locked before (`LOCKED_PURCHASE_AND_PLANS`), so no
 purchase can start waiting for them between that lock and this statement's snapshot."""
 RECORD_INTENT = (
-    update(PURCHASES)
+    _purchase_update("purchase_id")
     .where(
-        PURCHASES.c.id == bindparam("purchase_id"),
         PURCHASES.c.stripe_payment_intent_id.is_(None),
         PURCHASES.c.status == PurchaseStatus.PROCESSING.value,
         PURCHASES.c.attention.is_(None),
@@ -285,11 +351,7 @@ CARD_BRAND = (
     )
     .values(payment_method_brand=bindparam("brand"), payment_method_last4=bindparam("last4"))
 )
-CARD_SAVED = (
-    update(PURCHASES)
-    .where(PURCHASES.c.id == bindparam("purchase_id"))
-    .values(card_sync_pending=False, updated_at=func.now())
-)
+CARD_SAVED = _purchase_update("purchase_id").values(card_sync_pending=False, updated_at=func.now())
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
@@ -366,8 +428,10 @@ def _wait(purchase: Purchase) -> Outcome:
 
 def _claim_and_price(
     session: Session, purchase: Purchase, plans: Plans, now: datetime | None
-) -> Outcome | None:
-    """Take the plans for this purchase and price it against them as they are now.
+) -> Outcome | int:
+    """Take the plans for this purchase and price it against them as they are now: the
+    outcome that stops it, or the total it is charged (written by `CLAIM`, with the
+    attempt counted; the loaded rows are left as read).
 
     Purchases of one plan are charged one after another, so the second buyer
     pays only for seats the first did not already buy. This runs once per
@@ -399,20 +463,27 @@ def _claim_and_price(
             "nothing was charged. Add the seats to your cart again to see the new price."
         )
         return Outcome(Next.DONE, _fail(session, purchase, "quote_expired", message, plans))
-    for item, offer in offers:
-        item.seats_to_buy = offer.seats_to_buy
-        item.subtotal = offer.subtotal
-        item.proration_coupon = offer.proration_coupon
-        item.amount_due = offer.amount_due
-        item.renews_at = offer.renews_at
-    purchase.amount_due = total
     if not any(offer.seats_to_buy for _, offer in offers):
+        for item, offer in offers:  # the lines as priced now, kept with the failure
+            item.seats_to_buy, item.subtotal = offer.seats_to_buy, offer.subtotal
+            item.proration_coupon, item.amount_due = offer.proration_coupon, offer.amount_due
+            item.renews_at = offer.renews_at
+        purchase.amount_due = total
         message = "These seats were already bought, so nothing was charged."
         return Outcome(Next.DONE, _fail(session, purchase, "already_paid", message, plans))
-    for plan in plans.values():
-        plan.charging_purchase_id = purchase.id
-    purchase.status = PurchaseStatus.PROCESSING
-    return None
+    repriced = [(item, _priced(offer)) for item, offer in offers if _priced(item) != _priced(offer)]
+    prices: dict[str, list[Any]] = {name: [] for name in _PRICE_FIELDS}
+    for item, priced in repriced:
+        for name, value in zip(_PRICE_FIELDS, (item.id, *priced), strict=True):
+            prices[name].append(value)
+    session.execute(
+        CLAIM, {**prices, "claimant": purchase.id, "plan_ids": list(plans), "total": total}
+    )
+    return total
+
+
+def _priced(line: PurchaseItem | Quote) -> tuple[int, int, int, int, date | None]:
+    return line.seats_to_buy, line.subtotal, line.proration_coupon, line.amount_due, line.renews_at
 
 
 def _stray(session: Session, purchase: Purchase, payment: Payment, ours: bool) -> FollowUp:
@@ -834,16 +905,19 @@ def _charge(
         else:
             finished = False
             if purchase.status == PurchaseStatus.PENDING:
-                stopped = _claim_and_price(uow.session, purchase, plans, now)
-                if stopped is not None:
+                claimed = _claim_and_price(uow.session, purchase, plans, now)
+                if isinstance(claimed, Outcome):
                     uow.commit()
-                    return stopped
-            purchase.attempts += 1
+                    return claimed
+                amount = claimed
+            else:
+                purchase.attempts += 1
+                amount = purchase.amount_due
             uow.commit()
             intent_id = purchase.stripe_payment_intent_id
             organization_id = purchase.organization_id
             customer = purchase.organization.stripe_customer_id
-            amount, currency = purchase.amount_due, purchase.currency
+            currency = purchase.currency
             method, new_card = purchase.payment_method_id, purchase.new_card
             asked = purchase.action_required_at
             waited = ((now or datetime.now(UTC)) - asked).total_seconds() if asked else 0.0
