@@ -490,6 +490,14 @@ then check the row's new version, which differs. (A subquery here would read the
 in this statement's snapshot, from before that commit.) One statement, no transaction."""
 
 
+SYNC_TRIES = 3
+"""Times a card sync asks Stripe before it leaves the event to its retries."""
+
+
+class CardSyncContended(RuntimeError):
+    """The organization's row kept changing while its card was synced."""
+
+
 def _sync_saved_card(
     uow: UnitOfWork,
     gateway: PaymentGateway,
@@ -537,26 +545,34 @@ def _sync_saved_card_alone(
                 organization.keep_card(None)
             uow.commit()
         known, saved, brand, version, saving = alone.execute(SAVED_CARD, customer).one()
-    if saving is not None:  # our newer card is on its way to Stripe: its own event follows
-        return "processed", []
-    card = gateway.default_card(customer["customer"])
-    if card is not None and card.id == gone:
-        card = None
-    answer = {
-        "organization": known,
-        "card": card.id if card else None,
-        "brand": card.brand if card else None,
-        "last4": card.last4 if card else None,
-    }
-    while (card.id if card else None) != saved or (card is not None and brand is None):
-        if alone.execute(KEEP_STRIPES_CARD, {**answer, "version": version}).rowcount:
-            break
-        # the row changed since it was read: read it again (a fresh snapshot)
+    for _ in range(SYNC_TRIES):
+        if saving is not None:  # our newer card is on its way to Stripe: its own event follows
+            return "processed", []
+        card = gateway.default_card(customer["customer"])
+        if card is not None and card.id == gone:
+            card = None
+        if (card.id if card else None) == saved and (card is None or brand is not None):
+            return "processed", []  # Stripe agrees with what we keep: nothing to write
+        answer = {
+            "organization": known,
+            "version": version,
+            "card": card.id if card else None,
+            "brand": card.brand if card else None,
+            "last4": card.last4 if card else None,
+        }
+        if alone.execute(KEEP_STRIPES_CARD, answer).rowcount:
+            return "processed", []
+        # the row changed since it was read. Another card kept since: its own event follows.
+        # The same card kept again (and perhaps pushed already), or another column: Stripe's
+        # answer may be older than that write, so read the row and ask Stripe again
         again = alone.execute(SAVED_CARD, customer).one()
-        if again[4] is not None or again[1] != saved:
-            break  # a card kept since we asked Stripe is newer: its own event follows
-        known, saved, brand, version, saving = again  # another column changed: try again
-    return "processed", []
+        if again[1] != saved:
+            return "processed", []
+        known, saved, brand, version, saving = again
+    raise CardSyncContended(
+        f"the organization of {customer['customer']} changed {SYNC_TRIES} times while its "
+        "card was synced: the event is tried again later"
+    )
 
 
 def _named_default(customer: dict[str, Any]) -> str | None:

@@ -404,9 +404,10 @@ def test_a_card_pushed_while_a_handler_asks_stripe_is_kept(
     shop: Shop, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     """Between a handler's question to Stripe and its write, the charger commits `new`,
-    pushes it (Stripe's default is `new`) and clears card_sync_pending. The handler writes
-    Stripe's older answer; the echo of `new`, stored meanwhile, is not taken as done (a sync
-    of that customer is running), so handling it afterwards brings `new` back."""
+    pushes it (Stripe's default is `new`) and clears card_sync_pending. The handler's write
+    finds the row changed (another card) and leaves it; the echo of `new`, stored meanwhile,
+    is not taken as done (a sync of that customer is running), and handling it afterwards
+    keeps `new`."""
     old = shop.fake.card()
     shop.charge(shop.checkout(4, old))
     new = shop.fake.card()
@@ -688,27 +689,89 @@ def test_a_sync_writing_while_a_charger_keeps_the_same_card_leaves_the_card_that
     assert shop.organization().payment_method_id == x
 
 
+def owner_edits_while_stripe_is_asked(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, times: int
+) -> None:
+    """The first `times` questions to Stripe about a customer's card each see an owner
+    change the organization's time zone meanwhile."""
+    organization = shop.organization().id
+    asked = shop.fake.default_card
+    edits = iter(["Europe/Paris", "Asia/Tokyo", "America/Denver", "Africa/Cairo"][:times])
+
+    def owner_edits_meanwhile(customer_id: str) -> Any:
+        zone = next(edits, None)
+        if zone is not None:
+            with shop.rt.engine.connect() as owner:
+                owner.execute(
+                    text("UPDATE organizations SET timezone = :zone WHERE id = :id"),
+                    {"zone": zone, "id": organization},
+                )
+                owner.commit()
+        return asked(customer_id)
+
+    monkeypatch.setattr(shop.fake, "default_card", owner_edits_meanwhile)
+
+
 def test_a_sync_whose_row_changed_otherwise_meanwhile_still_writes_stripes_card(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The handler's write needs the organization's row as it read it; an owner changing
     something else on that row while it asked Stripe (the time zone) is no newer card: it
-    reads the row again and writes Stripe's answer."""
+    reads the row again, asks Stripe again and writes its answer."""
     _, customer, other, to_other = dashboard_sets_another_card(shop)
-    organization = shop.organization().id
-    asked = shop.fake.default_card
-
-    def owner_edits_meanwhile(customer_id: str) -> Any:
-        with shop.rt.engine.connect() as owner:
-            owner.execute(
-                text("UPDATE organizations SET timezone = 'Europe/Paris' WHERE id = :id"),
-                {"id": organization},
-            )
-            owner.commit()
-        return asked(customer_id)
-
-    monkeypatch.setattr(shop.fake, "default_card", owner_edits_meanwhile)
+    owner_edits_while_stripe_is_asked(shop, monkeypatch, times=1)
     assert handle(shop, to_other["id"]) == ("processed", [])
     assert shop.fake.customers[customer]["default"] == other
     assert shop.organization().payment_method_id == other
     assert shop.organization().timezone == "Europe/Paris"
+
+
+def test_a_sync_whose_row_never_stops_changing_leaves_the_event_to_its_retries(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded: after three questions to Stripe, each overtaken by a write of the row, the
+    event is left `failed` (its task retries it later) and nothing is written."""
+    card, _, _, to_other = dashboard_sets_another_card(shop)
+    owner_edits_while_stripe_is_asked(shop, monkeypatch, times=4)
+    with pytest.raises(webhooks.CardSyncContended):
+        handle(shop, to_other["id"])
+    assert stored(shop, to_other["id"]).outcome == "failed"
+    assert shop.organization().payment_method_id == card
+    monkeypatch.undo()
+    assert handle(shop, to_other["id"]) == ("processed", [])  # the retry, once it is calm
+    assert shop.organization().payment_method_id != card
+
+
+def test_a_charger_keeping_the_same_card_and_pushing_it_while_a_sync_asks_stripe_wins(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a second review. We keep X. While D's handler asks Stripe (D), a purchase
+    paid late with X keeps X again, pushes it to Stripe and is done with it. The row's
+    version changed and nothing is on its way any more: Stripe is asked again (X), and X
+    stays, as Stripe has it."""
+    x = shop.fake.card()
+    shop.charge(shop.checkout(4, x))
+    customer = str(shop.organization().stripe_customer_id)
+    purchase, intent = failed_3ds_purchase_paid_anyway(shop)
+    shop.fake.pay_with(intent, x)  # paid late with the saved card, not the chosen one
+    d = shop.fake.card("5555555555554444")
+    shop.fake.set_default_card(customer, d)  # the dashboard
+    to_d = recorded(shop, "customer.updated")
+    assert deliver(shop, to_d) == "new"
+    asked = shop.fake.default_card
+    pushed: list[bool] = []
+
+    def charger_applies_and_pushes_meanwhile(customer_id: str) -> Any:
+        answer = asked(customer_id)
+        if not pushed:
+            settle_by_webhook(shop, intent)  # keeps X, pushes X, clears card_sync_pending
+            pushed.append(not shop.purchase(purchase).card_sync_pending)
+        return answer
+
+    monkeypatch.setattr(shop.fake, "default_card", charger_applies_and_pushes_meanwhile)
+    assert handle(shop, to_d["id"]) == ("processed", [])
+    monkeypatch.undo()
+    assert pushed == [True]
+    assert shop.purchase(purchase).status == "succeeded"
+    assert shop.fake.customers[customer]["default"] == x
+    assert shop.organization().payment_method_id == x
