@@ -471,15 +471,19 @@ def _claim_and_price(
         purchase.amount_due = total
         message = "These seats were already bought, so nothing was charged."
         return Outcome(Next.DONE, _fail(session, purchase, "already_paid", message, plans))
-    repriced = [(item, _priced(offer)) for item, offer in offers if _priced(item) != _priced(offer)]
-    prices: dict[str, list[Any]] = {name: [] for name in _PRICE_FIELDS}
-    for item, priced in repriced:
-        for name, value in zip(_PRICE_FIELDS, (item.id, *priced), strict=True):
-            prices[name].append(value)
+    prices = _arrays(
+        _PRICE_FIELDS,
+        [(item.id, *_priced(offer)) for item, offer in offers if _priced(item) != _priced(offer)],
+    )
     session.execute(
         CLAIM, {**prices, "claimant": purchase.id, "plan_ids": list(plans), "total": total}
     )
     return total
+
+
+def _arrays(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+    """Rows as one array parameter per column, for a statement that `unnest`s them."""
+    return {name: [row[at] for row in rows] for at, name in enumerate(names)}
 
 
 def _priced(line: PurchaseItem | Quote) -> tuple[int, int, int, int, date | None]:
@@ -696,16 +700,13 @@ def _apply_success(
         # paid with another card than the one chosen at checkout (Stripe.js lets the
         # customer do that): the card that paid is the one to keep for renewals
         method, new_card, card = paid_with, True, None
-    lines: dict[str, list[int | None]] = {name: [] for name in _LINE_FIELDS}
-    for plan_id, plan in plans.items():
-        counts = _bought(session, purchase, plan, payment)
-        for name, value in zip(
-            _LINE_FIELDS,
-            (plan_id, plan.paid_seats, plan.active_seats)
-            + ((counts.paid_seats, counts.active_seats) if counts else (None, None)),
-            strict=True,
-        ):
-            lines[name].append(value)
+    rows = []
+    for item in purchase.items:
+        plan = plans[item.subscription_id]
+        counts = _bought(session, purchase, item, plan, payment)
+        after = (counts.paid_seats, counts.active_seats) if counts else (None, None)
+        rows.append((plan.id, plan.paid_seats, plan.active_seats, *after))
+    lines = _arrays(_LINE_FIELDS, rows)
     kept = None
     to_save = None
     if new_card:
@@ -743,11 +744,10 @@ def _apply_success(
 
 
 def _bought(
-    session: Session, purchase: Purchase, plan: Subscription, payment: Payment
+    session: Session, purchase: Purchase, item: PurchaseItem, plan: Subscription, payment: Payment
 ) -> SeatCounts | None:
     """The plan's counts once its line is given; None when its line buys nothing (a line
     someone else bought meanwhile: told to an operator, the money is not lost)."""
-    item = next(item for item in purchase.items if item.subscription_id == plan.id)
     if item.seats_to_buy <= 0:
         return None
     if item.active_seats <= plan.paid_seats:

@@ -486,8 +486,10 @@ KEEP_STRIPES_CARD = (
 """Keep Stripe's answer only if the organization's row is still the version read before
 asking. A charger keeping a card (even the same one) writes that row in the transaction that
 marks the card on its way to Stripe: the row lock makes this statement wait for its commit,
-then check the row's new version, which differs. (A subquery here would read the purchases
-in this statement's snapshot, from before that commit.) One statement, no transaction."""
+then check the row's new version, which differs (the subquery alone would read the
+purchases as of this statement's start, before that commit). The subquery covers the other
+order: a read FOR SHARE returns the row's newest version but the purchases as of its own
+start, so it can see a charger's row without its card on its way. One statement."""
 
 
 SYNC_TRIES = 3
