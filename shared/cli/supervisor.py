@@ -21,6 +21,7 @@ from shared.bootstrap import ConfigurationError, require_production
 from shared.cli import embedded as devstack
 from shared.cli import stackfile
 from shared.config import LOCALSTRIPE_KEY, LOCALSTRIPE_PUBLISHABLE_KEY, Settings
+from shared.services import webhooks
 from shared.store.db import upgrade
 
 
@@ -81,10 +82,14 @@ def without_failpoints(env: dict[str, str]) -> dict[str, str]:
 
 
 def register_webhook(api_base: str, url: str, secret: str) -> None:
+    """The endpoint subscribed, as the README asks of a Stripe one, to the events a handler
+    takes: any other would cost a delivery, a request and a row stored `ignored`."""
     import requests
 
     requests.post(
-        f"{api_base}/_config/webhooks/seats", data={"url": url, "secret": secret}, timeout=5
+        f"{api_base}/_config/webhooks/seats",
+        json={"url": url, "secret": secret, "events": list(webhooks.HANDLED_EVENTS)},
+        timeout=5,
     ).raise_for_status()
 
 

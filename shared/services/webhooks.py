@@ -623,6 +623,9 @@ HANDLERS: dict[str, Handler] = {
     "customer.updated": on_customer_updated,
     "payment_method.detached": on_payment_method_detached,
 }
+# What a Stripe endpoint should be subscribed to (README, "Stripe webhooks"); `seats up`
+# subscribes the stand-in's to these.
+HANDLED_EVENTS = tuple(sorted(HANDLERS))
 
 
 def _done_if(event: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -803,12 +806,15 @@ def drain(
 
 
 def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None) -> list[str]:
-    """Store the events Stripe has that we never received; return the new ones."""
+    """Store the events Stripe has that we never received; return the new ones. Only the
+    types the endpoint is subscribed to (`HANDLED_EVENTS`): an account's other events would
+    be rows stored `ignored`. The cursor still moves past every event listed."""
     now = now or time.time()
     with uow:
         cursor = uow.session.get(SyncCursor, CURSOR)
         since = (cursor.value - TOLERANCE_SECONDS) if cursor else int(now) - BACKFILL_WINDOW
-    events = [event for event in gateway.list_events(since) if _well_formed(event)]
+    listed = [event for event in gateway.list_events(since) if _well_formed(event)]
+    events = [event for event in listed if event["type"] in HANDLERS]
     with uow:
         known = set(
             uow.session.scalars(
@@ -816,7 +822,7 @@ def backfill(uow: UnitOfWork, gateway: PaymentGateway, now: float | None = None)
             )
         )
     fresh = store_events(uow, [e for e in events if e["id"] not in known], "reconcile")
-    newest = max((int(event.get("created") or 0) for event in events), default=0)
+    newest = max((int(event.get("created") or 0) for event in listed), default=0)
     if newest:
         with uow:
             uow.session.execute(

@@ -580,6 +580,33 @@ def test_saved_card_follows_stripe_default(
         time.sleep(0.2)
 
 
+def test_the_endpoint_hears_only_the_events_it_handles(
+    stack_runtime: Runtime, stack_web: Server, worker: Worker, stripe_base: str
+) -> None:
+    """`seats up` subscribes the stand-in's endpoint as the README asks of Stripe's, and the
+    worker's reconciliation recovers those types only: a customer made and then changed
+    gives `customer.created` (no handler) and `customer.updated`; only the second is
+    stored."""
+    client = stripe_client(stripe_base)
+    customer = client.v1.customers.create(params={"name": "Subscribed"}).id
+    client.v1.customers.update(customer, params={"description": "changed"})
+
+    def kinds() -> list[str]:
+        with stack_runtime.uow() as uow:
+            return list(
+                uow.session.scalars(
+                    select(WebhookEvent.type).where(WebhookEvent.object_id == customer)
+                )
+            )
+
+    deadline = time.monotonic() + 30
+    while "customer.updated" not in kinds():
+        assert time.monotonic() < deadline, "customer.updated never arrived"
+        time.sleep(0.2)
+    time.sleep(1)  # customer.created was sent first: it would be here by now
+    assert kinds() == ["customer.updated"]
+
+
 def test_replay_of_a_processed_event_changes_nothing(
     stack_runtime: Runtime,
     stack_web: Server,

@@ -617,6 +617,21 @@ def test_reconciliation_with_nothing_listed_leaves_its_cursor_alone(shop: Shop) 
     assert cursor(shop) == last
 
 
+def test_reconciliation_recovers_only_the_types_the_endpoint_hears(shop: Shop) -> None:
+    """The endpoint is subscribed to the handled types only; the backfill recovers what it
+    missed of those, not every event of the account, and still reads past the rest."""
+    with shop.rt.uow() as uow:
+        uow.session.execute(delete(SyncCursor))
+        uow.commit()
+    heard, other = hand_made(), hand_made("customer.created")
+    other["created"] = heard["created"] + 5
+    shop.fake.events[:] = [heard, other]
+    assert webhooks.backfill(shop.rt.uow(), shop.fake, now=NOW) == [heard["id"]]
+    with shop.rt.uow() as uow:
+        assert uow.session.get(WebhookEvent, other["id"]) is None
+    assert cursor(shop) == other["created"]
+
+
 def test_a_listing_that_fails_stores_nothing_and_the_next_run_catches_up(shop: Shop) -> None:
     paid(shop)
     before = cursor(shop)
