@@ -281,18 +281,20 @@ def redis_neighbours(url: str) -> list[str]:
 
 
 def stripe_client(base: str) -> Any:
-    """A `stripe.StripeClient` for the stand-in, configured like the app's gateway
-    (requests, no SDK retries)."""
-    import stripe
-
+    """Stripe for the direct calls, configured exactly as the app's gateway: each thread
+    its own `stripe.StripeClient` on its own kept-alive connection, no SDK retries."""
     from shared.config import LOCALSTRIPE_KEY
+    from shared.payments.stripe_adapter import StripeGateway
 
-    return stripe.StripeClient(
-        LOCALSTRIPE_KEY,
-        base_addresses={"api": base},
-        max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=20),
-    )
+    class PerThread:
+        def __init__(self, gateway: StripeGateway) -> None:
+            self.gateway = gateway
+
+        @property
+        def v1(self) -> Any:
+            return self.gateway.client.v1
+
+    return PerThread(StripeGateway(LOCALSTRIPE_KEY, base))
 
 
 def index_localstripe(resources: Any) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,127 @@ def test_a_decline_is_final(fake_stripe: tuple[str, type[Answer]]) -> None:
 def test_unreachable_stripe_is_transient() -> None:
     with pytest.raises(PaymentUnavailable):
         StripeGateway("sk_test_x", f"http://127.0.0.1:{free_port()}", timeout=2).get_payment("pi")
+
+
+INTENT = {
+    "id": "pi_1",
+    "object": "payment_intent",
+    "amount": 900,
+    "currency": "eur",
+    "status": "succeeded",
+    "metadata": {},
+}
+
+
+class KeptAlive(Answer):
+    """HTTP/1.1 with a length: a client may keep the connection; counts connections and
+    remembers each request line (a proxy's sees the absolute address)."""
+
+    protocol_version = "HTTP/1.1"
+    status = 200
+    body = json.dumps(INTENT).encode()
+    connections = 0
+    lines: list[str] = []
+    delay = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
+
+    def do_POST(self) -> None:
+        type(self).lines.append(self.requestline)
+        time.sleep(self.delay)
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST
+
+
+@pytest.fixture
+def kept_alive() -> Iterator[tuple[str, type[KeptAlive]]]:
+    handler = type("Counted", (KeptAlive,), {"lines": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", handler
+    server.shutdown()
+
+
+def test_one_threads_calls_share_one_kept_alive_connection(
+    kept_alive: tuple[str, type[KeptAlive]],
+) -> None:
+    base, handler = kept_alive
+    gateway = StripeGateway("sk_test_x", base)
+    assert [gateway.get_payment("pi_1").amount for _ in range(5)] == [900] * 5
+    assert handler.connections == 1 and len(handler.lines) == 5
+
+
+def test_a_stripe_that_never_answers_is_transient_once_the_timeout_passes(
+    kept_alive: tuple[str, type[KeptAlive]],
+) -> None:
+    base, handler = kept_alive
+    handler.delay = 3
+    started = time.monotonic()
+    with pytest.raises(PaymentUnavailable, match="Timeout"):
+        StripeGateway("sk_test_x", base, timeout=0.5).get_payment("pi_1")
+    assert time.monotonic() - started < 2.5
+
+
+def test_the_environments_https_proxy_carries_every_call(
+    kept_alive: tuple[str, type[KeptAlive]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, handler = kept_alive
+    monkeypatch.setenv("https_proxy", proxy)
+    payment = StripeGateway("sk_test_x", "http://stripe.invalid").get_payment("pi_1")
+    assert payment.status == "succeeded"
+    assert handler.lines == ["GET http://stripe.invalid/v1/payment_intents/pi_1 HTTP/1.1"]
+
+
+def test_a_certificate_stripe_never_signed_is_refused(
+    kept_alive: tuple[str, type[KeptAlive]], tmp_path: Path
+) -> None:
+    """The calls check Stripe's certificate against the SDK's own authorities: a server
+    with a self-made one is never sent the request (no key, no card leaves)."""
+    _, handler = kept_alive
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(PaymentUnavailable, match="SSL"):
+            StripeGateway("sk_test_x", f"https://127.0.0.1:{server.server_port}").get_payment(
+                "pi_1"
+            )
+    finally:
+        server.shutdown()
+    assert handler.lines == []
 
 
 SWEPT = re.compile(r"Task seats\.sweep\[[^\]]+\] succeeded")
