@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -91,8 +92,11 @@ class PooledTransport(stripe.HTTPClient):
     The SDK's default, `requests`, spends a third of each call's CPU (merging session
     settings, hooks, cookies, parsing the URL again) above the same urllib3 pools: about a
     tenth of a worker's CPU in the purchase benchmark. One per thread, like the clients.
-    Errors become the SDK's `APIConnectionError`, retryable as the SDK's requests client
-    says (timeouts and failed connections, not certificate errors).
+    Any failure becomes the SDK's `APIConnectionError` (so the adapter's `PaymentUnavailable`,
+    never a decline and never a 500), retryable as the SDK's requests client says
+    (timeouts and failed connections, not certificate errors). As requests did: a proxy
+    without a scheme is `http://`, its credentials go in `Proxy-Authorization`; an address
+    that is not http(s) is refused before anything (the secret key) is sent.
     """
 
     name = "urllib3"
@@ -108,8 +112,19 @@ class PooledTransport(stripe.HTTPClient):
             "cert_reqs": "CERT_REQUIRED",
             "ca_certs": stripe.ca_bundle_path,
         }
-        self._through = urllib3.ProxyManager(proxy, **self._options, **self._tls) if proxy else None
+        self._through = self._proxy_manager(proxy) if proxy else None
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+
+    def _proxy_manager(self, proxy: str) -> urllib3.ProxyManager:
+        address = urllib3.util.parse_url(proxy if "://" in proxy else f"http://{proxy}")
+        headers = (
+            urllib3.make_headers(proxy_basic_auth=urllib.parse.unquote(address.auth))
+            if address.auth
+            else None
+        )
+        return urllib3.ProxyManager(
+            address._replace(auth=None).url, proxy_headers=headers, **self._options, **self._tls
+        )
 
     def request(
         self,
@@ -121,12 +136,15 @@ class PooledTransport(stripe.HTTPClient):
         _usage: list[str] | None = None,
     ) -> tuple[str, int, Mapping[str, str]]:
         try:
+            scheme, _, rest = url.partition("://")
+            scheme = scheme.lower()
+            if scheme not in ("http", "https"):
+                raise urllib3.exceptions.LocationValueError(f"not an http(s) address: {url!r}")
             if self._through is not None:
                 answer = self._through.request(
                     method.upper(), url, body=post_data, headers=headers, redirect=False
                 )
             else:
-                scheme, _, rest = url.partition("://")
                 host, _, path = rest.partition("/")
                 origin = f"{scheme}://{host}"
                 pool = self._pools.get(origin)
@@ -138,9 +156,14 @@ class PooledTransport(stripe.HTTPClient):
                 answer = pool.urlopen(
                     method.upper(), "/" + path, body=post_data, headers=headers, redirect=False
                 )
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+            if answer.status < 200:
+                # informational (103...): the final answer would come later on this connection
+                # and be read as the next call's; drop every connection instead
+                self.close()
+                raise urllib3.exceptions.ProtocolError(f"informational answer {answer.status}")
+            return answer.data.decode("utf-8"), answer.status, answer.headers
+        except Exception as error:  # as the SDK's own clients: a bad header value, bad UTF-8...
             self._failed(error)
-        return answer.data.decode("utf-8"), answer.status, answer.headers
 
     def request_stream(
         self,
@@ -167,6 +190,7 @@ class PooledTransport(stripe.HTTPClient):
     def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
+        self._pools.clear()
         if self._through is not None:
             self._through.clear()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import re
+import socket
 import ssl
 import subprocess
 import threading
@@ -108,6 +111,7 @@ class KeptAlive(Answer):
     body = json.dumps(INTENT).encode()
     connections = 0
     lines: list[str] = []
+    proxy_auth: list[str | None] = []
     delay = 0.0
 
     def setup(self) -> None:
@@ -116,6 +120,7 @@ class KeptAlive(Answer):
 
     def do_POST(self) -> None:
         type(self).lines.append(self.requestline)
+        type(self).proxy_auth.append(self.headers.get("Proxy-Authorization"))
         time.sleep(self.delay)
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
@@ -128,7 +133,7 @@ class KeptAlive(Answer):
 
 @pytest.fixture
 def kept_alive() -> Iterator[tuple[str, type[KeptAlive]]]:
-    handler = type("Counted", (KeptAlive,), {"lines": []})
+    handler = type("Counted", (KeptAlive,), {"lines": [], "proxy_auth": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -164,6 +169,81 @@ def test_the_environments_https_proxy_carries_every_call(
     payment = StripeGateway("sk_test_x", "http://stripe.invalid").get_payment("pi_1")
     assert payment.status == "succeeded"
     assert handler.lines == ["GET http://stripe.invalid/v1/payment_intents/pi_1 HTTP/1.1"]
+
+
+def test_a_proxy_written_without_scheme_and_with_credentials_carries_the_calls(
+    kept_alive: tuple[str, type[KeptAlive]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As requests took it: `http://` assumed, the credentials sent to the proxy."""
+    proxy, handler = kept_alive
+    monkeypatch.setenv("https_proxy", proxy.replace("http://", "user:p%40ss@"))
+    assert StripeGateway("sk_test_x", "http://stripe.invalid").get_payment("pi_1").amount == 900
+    assert handler.proxy_auth == ["Basic " + base64.b64encode(b"user:p@ss").decode()]
+
+
+def test_an_address_that_is_not_http_is_refused_before_the_key_is_sent(
+    kept_alive: tuple[str, type[KeptAlive]],
+) -> None:
+    base, handler = kept_alive
+    for odd in (base.removeprefix("http://"), base.replace("http://", "ftp://")):
+        with pytest.raises(PaymentUnavailable, match="not an http"):
+            StripeGateway("sk_live_secret", odd).get_payment("pi_1")
+    assert handler.connections == 0
+
+
+@pytest.mark.parametrize("key, body", [("sk_test_x\n", None), ("sk_test_x", b"\xff\xfe{}")])
+def test_a_request_or_answer_http_cannot_carry_is_transient_not_a_crash(
+    kept_alive: tuple[str, type[KeptAlive]], key: str, body: bytes | None
+) -> None:
+    """A key read from a file with its newline; an answer that is not UTF-8."""
+    base, handler = kept_alive
+    if body is not None:
+        handler.body = body
+    with pytest.raises(PaymentUnavailable):
+        StripeGateway(key, base).get_payment("pi_1")
+
+
+def test_an_informational_answer_never_hands_one_calls_answer_to_the_next() -> None:
+    """A 103 then, later on the same connection, the real answer: the call fails (transient)
+    and the next call reads its own answer, not the first one's."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer(amount: int) -> bytes:
+        body = json.dumps({**INTENT, "amount": amount}).encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    requests = itertools.count(1)  # over every connection
+
+    def serve(connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as reader:
+            while True:
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    pass
+                if not line:
+                    return
+                if next(requests) == 1:
+                    connection.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+                    time.sleep(0.3)
+                    connection.sendall(answer(111))
+                else:
+                    connection.sendall(answer(222))
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    gateway = StripeGateway("sk_test_x", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        with pytest.raises(PaymentUnavailable):
+            gateway.get_payment("pi_1")
+        assert gateway.get_payment("pi_2").amount == 222
+    finally:
+        listener.close()
 
 
 def test_a_certificate_stripe_never_signed_is_refused(
