@@ -14,8 +14,9 @@ Measures, in one run and in alternating phases (direct, pipeline, direct, pipeli
   ``completed_at`` - first ``created_at``); latency = ``completed_at`` - the moment the
   client got the checkout's 202.
 - direct: the same Stripe work per purchase (customer once per organization, attach
-  the card, create and confirm a PaymentIntent, set the customer's default card) with
-  the ``stripe`` SDK from ``--buyers`` threads; no web, queue or database.
+  the card, create and confirm a PaymentIntent, set the customer's default card) through
+  the app's own adapter (``StripeGateway``) from ``--buyers`` threads; no web, queue or
+  database.
 
 ``--latency-ms`` delays every answer of the stand-in, as real Stripe's 100 to 300 ms
 would. localstripe is reset (``DELETE /_config/data``) before every phase. No beat
@@ -49,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import stripe
 from harness import (
     REDIS_URL,
     SERVER_URL,
@@ -81,6 +81,8 @@ from shared.bootstrap import Runtime, build
 from shared.cli.embedded import free_port, start_localstripe
 from shared.cli.supervisor import register_webhook
 from shared.config import LOCALSTRIPE_KEY, Settings
+from shared.payments.gateway import PaymentRequest
+from shared.payments.stripe_adapter import StripeGateway
 from shared.services import provisioning
 from shared.store.models import Purchase, WebhookEvent
 
@@ -105,7 +107,7 @@ class Phase:
     notes: list[str] = field(default_factory=list)
 
 
-def new_cards(client: stripe.StripeClient, count: int) -> list[str]:
+def new_cards(client: Any, count: int) -> list[str]:
     """PaymentMethods as Stripe.js makes them from the card form (not timed)."""
 
     def one(_: int) -> str:
@@ -127,39 +129,33 @@ def new_cards(client: stripe.StripeClient, count: int) -> list[str]:
 def run_direct(
     base: str, number: int, plans: int, per_plan: int, threads: int, meter: CpuMeter
 ) -> Phase:
-    client = stripe_client(base)
-    cards = new_cards(client, plans * per_plan)
+    """The four calls through the app's own adapter (`StripeGateway`: its transport, its
+    keys, its reading of the answers), so the pipeline is compared with exactly the Stripe
+    work it does and nothing else."""
+    gateway = StripeGateway(LOCALSTRIPE_KEY, base)
+    cards = new_cards(stripe_client(base), plans * per_plan)
     customers: dict[int, str] = {}
     locks = [threading.Lock() for _ in range(plans)]
 
     def customer_for(org: int) -> str:
         with locks[org]:
             if org not in customers:
-                made = client.v1.customers.create(
-                    params={"name": f"Direct {org}", "metadata": {"organization_id": str(org)}}
-                )
-                customers[org] = str(made.id)
+                customers[org] = gateway.create_customer(number * 100_000 + org, f"Direct {org}")
             return customers[org]
 
     def purchase(job: int) -> tuple[float, float, str]:
         org, card = job % plans, cards[job]
         started = time.perf_counter()
         customer = customer_for(org)
-        client.v1.payment_methods.attach(card, params={"customer": customer})
-        intent = client.v1.payment_intents.create(
-            params={
-                "amount": 36301,
-                "currency": "cad",
-                "customer": customer,
-                "payment_method": card,
-                "metadata": {"purchase_id": str(job)},
-            }
+        gateway.attach_card(card, customer)
+        intent = gateway.create_payment(
+            PaymentRequest(
+                f"direct-{number}-{job}", 36301, "cad", customer, card, {"purchase_id": str(job)}
+            )
         )
-        confirmed = client.v1.payment_intents.confirm(intent.id)
-        client.v1.customers.update(
-            customer, params={"invoice_settings": {"default_payment_method": card}}
-        )
-        return started, time.perf_counter(), str(confirmed.status)
+        confirmed = gateway.confirm_payment(intent.id)
+        gateway.set_default_card(customer, card)
+        return started, time.perf_counter(), confirmed.status
 
     before = meter.sample()
     began = time.perf_counter()

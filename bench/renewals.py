@@ -85,6 +85,8 @@ from shared.bootstrap import Runtime, build
 from shared.cli.embedded import free_port
 from shared.config import LOCALSTRIPE_KEY, Settings
 from shared.domain.periods import add_months, today_in
+from shared.payments.gateway import PaymentRequest
+from shared.payments.stripe_adapter import StripeGateway
 from shared.services import renewals
 from shared.store.models import Organization
 
@@ -446,29 +448,29 @@ def tenths(start: float, finished: Sequence[float]) -> tuple[float, float]:
 
 def run_direct(base: str, plans: int, width: int, meter: CpuMeter) -> Rate:
     reset_localstripe(base)
-    client = stripe_client(base)
+    gateway = StripeGateway(LOCALSTRIPE_KEY, base)
     began = time.perf_counter()
-    made = make_customers(client, range(1, plans + 1))
+    made = make_customers(stripe_client(base), range(1, plans + 1))
     setup = time.perf_counter() - began
     period = due_date()
 
     def renew(i: int) -> tuple[float, float, str]:
+        """Through the app's own adapter, as the pipeline's renewal calls Stripe."""
         customer, card = made[i]
         started = time.perf_counter()
-        intent = client.v1.payment_intents.create(
-            params={
-                "amount": SEATS * UNIT_AMOUNT,
-                "currency": CURRENCY,
-                "customer": customer,
-                "payment_method": card,
-                "metadata": {"renewal_id": str(i + 1), "subscription_id": str(i + 1)},
-            },
-            options={"idempotency_key": f"renewal-{i + 1}-{period}-intent"},
+        intent = gateway.create_payment(
+            PaymentRequest(
+                f"renewal-{i + 1}-{period}",
+                SEATS * UNIT_AMOUNT,
+                CURRENCY,
+                customer,
+                card,
+                {"renewal_id": str(i + 1), "subscription_id": str(i + 1)},
+                one_per_reference=True,
+            )
         )
-        confirmed = client.v1.payment_intents.confirm(
-            intent.id, params={}, options={"idempotency_key": f"{intent.id}-confirm"}
-        )
-        return started, time.perf_counter(), str(confirmed.status)
+        confirmed = gateway.confirm_payment(intent.id)
+        return started, time.perf_counter(), confirmed.status
 
     before = meter.sample()
     began = time.perf_counter()

@@ -684,11 +684,13 @@ def test_a_replay_settles_an_event_that_failed_while_stripe_was_away(
     assert len(succeeded_charges(stripe_base, customer_of(stack_runtime, shop.org))) == 1
 
 
-def test_stripes_default_card_is_read_in_one_call_with_its_details(stripe_base: str) -> None:
+def test_stripes_default_card_is_read_in_one_call_with_its_details(
+    stripe_base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each call to Stripe costs 100 to 300 ms there: the customer comes with its default
     card expanded, and the card is never asked for on its own."""
     from shared.config import LOCALSTRIPE_KEY
-    from shared.payments.stripe_adapter import StripeGateway
+    from shared.payments.stripe_adapter import PooledTransport, StripeGateway
 
     client = stripe_client(stripe_base)
     customer = client.v1.customers.create(params={"name": "one call"}).id
@@ -697,12 +699,16 @@ def test_stripes_default_card_is_read_in_one_call_with_its_details(stripe_base: 
     client.v1.customers.update(
         customer, params={"invoice_settings": {"default_payment_method": card}}
     )
-    gateway = StripeGateway(LOCALSTRIPE_KEY, stripe_base)
     asked: list[str] = []
-    read = gateway.client.v1.payment_methods.retrieve
-    gateway.client.v1.payment_methods.retrieve = lambda *a, **k: asked.append(a[0]) or read(*a, **k)  # type: ignore[method-assign]
-    found = gateway.default_card(customer)
+    send = PooledTransport.request
+
+    def counted(self: PooledTransport, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(f"{method} {url.removeprefix(stripe_base).split('?')[0]}")
+        return send(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(PooledTransport, "request", counted)
+    found = StripeGateway(LOCALSTRIPE_KEY, stripe_base).default_card(customer)
     as_stripe_has_it = client.v1.payment_methods.retrieve(card).card
     assert found is not None and as_stripe_has_it is not None
     assert (found.id, found.brand, found.last4) == (card, as_stripe_has_it.brand, "4444")
-    assert asked == []
+    assert asked == [f"get /v1/customers/{customer}"]
