@@ -43,7 +43,7 @@ from shared.bootstrap import Runtime, build
 from shared.cli.embedded import free_port, start_localstripe, start_redis, wait_for_port
 from shared.config import LOCALSTRIPE_KEY, Settings, normalize_database_url
 from shared.domain.periods import today_in
-from shared.services import operations, provisioning, renewals
+from shared.services import operations, provisioning, renewals, webhooks
 from shared.store.db import upgrade
 from shared.store.models import (
     OperatorAlert,
@@ -448,9 +448,13 @@ class Run:
 
             self.web = Server(create_app(runtime=self.rt))
             stack.callback(self.web.close)
-            requests.post(
+            requests.post(  # subscribed as the README asks of a Stripe endpoint
                 f"{self.stripe}/_config/webhooks/chaos",
-                data={"url": f"{self.web.url}/webhooks/stripe", "secret": self.secret},
+                json={
+                    "url": f"{self.web.url}/webhooks/stripe",
+                    "secret": self.secret,
+                    "events": list(webhooks.HANDLED_EVENTS),
+                },
                 timeout=5,
             ).raise_for_status()
             self.worker_env = {k: v for k, v in os.environ.items() if not k.startswith("SEATS_")}
@@ -548,11 +552,15 @@ class Run:
         return f"t={stamp},v1={digest.hexdigest()}"
 
     def events_at_stripe(self) -> list[dict[str, Any]]:
+        """The events Stripe has of the types the endpoint is subscribed to: the ones it
+        sends us, and the ones the reconciliation recovers."""
         found: list[dict[str, Any]] = []
         params: dict[str, Any] = {"limit": 100}
         while True:
             page = stand_in(self.stripe).v1.events.list(params=params)
-            found += [event.to_dict() for event in page.data]
+            found += [
+                event.to_dict() for event in page.data if event.type in webhooks.HANDLED_EVENTS
+            ]
             if not page.has_more or not page.data:
                 return found
             params["starting_after"] = page.data[-1].id
@@ -888,7 +896,7 @@ class Run:
             for sub, paid in by_plan.items():
                 if any(i["id"] not in alerted for i in paid):
                     mismatch.append(f"renewal charges for plan {sub} nobody asked for")
-            # events: every one Stripe has, stored once and handled
+            # events: every one Stripe has of the handled types, stored once and handled
             stored = dict(uow.session.execute(select(WebhookEvent.id, WebhookEvent.outcome)).all())
         at_stripe = self.events_at_stripe()
         self.tally.events_at_stripe = len(at_stripe)
