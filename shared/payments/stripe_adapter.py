@@ -67,6 +67,24 @@ def _id_of(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+RAW_REQUEST_OWN = frozenset(
+    {
+        "api_key",
+        "base",
+        "content_type",
+        "headers",
+        "idempotency_key",
+        "max_network_retries",
+        "stripe_account",
+        "stripe_context",
+        "stripe_version",
+        "usage",
+    }
+)
+"""Names `StripeClient.raw_request` takes out of its parameters (options, its base address,
+its telemetry) instead of sending them to Stripe."""
+
+
 def _in_path(stripe_id: str) -> str:
     """An id inside a path, escaped as the SDK's own services do: an id from an event or a
     form can never reach another resource."""
@@ -228,12 +246,17 @@ class StripeGateway:
             self._local.client = found
         return found
 
-    def _json(self, method: str, path: str, key: str | None = None, **params: Any) -> Any:
+    def _json(self, verb: str, path: str, key: str | None = None, /, **params: Any) -> Any:
         """One call through the SDK, its answer as Stripe's JSON. Everything here reads plain
         values: the SDK's typed objects, built for each answer and turned back into dicts,
-        were a tenth of a worker's CPU. Errors are the SDK's own (`stripe.CardError`...)."""
+        were a tenth of a worker's CPU. Errors are the SDK's own (`stripe.CardError`...).
+        `raw_request` takes some names for itself and would never send them (`usage`, say):
+        such a parameter is refused here, not silently dropped."""
+        taken = RAW_REQUEST_OWN & params.keys()
+        if taken:
+            raise ValueError(f"raw_request would not send {sorted(taken)}: use the typed call")
         options = {"idempotency_key": key} if key else {}
-        return self.client.raw_request(method, path, **params, **options).data
+        return self.client.raw_request(verb, path, **params, **options).data
 
     def create_customer(self, organization_id: int, name: str) -> str:
         try:
@@ -268,18 +291,17 @@ class StripeGateway:
     def create_card_setup(self, customer_id: str, metadata: dict[str, str]) -> CardSetup:
         """No idempotency key: each page that offers a new card gets its own SetupIntent, a
         repeated one moves no money and is simply never confirmed."""
+        params: Any = {
+            "customer": customer_id,
+            "usage": "off_session",  # a name `raw_request` keeps for itself: the typed call
+            "payment_method_types": ["card"],
+            "metadata": metadata,
+        }
         try:
-            intent = self._json(
-                "post",
-                "/v1/setup_intents",
-                customer=customer_id,
-                usage="off_session",
-                payment_method_types=["card"],
-                metadata=metadata,
-            )
+            intent = self.client.v1.setup_intents.create(params=params)
         except stripe.StripeError as error:
             raise _translate(error) from error
-        return CardSetup(str(intent["id"]), str(intent["client_secret"]))
+        return CardSetup(str(intent.id), str(intent.client_secret))
 
     def create_payment(self, request: PaymentRequest) -> Payment:
         try:

@@ -112,6 +112,7 @@ class KeptAlive(Answer):
     connections = 0
     lines: list[str] = []
     proxy_auth: list[str | None] = []
+    bodies: list[bytes] = []
     delay = 0.0
 
     def setup(self) -> None:
@@ -121,6 +122,7 @@ class KeptAlive(Answer):
     def do_POST(self) -> None:
         type(self).lines.append(self.requestline)
         type(self).proxy_auth.append(self.headers.get("Proxy-Authorization"))
+        type(self).bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         time.sleep(self.delay)
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
@@ -133,7 +135,7 @@ class KeptAlive(Answer):
 
 @pytest.fixture
 def kept_alive() -> Iterator[tuple[str, type[KeptAlive]]]:
-    handler = type("Counted", (KeptAlive,), {"lines": [], "proxy_auth": []})
+    handler = type("Counted", (KeptAlive,), {"lines": [], "proxy_auth": [], "bodies": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -148,6 +150,21 @@ def test_one_threads_calls_share_one_kept_alive_connection(
     gateway = StripeGateway("sk_test_x", base)
     assert [gateway.get_payment("pi_1").amount for _ in range(5)] == [900] * 5
     assert handler.connections == 1 and len(handler.lines) == 5
+
+
+def test_every_parameter_reaches_stripe(kept_alive: tuple[str, type[KeptAlive]]) -> None:
+    """The SDK's `raw_request` keeps some names for itself (`usage`...): the card form's
+    SetupIntent still asks for off-session use, and the adapter refuses to send such a name
+    through `raw_request` rather than lose it."""
+    base, handler = kept_alive
+    handler.body = json.dumps({"id": "seti_1", "client_secret": "seti_1_secret_x"}).encode()
+    gateway = StripeGateway("sk_test_x", base)
+    assert gateway.create_card_setup("cus_1", {"organization_id": "7"}).id == "seti_1"
+    assert handler.lines == ["POST /v1/setup_intents HTTP/1.1"]
+    assert b"usage=off_session" in handler.bodies[0].split(b"&")
+    with pytest.raises(ValueError, match="usage"):
+        gateway._json("post", "/v1/setup_intents", usage="off_session")
+    assert len(handler.lines) == 1
 
 
 def test_a_stripe_that_never_answers_is_transient_once_the_timeout_passes(
