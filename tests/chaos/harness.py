@@ -22,8 +22,10 @@ import json
 import os
 import random
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -170,9 +172,8 @@ def mitmdump() -> Path:
 class Postgres:
     """A PostgreSQL of its own (pgserver's binaries, on a Unix socket) it may stop and start."""
 
-    def __init__(self, data: Path) -> None:
-        runtime = data.parent / "run"  # pgserver's bookkeeping (it wants mode 0700)
-        runtime.mkdir(mode=0o700, exist_ok=True)
+    def __init__(self, data: Path, runtime: Path) -> None:
+        runtime.mkdir(mode=0o700, exist_ok=True)  # pgserver's bookkeeping (it wants 0700)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         import pgserver
 
@@ -417,7 +418,11 @@ class Run:
     def stack(self) -> Iterator[None]:
         work = self.workdir
         with contextlib.ExitStack() as stack:
-            self.pg = Postgres(work / "pg")
+            # not under pytest's folder: pgserver's own user must reach it, and a pytest
+            # session starting meanwhile makes pytest's folder its owner's only again
+            place = Path(tempfile.mkdtemp(prefix="seats-chaos-pg-"))
+            stack.callback(shutil.rmtree, place, True)
+            self.pg = Postgres(place / "pg", work / "run")
             stack.callback(self.pg.close)
             upgrade(self.pg.url)
             self.redis = Redis(work / "redis.log")
