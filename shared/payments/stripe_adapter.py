@@ -117,7 +117,8 @@ class PooledTransport(stripe.HTTPClient):
     tenth of a worker's CPU in the purchase benchmark. One per thread, like the clients.
     Any failure becomes the SDK's `APIConnectionError` (so the adapter's `PaymentUnavailable`,
     never a decline and never a 500), retryable as the SDK's requests client says
-    (timeouts and failed connections, not certificate errors). As requests did: a proxy
+    (timeouts and failed connections, not certificate errors); no streamed calls (the base
+    class refuses them). As requests did: a proxy
     without a scheme is `http://`, its credentials go in `Proxy-Authorization`; an address
     that is not http(s) is refused before anything (the secret key) is sent.
     """
@@ -187,17 +188,6 @@ class PooledTransport(stripe.HTTPClient):
             return answer.data.decode("utf-8"), answer.status, answer.headers
         except Exception as error:  # as the SDK's own clients: a bad header value, bad UTF-8...
             self._failed(error)
-
-    def request_stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> NoReturn:
-        raise NotImplementedError("no streamed Stripe calls here")
 
     @staticmethod
     def _failed(error: Exception) -> NoReturn:
