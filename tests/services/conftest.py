@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
@@ -113,6 +114,22 @@ class Shop:
         """What Stripe holds for this organization: succeeded and not refunded."""
         customer = self.organization().stripe_customer_id
         return sum(p.amount for p in self.fake.succeeded(customer)) if customer else 0
+
+    def lock_is_free(self, lock: str, /, **params: Any) -> bool:
+        """Whether a connection of another pool can take the advisory lock `lock` (SQL
+        arguments) at once; one of ours that held it would take it again, a lock being
+        re-entrant. The lock is given back before that connection closes: a closed
+        connection's locks are freed by its server process a moment later, and a charger
+        trying meanwhile would find the lock taken."""
+        elsewhere = create_engine(self.rt.engine.url)
+        try:
+            with elsewhere.connect() as other:
+                took = bool(other.scalar(text(f"SELECT pg_try_advisory_lock({lock})"), params))
+                if took:
+                    other.scalar(text(f"SELECT pg_advisory_unlock({lock})"), params)
+                return took
+        finally:
+            elsewhere.dispose()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 
 from shared.domain.errors import Conflict
 from shared.payments.fake_stripe import THREE_D_SECURE
@@ -567,22 +567,6 @@ def test_an_insert_whose_snapshot_predates_a_syncs_write_is_not_taken_as_done(
     assert shop.organization().payment_method_id == card
 
 
-def sync_lock_is_free(shop: Shop, customer: str) -> bool:
-    """Whether a connection of another pool can take the customer's card sync lock at once
-    (one of ours that held it would take it again: a lock is re-entrant)."""
-    elsewhere = create_engine(shop.rt.engine.url)
-    try:
-        with elsewhere.connect() as other:
-            return bool(
-                other.scalar(
-                    text("SELECT pg_try_advisory_lock(7303, hashtext(:customer))"),
-                    {"customer": customer},
-                )
-            )
-    finally:
-        elsewhere.dispose()
-
-
 def test_a_sync_whose_read_waited_on_a_charger_leaves_no_lock_behind(shop: Shop) -> None:
     """The sync lock is tried in the statement that reads the customer's row FOR SHARE. A
     charger holding that row makes the read wait and read the row again, which may try the
@@ -607,7 +591,7 @@ def test_a_sync_whose_read_waited_on_a_charger_leaves_no_lock_behind(shop: Shop)
     handler.join(10)
     assert done == [("processed", [])]
     assert shop.organization().payment_method_id == other
-    assert sync_lock_is_free(shop, customer)
+    assert shop.lock_is_free("7303, hashtext(:customer)", customer=customer)
 
 
 def test_a_sync_that_waited_for_another_reads_what_it_wrote(
@@ -636,7 +620,7 @@ def test_a_sync_that_waited_for_another_reads_what_it_wrote(
     assert questions == [customer]
     assert stored(shop, again["id"]).outcome == "processed"
     assert shop.organization().payment_method_id == other
-    assert sync_lock_is_free(shop, customer)
+    assert shop.lock_is_free("7303, hashtext(:customer)", customer=customer)
 
 
 def test_a_sync_writing_while_a_charger_keeps_the_same_card_leaves_the_card_that_paid(
