@@ -32,20 +32,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     """No pre-ping: it costs a round trip on every request. A connection broken by a
     database restart is discarded on its first error (the pool is invalidated) and
-    old ones are recycled.
-
-    Every statement is prepared on its first run on a connection (psycopg waits for the
-    fifth by default): the service sends the same statements over and over, and a prepared
-    one skips PostgreSQL's parsing and planning. A worker's pool holds up to 34 connections,
-    so the default ran each statement unprepared up to 170 times after every start or
-    recycle (PostgreSQL's CPU per purchase: -13 to -19% in `bench/purchases.py`)."""
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=10,
-        pool_recycle=1800,
-        connect_args={"prepare_threshold": 0},
-    )
+    old ones are recycled."""
+    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
 
 
 PURCHASE_LOCKS = 7301

@@ -509,12 +509,3 @@ def test_after_a_database_restart_one_webhook_fails_not_one_per_pooled_connectio
         assert failures <= 1
     finally:
         rt.engine.dispose()
-
-
-def test_a_statement_run_once_is_prepared_on_its_connection(runtime: Runtime) -> None:
-    """The service sends the same statements over and over: PostgreSQL parses and plans each
-    once per connection, from its first run (psycopg's default waits for the fifth)."""
-    with runtime.engine.connect() as connection:
-        connection.execute(text("SELECT count(*) FROM organizations WHERE id = :id"), {"id": 1})
-        prepared = connection.scalars(text("SELECT statement FROM pg_prepared_statements"))
-        assert "SELECT count(*) FROM organizations WHERE id = $1" in list(prepared)
