@@ -85,7 +85,7 @@ def main() -> None:
             charging.stripe_customer(uow(), stripe, org)
         warm, plan = buyers.pop()  # every statement compiled and every pool filled once
         cart.add_item(runtime.uow(), warm, plan, 4, True)
-        first, _ = checkout.checkout(runtime.uow(), warm, "warm", stripe.card())
+        first, _, _ = checkout.checkout(runtime.uow(), warm, "warm", stripe.card())
         charging.charge(runtime.uow(), runtime.engine, stripe, first)
         count = len(buyers)
         spent: dict[str, Any] = {}

@@ -100,10 +100,11 @@ def do_checkout() -> Response:
     """Pay the cart (a new card, or `{}` for the saved one): stored, then charged by a worker."""
     actor = current_actor()
     body = parse(CheckoutBody)
-    purchase_id, status = checkout.checkout(
+    purchase_id, status, queued = checkout.checkout(
         runtime().uow(), actor, request.headers.get("Idempotency-Key"), body.payment_method
     )
-    dispatcher().charge(purchase_id)
+    if not queued:
+        dispatcher().charge(purchase_id)
     response = answer({"purchase_id": purchase_id, "status": status}, 202)
     response.headers["Location"] = f"/api/purchases/{purchase_id}"
     return response
@@ -133,14 +134,15 @@ def retry_purchase(purchase_id: int) -> Response:
     """A failed purchase's lines paid again with another card (README "Using it")."""
     actor = current_actor()
     body = parse(CheckoutBody)
-    new_id, status = checkout.retry_purchase(
+    new_id, status, queued = checkout.retry_purchase(
         runtime().uow(),
         actor,
         resource_id(purchase_id),
         request.headers.get("Idempotency-Key"),
         body.payment_method,
     )
-    dispatcher().charge(new_id)
+    if not queued:
+        dispatcher().charge(new_id)
     response = answer({"purchase_id": new_id, "status": status, "retry_of": purchase_id}, 202)
     response.headers["Location"] = f"/api/purchases/{new_id}"
     return response

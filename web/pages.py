@@ -391,10 +391,11 @@ def _chosen_card() -> str | None:
 @pages.post("/checkout")
 def pay() -> BaseResponse:
     actor = page_actor()
-    purchase_id, _status = checkout.checkout(
+    purchase_id, _status, queued = checkout.checkout(
         runtime().uow(), actor, request.form.get("checkout_key"), _chosen_card()
     )
-    dispatcher().charge(purchase_id)
+    if not queued:
+        dispatcher().charge(purchase_id)
     return redirect(url_for("pages.purchase", purchase_id=purchase_id), 303)
 
 
@@ -402,10 +403,11 @@ def pay() -> BaseResponse:
 def retry(purchase_id: int) -> BaseResponse:
     """After a failure: the same lines, priced again, with another card, in one step."""
     actor = page_actor()
-    new_id, _status = checkout.retry_purchase(
+    new_id, _status, queued = checkout.retry_purchase(
         runtime().uow(), actor, purchase_id, request.form.get("checkout_key"), _chosen_card()
     )
-    dispatcher().charge(new_id)
+    if not queued:
+        dispatcher().charge(new_id)
     return redirect(url_for("pages.purchase", purchase_id=new_id), 303)
 
 

@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session, joinedload
@@ -99,16 +100,32 @@ class _Line:
     offer: Quote
 
 
+LOCK_PLANS = text(
+    "SELECT id FROM subscriptions WHERE id = ANY(CAST(:plans AS bigint[])) ORDER BY id FOR SHARE"
+)
+"""The purchase's plans, held until it is stored: a charger finishing with one of them
+(which locks them, in id order too) either waits for the purchase, and then sees it waiting,
+or has committed before `STORE` looks, and then is not ahead of it (no lost wake-up)."""
 STORE = text(
     """
     WITH stored AS (
         INSERT INTO purchases (organization_id, user_id, idempotency_key, status, currency,
             confirmed_amount, amount_due, payment_method_id, new_card, attempts,
-            card_sync_pending, request_fingerprint, retry_of_id)
+            card_sync_pending, request_fingerprint, retry_of_id, waiting_since)
         VALUES (:organization_id, :user_id, :key, :status, :currency,
             :confirmed_amount, :amount_due, :method, :new_card, 0, false, :fingerprint,
-            :retry_of)
-        RETURNING id
+            :retry_of, (SELECT now() WHERE EXISTS (
+                SELECT 1 FROM subscriptions plan JOIN purchases holder
+                    ON holder.id = plan.charging_purchase_id
+                WHERE plan.id = ANY(CAST(:plans AS bigint[]))
+                    AND holder.status NOT IN ('succeeded', 'failed')
+            ) OR EXISTS (
+                SELECT 1 FROM purchase_items line JOIN purchases older
+                    ON older.id = line.purchase_id
+                WHERE line.subscription_id = ANY(CAST(:plans AS bigint[]))
+                    AND older.status = 'pending' AND older.attention IS NULL
+            )))
+        RETURNING id, waiting_since
     ), items AS (
         INSERT INTO purchase_items (purchase_id, subscription_id, active_seats, seats_to_buy,
             subtotal, proration_coupon, amount_due, renews_at)
@@ -120,10 +137,22 @@ STORE = text(
     ), emptied AS (
         DELETE FROM cart_items WHERE id = ANY(CAST(:emptied AS bigint[]))
     )
-    SELECT id FROM stored
+    SELECT id, waiting_since IS NOT NULL AS queued FROM stored
     """
 )
-"""The purchase, its lines and the cart lines it empties: one round trip, compiled once."""
+"""The purchase, its lines and the cart lines it empties: one round trip, compiled once.
+Behind another purchase of one of its plans (one holding it, or one still to charge: the
+charger's own test, `charging._claim_and_price`), it is stored waiting: the one ahead wakes
+it when done, so no charge task has to find that out first."""
+
+
+class Accepted(NamedTuple):
+    """A purchase stored (or given back for its key). `queued`: it waits behind another
+    purchase of its plan, which wakes it; no charge needs sending for it now."""
+
+    purchase_id: int
+    status: str
+    queued: bool = False
 
 
 def _store(
@@ -137,34 +166,36 @@ def _store(
     confirmed_amount: int,
     retry_of: int | None = None,
     emptied: Sequence[int] = (),
-) -> int:
+) -> tuple[int, bool]:
+    """The new purchase's id, and whether it is queued behind another of its plans."""
     offers = [line.offer for line in lines]
-    return int(
-        session.execute(
-            STORE,
-            {
-                "organization_id": actor.organization_id,
-                "user_id": actor.user_id,
-                "key": key,
-                "status": PurchaseStatus.PENDING.value,
-                "currency": offers[0].currency,
-                "confirmed_amount": confirmed_amount,
-                "amount_due": sum(offer.amount_due for offer in offers),
-                "method": method,
-                "new_card": method != organization.payment_method_id,
-                "fingerprint": fingerprint,
-                "retry_of": retry_of,
-                "plans": [line.subscription_id for line in lines],
-                "counts": [line.active_seats for line in lines],
-                "to_buy": [offer.seats_to_buy for offer in offers],
-                "subtotals": [offer.subtotal for offer in offers],
-                "coupons": [offer.proration_coupon for offer in offers],
-                "dues": [offer.amount_due for offer in offers],
-                "renews": [offer.renews_at for offer in offers],
-                "emptied": list(emptied),
-            },
-        ).scalar_one()
-    )
+    plans = sorted({line.subscription_id for line in lines})
+    session.execute(LOCK_PLANS, {"plans": plans})
+    stored = session.execute(
+        STORE,
+        {
+            "organization_id": actor.organization_id,
+            "user_id": actor.user_id,
+            "key": key,
+            "status": PurchaseStatus.PENDING.value,
+            "currency": offers[0].currency,
+            "confirmed_amount": confirmed_amount,
+            "amount_due": sum(offer.amount_due for offer in offers),
+            "method": method,
+            "new_card": method != organization.payment_method_id,
+            "fingerprint": fingerprint,
+            "retry_of": retry_of,
+            "plans": [line.subscription_id for line in lines],
+            "counts": [line.active_seats for line in lines],
+            "to_buy": [offer.seats_to_buy for offer in offers],
+            "subtotals": [offer.subtotal for offer in offers],
+            "coupons": [offer.proration_coupon for offer in offers],
+            "dues": [offer.amount_due for offer in offers],
+            "renews": [offer.renews_at for offer in offers],
+            "emptied": list(emptied),
+        },
+    ).one()
+    return int(stored.id), bool(stored.queued)
 
 
 def _check_same_request(
@@ -196,7 +227,7 @@ def checkout(
     idempotency_key: str | None,
     payment_method: str | None,
     now: datetime | None = None,
-) -> tuple[int, str]:
+) -> Accepted:
     """Store the purchase and empty the cart in one transaction; the same key gives it back."""
     require_manager(actor.role)
     key = check_idempotency_key(idempotency_key)
@@ -208,7 +239,7 @@ def checkout(
         existing = _existing(session, actor, key)
         if existing is not None:
             _check_same_request(session, actor, existing, fingerprint, now)
-            return existing.id, existing.status
+            return Accepted(existing.id, existing.status)
         method = _card_to_use(organization, payment_method)
         lines = priced_lines(session, actor.user_id, now, lock=True)
         buying = [line for line in lines if line.offer and line.offer.seats_to_buy > 0]
@@ -228,7 +259,7 @@ def checkout(
             for line in buying
             if line.offer is not None
         ]
-        purchase_id = _store(
+        purchase_id, queued = _store(
             session,
             actor,
             key,
@@ -240,7 +271,7 @@ def checkout(
             emptied=[line.item.id for line in buying],
         )
         uow.commit()
-        return purchase_id, PurchaseStatus.PENDING
+        return Accepted(purchase_id, PurchaseStatus.PENDING, queued)
 
 
 def retry_purchase(
@@ -250,7 +281,7 @@ def retry_purchase(
     idempotency_key: str | None,
     payment_method: str | None,
     now: datetime | None = None,
-) -> tuple[int, str]:
+) -> Accepted:
     """Pay a failed purchase's lines again, with another card, in one step.
 
     A new purchase of the same plans and counts, priced again now (seats bought
@@ -277,7 +308,7 @@ def retry_purchase(
         if existing is not None:
             if existing.retry_of_id != failed.id or existing.request_fingerprint != fingerprint:
                 raise _reused()
-            return existing.id, existing.status
+            return Accepted(existing.id, existing.status)
         if failed.status != PurchaseStatus.FAILED:
             raise Conflict(
                 f"purchase {failed.id} is {failed.status}: only a failed purchase is paid again",
@@ -315,7 +346,7 @@ def retry_purchase(
                 "add them to your cart again to see the new price",
                 "quote_expired",
             )
-        purchase_id = _store(
+        purchase_id, queued = _store(
             session,
             actor,
             key,
@@ -327,4 +358,4 @@ def retry_purchase(
             retry_of=failed.id,
         )
         uow.commit()
-        return purchase_id, PurchaseStatus.PENDING
+        return Accepted(purchase_id, PurchaseStatus.PENDING, queued)

@@ -8,9 +8,11 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from shared import queues
 from shared.bootstrap import Runtime
 from shared.cli.embedded import free_port
 from shared.domain.periods import today_in
@@ -237,6 +239,31 @@ def test_healthz_and_metrics(web: Server, runtime: Runtime, tenant: Tenant) -> N
     text_body = client.get("/metrics").text
     assert "seats_http_requests_total" in text_body
     assert "seats_queue_depth" in text_body
+
+
+def test_a_checkout_behind_another_of_its_plan_sends_no_charge(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    """The second purchase of a plan whose first is still to charge is stored waiting and
+    gets no message: the first one's charger wakes it (a message now would only find the
+    plan taken). Both answers are the same to the buyer."""
+    broker = redis.Redis.from_url(str(runtime.settings.redis_url))
+    charges = queues.ROUTES[queues.CHARGE_PURCHASE]
+    sent = []
+    for role, target in (("buyer", 5), ("owner", 6)):
+        client_of = tenant.clients[role]
+        body = {"subscription_id": tenant.sub, "active_seats": target, "confirm": True}
+        assert client_of.post("/api/cart/items", json=body).status_code == 201
+        before = broker.llen(charges)
+        answer = client_of.post(
+            "/api/checkout",
+            json={"payment_method": "pm_queued"},
+            headers={"Idempotency-Key": f"queued-{role}"},
+        )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "pending"
+        sent.append(broker.llen(charges) - before)
+    assert sent == [1, 0]
 
 
 def app_with(runtime: Runtime, **changes: Any) -> Server:

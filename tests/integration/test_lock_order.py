@@ -40,7 +40,7 @@ def test_checkout_and_settlement_of_the_same_buyer_never_deadlock(runtime: Runti
     for round_ in range(25):
         target = round_ + 2
         cart.add_item(runtime.uow(), buyer, plan, target, True)
-        paid, _ = checkout.checkout(runtime.uow(), buyer, f"paid-{round_}", "pm_card")
+        paid, _, _ = checkout.checkout(runtime.uow(), buyer, f"paid-{round_}", "pm_card")
         with runtime.uow() as uow:
             purchase = uow.session.get_one(Purchase, paid)
             purchase.status = "processing"

@@ -326,7 +326,7 @@ def bought(stack: Stack, tenant: Tenant, target: int = 5) -> int:
     """A purchase checked out by the tenant's buyer with a new card (not charged yet)."""
     buyer = Actor(tenant.user_ids["buyer"], tenant.org, "buyer")
     cart.add_item(stack.runtime.uow(), buyer, tenant.sub, target, True)
-    purchase, _ = checkout.checkout(
+    purchase, _, _ = checkout.checkout(
         stack.runtime.uow(), buyer, secrets.token_hex(8), stack.fake.card()
     )
     return purchase

@@ -72,7 +72,7 @@ class Shop:
     ) -> int:
         who = buyer or self.buyer
         cart.add_item(self.rt.uow(), who, self.plan, target, True, now)
-        purchase, _ = checkout.checkout(
+        purchase, _, _ = checkout.checkout(
             self.rt.uow(), who, secrets.token_hex(8), card or self.fake.card(), now
         )
         return purchase

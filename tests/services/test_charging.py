@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from shared.payments.fake_stripe import (
     DECLINED_ON_ATTACH,
@@ -15,7 +16,7 @@ from shared.payments.fake_stripe import (
     FakeStripe,
 )
 from shared.payments.gateway import PaymentRefused, PaymentUnavailable
-from shared.services import charging, checkout, provisioning, purchases, sweep, webhooks
+from shared.services import cart, charging, checkout, provisioning, purchases, sweep, webhooks
 from shared.services.access import Actor
 from shared.services.views import to_json
 from shared.store.models import Purchase, Subscription
@@ -154,7 +155,7 @@ def test_two_chargers_of_a_new_organization_make_one_customer_and_delete_none(
     from shared.services import cart
 
     cart.add_item(shop.rt.uow(), other, second_plan, 2, True)
-    second, _ = checkout.checkout(shop.rt.uow(), other, "k2", shop.fake.card())
+    second, _, _ = checkout.checkout(shop.rt.uow(), other, "k2", shop.fake.card())
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 
@@ -409,7 +410,7 @@ def test_the_sweep_takes_turns_instead_of_starving_stale_work(
     from shared.services import cart
 
     cart.add_item(shop.rt.uow(), buyer, plan, 2, True)
-    stuck, _ = checkout.checkout(shop.rt.uow(), buyer, "stuck", shop.fake.card())
+    stuck, _, _ = checkout.checkout(shop.rt.uow(), buyer, "stuck", shop.fake.card())
     with shop.rt.uow() as uow:
         uow.session.execute(
             update(Purchase)
@@ -426,16 +427,66 @@ def test_a_member_actor_is_never_used_here(shop: Shop, fake: FakeStripe) -> None
     assert shop.buyer.role == "buyer" and isinstance(shop.buyer, Actor)
 
 
-def test_only_a_purchase_that_found_the_plan_busy_is_woken_when_the_plan_is_free(
+def test_a_purchase_stored_behind_another_of_its_plan_is_woken_by_it_alone(
     shop: Shop,
 ) -> None:
-    """One still in the queue gets there on its own message: a wake-up would be a second
-    message that finds nothing to do."""
+    """Checked out while another purchase of its plan is still to charge, it is stored
+    waiting and the web sends it no message (a charge task would only find the plan
+    taken): the one ahead wakes it when done."""
+    first = shop.checkout(4)
+    cart.add_item(shop.rt.uow(), buyer := shop.another_buyer(), shop.plan, 6, True)
+    behind = checkout.checkout(shop.rt.uow(), buyer, "behind", shop.fake.card())
+    assert behind.queued and shop.purchase(behind.purchase_id).waiting_since is not None
+    assert shop.charge(first).wake == [behind.purchase_id]
+    assert shop.charge(behind.purchase_id).next == "done"
+    assert shop.purchase(behind.purchase_id).status == "succeeded" and shop.counts() == (6, 6)
+
+
+def test_a_purchase_not_stored_behind_another_gets_there_on_its_own_message(
+    shop: Shop,
+) -> None:
+    """One still in the queue (two checkouts that did not see each other) is not woken:
+    a wake-up would be a second message that finds nothing to do."""
     first = shop.checkout(4)
     queued = shop.checkout(6, buyer=shop.another_buyer())
+    with shop.rt.uow() as uow:  # as if the two checkouts had run at the same time
+        uow.session.execute(
+            update(Purchase).where(Purchase.id == queued).values(waiting_since=None)
+        )
+        uow.commit()
     assert shop.charge(first).wake == [], "the purchase behind has not been tried yet"
     assert shop.charge(queued).next == "done"
     assert shop.purchase(queued).status == "succeeded" and shop.counts() == (6, 6)
+
+
+def test_a_checkout_waits_for_a_charger_finishing_with_its_plan(shop: Shop) -> None:
+    """A charger that finishes a purchase locks its plans, then names who waits for them.
+    A checkout of the same plan meanwhile must wait for that charger: stored waiting behind
+    a purchase already done, after the charger looked, nobody would wake it."""
+    first = shop.checkout(4)
+    stored: list[checkout.Accepted] = []
+    buyer = shop.another_buyer()
+    cart.add_item(shop.rt.uow(), buyer, shop.plan, 6, True)
+    with shop.rt.engine.connect() as charger:
+        charger.execute(
+            text("SELECT id FROM subscriptions WHERE id = :plan FOR NO KEY UPDATE"),
+            {"plan": shop.plan},
+        )
+        charger.execute(
+            text("UPDATE purchases SET status = 'failed' WHERE id = :id"), {"id": first}
+        )
+        buying = threading.Thread(
+            target=lambda: stored.append(
+                checkout.checkout(shop.rt.uow(), buyer, "meanwhile", shop.fake.card())
+            )
+        )
+        buying.start()
+        time.sleep(0.5)
+        assert not stored, "the checkout did not wait for the charger holding its plan"
+        charger.commit()
+    buying.join(10)
+    assert stored and not stored[0].queued  # the one ahead was done when it looked
+    assert shop.purchase(stored[0].purchase_id).waiting_since is None
 
 
 def test_a_purchase_that_waited_is_woken_when_the_one_ahead_is_done(shop: Shop) -> None:

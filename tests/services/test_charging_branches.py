@@ -34,7 +34,7 @@ def buy(shop: Shop, buyer: Actor, lines: dict[int, int], card: str) -> int:
     """One checkout of several plans (plan id -> target seats)."""
     for plan, target in lines.items():
         cart.add_item(shop.rt.uow(), buyer, plan, target, True)
-    purchase, _ = checkout.checkout(shop.rt.uow(), buyer, secrets.token_hex(8), card)
+    purchase, _, _ = checkout.checkout(shop.rt.uow(), buyer, secrets.token_hex(8), card)
     return purchase
 
 

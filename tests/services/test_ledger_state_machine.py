@@ -340,7 +340,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 expected = "cart_empty"  # bought meanwhile: the line goes
                 del m.carts[buyer]
         try:
-            purchase, status = checkout.checkout(
+            purchase, status, _ = checkout.checkout(
                 self.rt.uow(), self.buyers[buyer], secrets.token_hex(8), method, self.now
             )
         except Conflict as refused:
@@ -407,7 +407,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 elif amount > first.confirmed:
                     expected = "quote_expired"
         try:
-            purchase, status = checkout.retry_purchase(
+            purchase, status, _ = checkout.retry_purchase(
                 self.rt.uow(),
                 self.buyers[first.buyer],
                 failed,

@@ -26,7 +26,7 @@ def declined(shop: Shop, target: int = 5) -> int:
 
 
 def retry(shop: Shop, failed: int, card: str | None, key: str | None = None) -> int:
-    again, status = checkout.retry_purchase(
+    again, status, _ = checkout.retry_purchase(
         shop.rt.uow(), shop.buyer, failed, key or secrets.token_hex(8), card
     )
     assert status == "pending"

@@ -139,8 +139,8 @@ def test_an_honest_checkout_retry_ignores_a_line_left_for_renewal(shop: Shop) ->
     cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 5, True)
     cart.add_item(shop.rt.uow(), shop.buyer, due, 2, True)
     card, after_renewal_day = shop.fake.card(), datetime.now(UTC) + timedelta(days=2)
-    first, _ = checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
-    again, _ = checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
+    first, _, _ = checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
+    again, _, _ = checkout.checkout(shop.rt.uow(), shop.buyer, "key-1", card, after_renewal_day)
     assert again == first
     cart.add_item(shop.rt.uow(), shop.buyer, shop.plan, 7, True, after_renewal_day)
     with pytest.raises(Conflict, match="another request"):
