@@ -5,17 +5,50 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import aliased
 
-from shared.domain.seats import PurchaseStatus
+from shared.domain.seats import TERMINAL, PurchaseStatus
 from shared.store.db import UnitOfWork
-from shared.store.models import OperatorAlert, Purchase
+from shared.store.models import OperatorAlert, Purchase, PurchaseItem, Subscription
 
 BATCH = 1000
+UNWOKEN_AFTER = timedelta(seconds=5)
+"""A purchase waiting for its plans that has been first in line, with its plans free, for
+this long was not woken (a wake-up lost to a crash after the commit that freed them, or an
+operator's retry): it is sent again without waiting to be stale. A woken one whose message
+is still on its way gets a second one, which finds nothing to do."""
+
+_line, _plan, _holder = aliased(PurchaseItem), aliased(Subscription), aliased(Purchase)
+_HELD = (
+    select(_line.id)
+    .join(_plan, _plan.id == _line.subscription_id)
+    .join(_holder, _holder.id == _plan.charging_purchase_id)
+    .where(
+        _line.purchase_id == Purchase.id,
+        _holder.id != Purchase.id,
+        _holder.status.not_in([status.value for status in TERMINAL]),
+    )
+)
+_mine, _theirs, _older = aliased(PurchaseItem), aliased(PurchaseItem), aliased(Purchase)
+_BEHIND = (
+    select(_theirs.id)
+    .join(_mine, _mine.subscription_id == _theirs.subscription_id)
+    .join(_older, _older.id == _theirs.purchase_id)
+    .where(
+        _mine.purchase_id == Purchase.id,
+        _older.id < Purchase.id,
+        _older.status == PurchaseStatus.PENDING,
+        _older.attention.is_(None),
+    )
+)
+"""What keeps a waiting purchase waiting, as its charger sees it (`charging._claim_and_price`):
+a plan held by another purchase not done, or an older purchase of its plans still to charge."""
 
 
 def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = None) -> list[int]:
     """Pending or processing purchases nobody touched lately, payments awaiting the bank,
-    and paid purchases whose new card Stripe has not yet made the default.
+    paid purchases whose new card Stripe has not yet made the default, and waiting purchases
+    nobody woke although their plans are free (`UNWOKEN_AFTER`).
 
     Least recently touched first: every charge attempt touches its purchase, so
     a long list of 3-D Secure payments takes turns instead of starving the rest.
@@ -37,6 +70,13 @@ def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = No
                         ),
                         Purchase.status == PurchaseStatus.REQUIRES_ACTION,
                         and_(Purchase.card_sync_pending, Purchase.updated_at < stale),
+                        and_(
+                            Purchase.status == PurchaseStatus.PENDING,
+                            Purchase.waiting_since.is_not(None),
+                            Purchase.updated_at < now - UNWOKEN_AFTER,
+                            ~_HELD.exists(),
+                            ~_BEHIND.exists(),
+                        ),
                     ),
                 )
                 .order_by(Purchase.updated_at, Purchase.id)

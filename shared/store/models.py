@@ -206,7 +206,8 @@ class Purchase(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(Text)
     card_sync_pending: Mapped[bool] = mapped_column(default=False)
     action_required_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # set when a charger found the plan busy: the purchase ahead wakes it when done
+    # set when a charger found the plan busy, or at checkout behind another purchase of its
+    # plan: the purchase ahead wakes it when done (the sweep, if that wake-up was lost)
     waiting_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

@@ -442,6 +442,31 @@ def test_a_purchase_stored_behind_another_of_its_plan_is_woken_by_it_alone(
     assert shop.purchase(behind.purchase_id).status == "succeeded" and shop.counts() == (6, 6)
 
 
+def test_a_waiting_purchase_whose_wake_up_was_lost_is_sent_by_the_sweep(shop: Shop) -> None:
+    """The wake-up is sent after the commit that frees the plan: a crash between the two,
+    or an operator's retry that charges in its own process, loses it. The sweep sends a
+    waiting purchase first in line for free plans after a few seconds, not a minute."""
+    first = shop.checkout(4)
+    behind = shop.checkout(6, buyer=shop.another_buyer())
+    assert shop.charge(first).wake == [behind]  # a wake-up the test never sends
+    soon = datetime.now(UTC) + sweep.UNWOKEN_AFTER + timedelta(seconds=1)
+    assert behind not in sweep.due_purchases(shop.rt.uow(), stuck_after=60)
+    assert behind in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
+    assert shop.charge(behind).next == "done"
+    assert behind not in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
+
+
+def test_a_waiting_purchase_with_someone_ahead_is_left_to_be_woken(shop: Shop) -> None:
+    """Not sent while its plan is held or an older purchase of it is still to charge: its
+    message would only find the plan taken."""
+    first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
+    behind = shop.checkout(6, buyer=shop.another_buyer())
+    soon = datetime.now(UTC) + sweep.UNWOKEN_AFTER + timedelta(seconds=1)
+    assert behind not in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
+    shop.charge(first)  # waits for 3-D Secure, holding the plan
+    assert behind not in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
+
+
 def test_a_purchase_not_stored_behind_another_gets_there_on_its_own_message(
     shop: Shop,
 ) -> None:
