@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import aliased
 
 from shared.domain.seats import TERMINAL, PurchaseStatus
@@ -13,10 +13,11 @@ from shared.store.models import OperatorAlert, Purchase, PurchaseItem, Subscript
 
 BATCH = 1000
 UNWOKEN_AFTER = timedelta(seconds=5)
-"""A purchase waiting for its plans that has been first in line, with its plans free, for
-this long was not woken (a wake-up lost to a crash after the commit that freed them, or an
-operator's retry): it is sent again without waiting to be stale. A woken one whose message
-is still on its way gets a second one, which finds nothing to do."""
+"""A purchase waiting for its plans that has been first in line, with its plans free and none
+of them written since, for this long was not woken (a wake-up lost to a crash after the
+commit that freed them, or to an operator's retry): it is sent again without waiting to be
+stale. A woken one whose message is still on its way (a queue behind) may get a second one,
+which finds nothing to do."""
 
 _line, _plan, _holder = aliased(PurchaseItem), aliased(Subscription), aliased(Purchase)
 _HELD = (
@@ -43,6 +44,17 @@ _BEHIND = (
 )
 """What keeps a waiting purchase waiting, as its charger sees it (`charging._claim_and_price`):
 a plan held by another purchase not done, or an older purchase of its plans still to charge."""
+_own, _touched = aliased(PurchaseItem), aliased(Subscription)
+
+
+def _freed_since(since: datetime) -> Select[int]:
+    """A plan of the purchase written since `since` (freed by the purchase ahead, which woke
+    it then: its message may still be on its way)."""
+    return (
+        select(_own.id)
+        .join(_touched, _touched.id == _own.subscription_id)
+        .where(_own.purchase_id == Purchase.id, _touched.updated_at >= since)
+    )
 
 
 def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = None) -> list[int]:
@@ -76,6 +88,7 @@ def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = No
                             Purchase.updated_at < now - UNWOKEN_AFTER,
                             ~_HELD.exists(),
                             ~_BEHIND.exists(),
+                            ~_freed_since(now - UNWOKEN_AFTER).exists(),
                         ),
                     ),
                 )

@@ -235,7 +235,7 @@ class PurchaseItem(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id"), index=True)
-    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"), index=True)
     active_seats: Mapped[int] = mapped_column(Integer)
     seats_to_buy: Mapped[int] = mapped_column(Integer)
     subtotal: Mapped[int] = mapped_column(BigInteger)

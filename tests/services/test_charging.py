@@ -448,8 +448,15 @@ def test_a_waiting_purchase_whose_wake_up_was_lost_is_sent_by_the_sweep(shop: Sh
     waiting purchase first in line for free plans after a few seconds, not a minute."""
     first = shop.checkout(4)
     behind = shop.checkout(6, buyer=shop.another_buyer())
+    with shop.rt.uow() as uow:  # it has waited a while: only its plan's release is recent
+        uow.session.execute(
+            text("UPDATE purchases SET updated_at = now() - interval '30 seconds' WHERE id = :id"),
+            {"id": behind},
+        )
+        uow.commit()
     assert shop.charge(first).wake == [behind]  # a wake-up the test never sends
     soon = datetime.now(UTC) + sweep.UNWOKEN_AFTER + timedelta(seconds=1)
+    # just freed: its wake-up may be on its way, a second message would find nothing to do
     assert behind not in sweep.due_purchases(shop.rt.uow(), stuck_after=60)
     assert behind in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
     assert shop.charge(behind).next == "done"
