@@ -169,8 +169,7 @@ def _store(
 ) -> tuple[int, bool]:
     """The new purchase's id, and whether it is queued behind another of its plans."""
     offers = [line.offer for line in lines]
-    plans = sorted({line.subscription_id for line in lines})
-    session.execute(LOCK_PLANS, {"plans": plans})
+    session.execute(LOCK_PLANS, {"plans": sorted({line.subscription_id for line in lines})})
     stored = session.execute(
         STORE,
         {

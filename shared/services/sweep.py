@@ -20,16 +20,29 @@ stale. A woken one whose message is still on its way (a queue behind) may get a 
 which finds nothing to do."""
 
 _line, _plan, _holder = aliased(PurchaseItem), aliased(Subscription), aliased(Purchase)
-_HELD = (
-    select(_line.id)
-    .join(_plan, _plan.id == _line.subscription_id)
-    .join(_holder, _holder.id == _plan.charging_purchase_id)
-    .where(
-        _line.purchase_id == Purchase.id,
-        _holder.id != Purchase.id,
-        _holder.status.not_in([status.value for status in TERMINAL]),
+
+
+def _not_free(since: datetime) -> Select[int]:
+    """A plan of the purchase that keeps it waiting, as its charger sees it
+    (`charging._claim_and_price`): held by another purchase not done; or written since
+    `since` (freed by the purchase ahead, which woke it then: its message may be on its way)."""
+    return (
+        select(_line.id)
+        .join(_plan, _plan.id == _line.subscription_id)
+        .outerjoin(_holder, _holder.id == _plan.charging_purchase_id)
+        .where(
+            _line.purchase_id == Purchase.id,
+            or_(
+                and_(
+                    _holder.id != Purchase.id,
+                    _holder.status.not_in([status.value for status in TERMINAL]),
+                ),
+                _plan.updated_at >= since,
+            ),
+        )
     )
-)
+
+
 _mine, _theirs, _older = aliased(PurchaseItem), aliased(PurchaseItem), aliased(Purchase)
 _BEHIND = (
     select(_theirs.id)
@@ -42,19 +55,7 @@ _BEHIND = (
         _older.attention.is_(None),
     )
 )
-"""What keeps a waiting purchase waiting, as its charger sees it (`charging._claim_and_price`):
-a plan held by another purchase not done, or an older purchase of its plans still to charge."""
-_own, _touched = aliased(PurchaseItem), aliased(Subscription)
-
-
-def _freed_since(since: datetime) -> Select[int]:
-    """A plan of the purchase written since `since` (freed by the purchase ahead, which woke
-    it then: its message may still be on its way)."""
-    return (
-        select(_own.id)
-        .join(_touched, _touched.id == _own.subscription_id)
-        .where(_own.purchase_id == Purchase.id, _touched.updated_at >= since)
-    )
+"""The other half of the charger's test: an older purchase of its plans still to charge."""
 
 
 def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = None) -> list[int]:
@@ -86,9 +87,8 @@ def due_purchases(uow: UnitOfWork, stuck_after: float, now: datetime | None = No
                             Purchase.status == PurchaseStatus.PENDING,
                             Purchase.waiting_since.is_not(None),
                             Purchase.updated_at < now - UNWOKEN_AFTER,
-                            ~_HELD.exists(),
+                            ~_not_free(now - UNWOKEN_AFTER).exists(),
                             ~_BEHIND.exists(),
-                            ~_freed_since(now - UNWOKEN_AFTER).exists(),
                         ),
                     ),
                 )
