@@ -29,8 +29,7 @@ def receive() -> Response:
         return error_response(
             400, "bad_signature", "missing, invalid, stale or future-dated Stripe-Signature"
         )
-    event = webhooks.parse_event(raw)
-    stored = webhooks.store_event(parts().runtime.uow(), event)
+    stored = webhooks.receive(parts().runtime.uow(), raw)
     if stored == "new":  # an `invalid` one is done already: nothing for a worker to do
         parts().dispatcher.drain_events()
     return jsonify({"received": True, "duplicate": stored == "duplicate"})

@@ -41,16 +41,25 @@ a sync committing its write meanwhile is waited for and its card read, not the o
 statement's snapshot (the lock is tried after the read)."""
 
 
+def _as_sent(text: str) -> str:
+    return text
+
+
 def insert_event(
-    uow: UnitOfWork, row: dict[str, Any], check: str | None = None, named: str | None = None
+    uow: UnitOfWork,
+    row: dict[str, Any],
+    check: str | None = None,
+    named: str | None = None,
+    text: str | None = None,
 ) -> dict[str, str | None]:
     """{id: its outcome (None: to be handled)} when new, {} when the id was stored before.
 
     With a `check` the event is stored `processed` at once, in the same statement, when
-    the database already shows what it asks for: nothing is queued for it."""
+    the database already shows what it asks for: nothing is queued for it. With the `text`
+    the event was read from, that text is the payload (PostgreSQL parses it as JSONB)."""
     params = {
         **row,
-        "payload": Jsonb(row["payload"]),
+        "payload": Jsonb(row["payload"]) if text is None else Jsonb(text, dumps=_as_sent),
         "check": check,
         "named": named,
         "card_sync_locks": CARD_SYNC_LOCKS,

@@ -7,6 +7,8 @@ import secrets
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from sqlalchemy import delete, event, select, update
 
 from shared.domain.errors import NotFound
@@ -172,6 +174,7 @@ def test_a_batch_returns_only_the_new_events_still_to_handle(shop: Shop) -> None
     assert webhooks.store_events(shop.rt.uow(), [], "reconcile") == []
 
 
+@pytest.mark.parametrize("received", [True, False], ids=["body-received", "event-stored"])
 @pytest.mark.parametrize(
     "body",
     [
@@ -182,14 +185,19 @@ def test_a_batch_returns_only_the_new_events_still_to_handle(shop: Shop) -> None
     ids=["nul-in-a-value", "surrogate-in-a-key", "surrogate-in-a-list"],
 )
 def test_an_event_postgresql_cannot_hold_is_kept_replaced_invalid_and_alerted(
-    shop: Shop, body: bytes
+    shop: Shop, body: bytes, received: bool
 ) -> None:
+    """Both ways in: a webhook's body (`receive`, the web's) and an event already parsed
+    (the reconciliation's)."""
     event_id = f"evt_{secrets.token_hex(8)}"
     raw = b'{"id": "%s", "type": "charge.refunded", "data": {"object": %s}}' % (
         event_id.encode(),
         body,
     )
-    assert deliver(shop, webhooks.parse_event(raw)) == "invalid"
+    if received:
+        assert webhooks.receive(shop.rt.uow(), raw) == "invalid"
+    else:
+        assert deliver(shop, webhooks.parse_event(raw)) == "invalid"
     row = stored(shop, event_id)
     assert row.outcome == "invalid" and row.processed_at is not None
     assert "\ufffd" in json.dumps(row.payload, ensure_ascii=False)
@@ -654,6 +662,23 @@ def test_a_listed_event_we_cannot_hold_is_stored_invalid_and_not_handed_on(shop:
     assert alerts_of(shop, event["id"]) == [("invalid_event", None, None)]
 
 
+def test_a_received_body_is_stored_as_the_event_it_holds(shop: Shop) -> None:
+    """The body's own text is the stored payload: what a handler reads back is what the
+    body said, escapes that are only text and characters past ASCII included."""
+    event_id = f"evt_{secrets.token_hex(8)}"
+    raw = (
+        '{\n  "id": "EVENT",\n  "type": "customer.updated",\n  "data": {"object": {\n'
+        '    "id": "cus_elsewhere", "name": "Société \\\\u0000 générale \\u00e9",\n'
+        '    "amount": 12345678901234567890, "ratio": 0.1, "none": null, "list": [true, {}]'
+        "\n  }}\n}"
+    ).replace("EVENT", event_id)
+    assert webhooks.receive(shop.rt.uow(), raw.encode()) == "new"
+    row = stored(shop, event_id)
+    assert row.payload == webhooks.parse_event(raw.encode())
+    assert row.payload["data"]["object"]["name"] == "Société \\u0000 générale é"
+    assert row.outcome is None and alerts_of(shop, event_id) == []
+
+
 # -- the body and its signature header -------------------------------------------------
 
 
@@ -663,6 +688,36 @@ def nested(levels: int) -> bytes:
     deep = "[" * (levels - 3) + "]" * (levels - 3)
     obj = '{"deep": ' + deep + ', "ratio": 0.5, "text": "[[[[ \\" {{{{"}'
     return ('{"id": "evt_deep", "type": "x.y", "data": {"object": ' + obj + "}}").encode()
+
+
+def deepest(text: str) -> int:
+    """The deepest bracket outside strings, one character at a time (the reference)."""
+    depth = most = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            most = max(most, depth)
+        elif char in "]}":
+            depth -= 1
+    return most
+
+
+@given(
+    st.lists(
+        st.sampled_from(["[", "]", "{", "}", '"', "\\", "a", "[" * 30, "{" * 20, '"[[[[', "]" * 9])
+    ).map("".join)
+)
+@example("[" * 64 + "]" * 64)
+@example("{" * 65)  # as many brackets as levels: the first to refuse
+def test_the_depth_is_counted_outside_strings_as_a_parser_would(text: str) -> None:
+    """Unterminated strings, escaped quotes, brackets in strings, closers first: the
+    refusal agrees with a count made one character at a time."""
+    assert webhooks._too_deep(text) == (deepest(text) > webhooks.MAX_DEPTH)
 
 
 def test_a_well_formed_event_is_parsed_as_sent() -> None:
