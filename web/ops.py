@@ -45,7 +45,7 @@ from shared.payments.gateway import PaymentUnavailable
 from shared.services import operations, operators, renewals, signin
 from shared.services.operators import OperatorActor
 from shared.services.views import to_json
-from web.extensions import parts, runtime
+from web.extensions import dispatcher, parts, runtime
 from web.security import csrf
 
 ops = Blueprint("ops", __name__, url_prefix="/ops")
@@ -382,7 +382,12 @@ def retry_purchase(purchase_id: int) -> BaseResponse:
         rt = runtime()
         try:
             status = operations.retry_purchase(
-                rt.uow(), rt.engine, rt.gateway, purchase_id, parked_only=True
+                rt.uow(),
+                rt.engine,
+                rt.gateway,
+                purchase_id,
+                parked_only=True,
+                wake=dispatcher().charge,
             )
         except Conflict as error:
             return Done(
@@ -443,7 +448,9 @@ def replay_event(event_id: str) -> BaseResponse:
         raise NotFound(f"no stored event {event_id}", "not_found")
 
     def run() -> Done:
-        outcome = operations.replay_events(runtime().uow(), runtime().gateway, [event_id])[event_id]
+        outcome = operations.replay_events(
+            runtime().uow(), runtime().gateway, [event_id], dispatcher().charge
+        )[event_id]
         stored = operations.get_event(runtime().uow(), event_id).outcome or "not handled yet"
         if outcome.startswith("failed"):
             why = outcome.removeprefix("failed: ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -33,6 +34,15 @@ from shared.store.models import (
 PAGE = 100
 MAX_PAGE = 1000
 OLDEST_SECONDS = 100 * 366 * 86400
+
+Wake = Callable[..., None]
+"""Given the ids of purchases that a retry or a replay freed a plan for: a sender of their
+charge messages (the web's dispatcher). Without one (the command line has no broker client),
+the sweep sends them within seconds."""
+
+
+def _nobody(*purchase_ids: int) -> None:
+    """No sender: the sweep wakes them."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,14 @@ def retry_purchase(
     purchase_id: int,
     *,
     parked_only: bool = False,
+    wake: Wake = _nobody,
 ) -> str:
     """Clear the parked reason and take the purchase as far as it goes now, here.
 
     With `parked_only` (the operator pages' button) a purchase that is no longer parked is
     left alone (`409 not_parked`, naming its status): a second click, or a retry made
-    meanwhile by someone else, charges nothing more."""
+    meanwhile by someone else, charges nothing more. The purchases waiting behind it for a
+    plan it let go of are given to `wake`, as a worker's charge would send them."""
     with uow:
         purchase = uow.session.get(Purchase, purchase_id, with_for_update={"key_share": True})
         if purchase is None:
@@ -99,9 +111,9 @@ def retry_purchase(
         purchase.attention = None
         uow.commit()
     try:
-        charging.charge(uow, engine, gateway, purchase_id)
+        wake(*charging.charge(uow, engine, gateway, purchase_id).wake)
     except (PaymentUnavailable, OperationalError) as error:
-        charging.park(uow, engine, purchase_id, f"retried by an operator: {error}")
+        wake(*charging.park(uow, engine, purchase_id, f"retried by an operator: {error}"))
         raise Conflict(
             f"purchase {purchase_id} could not be charged yet ({error}); it stays parked",
             "still_unavailable",
@@ -110,25 +122,31 @@ def retry_purchase(
         return uow.session.get_one(Purchase, purchase_id).status
 
 
-def replay_events(uow: UnitOfWork, gateway: PaymentGateway, event_ids: list[str]) -> dict[str, str]:
+def replay_events(
+    uow: UnitOfWork, gateway: PaymentGateway, event_ids: list[str], wake: Wake = _nobody
+) -> dict[str, str]:
     """Handle stored events again; handlers only move state forward, so this is safe."""
     outcomes = {}
     for event_id in event_ids:
         try:
-            outcomes[event_id], _ = webhooks.process_event(uow, gateway, event_id, again=True)
+            outcomes[event_id], woken = webhooks.process_event(uow, gateway, event_id, again=True)
         except NotFound:
             raise
         except Exception as error:
             outcomes[event_id] = f"failed: {error}"
+        else:
+            wake(*woken)
     return outcomes
 
 
-def replay_failed_events(uow: UnitOfWork, gateway: PaymentGateway) -> dict[str, str]:
+def replay_failed_events(
+    uow: UnitOfWork, gateway: PaymentGateway, wake: Wake = _nobody
+) -> dict[str, str]:
     """Every failed event, a page at a time; the cursor moves past those that fail again."""
     outcomes: dict[str, str] = {}
     after = None
     while page := webhooks.failed_events(uow, after, PAGE):
-        outcomes.update(replay_events(uow, gateway, [event_id for _, event_id in page]))
+        outcomes.update(replay_events(uow, gateway, [event_id for _, event_id in page], wake))
         after = page[-1]
     return outcomes
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
 from shared.payments.fake_stripe import FakeStripe
+from shared.payments.gateway import PaymentUnavailable
 from shared.services import cart, charging, checkout, operators, signin, webhooks
 from shared.services.access import Actor
 from shared.store.models import (
@@ -375,6 +376,38 @@ def test_a_parked_purchase_is_retried_once_and_a_failed_retry_says_why(
         (stack.name, "purchase.retry", "done"),
         (stack.name, "purchase.retry", "refused: not_parked"),
     ]
+
+
+def test_a_retry_on_the_page_sends_the_purchase_waiting_for_its_plan(
+    quiet_web: Server, fake_runtime: Runtime, fake_stripe: FakeStripe
+) -> None:
+    """The retried purchase, paid, lets go of its plan: the buyer queued behind it gets its
+    charge message from the page at once (not from the sweep seconds later)."""
+    operator = make_operator(fake_runtime)
+    stack = Stack(
+        quiet_web,
+        fake_runtime,
+        fake_stripe,
+        operator,
+        ops_session(quiet_web, fake_runtime, operator),
+    )
+    shop = Tenant(fake_runtime, quiet_web.url)
+    first = bought(stack, shop, 4)
+    fake_stripe.fail("confirm_payment")
+    with pytest.raises(PaymentUnavailable):
+        charging.charge(fake_runtime.uow(), fake_runtime.engine, fake_stripe, first)
+    charging.park(fake_runtime.uow(), fake_runtime.engine, first, "Stripe away")
+    second = Actor(shop.user_ids["owner"], shop.org, "owner")
+    cart.add_item(fake_runtime.uow(), second, shop.sub, 6, True)
+    behind = checkout.checkout(fake_runtime.uow(), second, secrets.token_hex(8), fake_stripe.card())
+    assert behind.queued
+    quiet_web.sent.clear()  # type: ignore[attr-defined]
+
+    retry = f"/ops/purchases/{first}/retry"
+    answer = post_form(stack.browser, stack.web, f"/ops/purchases/{first}", retry)
+    assert f"Purchase {first} was retried: it is now succeeded." in text(answer.text)
+    sent = [(name, options["args"]) for name, options in quiet_web.sent]  # type: ignore[attr-defined]
+    assert sent == [("seats.charge_purchase", [behind.purchase_id])]
 
 
 def test_a_purchase_page_shows_its_whole_history(stack: Stack, shop: Tenant) -> None:

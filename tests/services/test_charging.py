@@ -16,7 +16,16 @@ from shared.payments.fake_stripe import (
     FakeStripe,
 )
 from shared.payments.gateway import PaymentRefused, PaymentUnavailable
-from shared.services import cart, charging, checkout, provisioning, purchases, sweep, webhooks
+from shared.services import (
+    cart,
+    charging,
+    checkout,
+    operations,
+    provisioning,
+    purchases,
+    sweep,
+    webhooks,
+)
 from shared.services.access import Actor
 from shared.services.views import to_json
 from shared.store.models import Purchase, Subscription
@@ -461,6 +470,45 @@ def test_a_waiting_purchase_whose_wake_up_was_lost_is_sent_by_the_sweep(shop: Sh
     assert behind in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
     assert shop.charge(behind).next == "done"
     assert behind not in sweep.due_purchases(shop.rt.uow(), stuck_after=60, now=soon)
+
+
+def test_an_operator_retry_wakes_the_purchase_waiting_for_its_plan(shop: Shop) -> None:
+    """Parked with its intent (Stripe away at the confirm), the first keeps its plan and the
+    next buyer's checkout waits behind it; the operator's retry pays it and hands over the
+    waiting purchase to wake, as a worker's charge would (the ops page sends it)."""
+    first = shop.checkout(4)
+    shop.fake.fail("confirm_payment")
+    with pytest.raises(PaymentUnavailable):
+        shop.charge(first)
+    assert charging.park(shop.rt.uow(), shop.rt.engine, first, "Stripe away") == []
+    cart.add_item(shop.rt.uow(), buyer := shop.another_buyer(), shop.plan, 6, True)
+    behind = checkout.checkout(shop.rt.uow(), buyer, "behind", shop.fake.card())
+    assert behind.queued
+    woken: list[int] = []
+    status = operations.retry_purchase(
+        shop.rt.uow(), shop.rt.engine, shop.fake, first, wake=lambda *ids: woken.extend(ids)
+    )
+    assert (status, woken) == ("succeeded", [behind.purchase_id])
+    assert shop.charge(behind.purchase_id).next == "done" and shop.counts() == (6, 6)
+
+
+def test_an_operator_replay_wakes_the_purchase_waiting_for_its_plan(shop: Shop) -> None:
+    """The bank said yes after 3-D Secure; the event that settles it is handled by an
+    operator's replay (`seats webhooks replay`, the ops page), which wakes the next one."""
+    first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
+    shop.charge(first)
+    cart.add_item(shop.rt.uow(), buyer := shop.another_buyer(), shop.plan, 6, True)
+    behind = checkout.checkout(shop.rt.uow(), buyer, "behind", shop.fake.card())
+    assert behind.queued
+    shop.fake.authenticate(str(shop.purchase(first).stripe_payment_intent_id))
+    paid = [e for e in shop.fake.events if e["type"] == "payment_intent.succeeded"][-1]
+    assert webhooks.store_event(shop.rt.uow(), paid) == "new"
+    woken: list[int] = []
+    outcomes = operations.replay_events(
+        shop.rt.uow(), shop.fake, [paid["id"]], lambda *ids: woken.extend(ids)
+    )
+    assert (outcomes, woken) == ({paid["id"]: "processed"}, [behind.purchase_id])
+    assert shop.purchase(first).status == "succeeded"
 
 
 def test_a_waiting_purchase_with_someone_ahead_is_left_to_be_woken(shop: Shop) -> None:
