@@ -152,28 +152,37 @@ def parse_event(raw: bytes) -> dict[str, Any]:
     return _parsed(raw)[0]
 
 
-def _parsed(raw: bytes) -> tuple[dict[str, Any], str]:
-    """The event and the text it was read from."""
+def _parsed(raw: bytes) -> tuple[dict[str, Any], str | None]:
+    """The event, and the text it was read from when PostgreSQL reads that text as the same
+    JSON: not when a number has an exponent (`1e-20000` is 0.0 here, too small for
+    PostgreSQL's numeric: such an event is stored as Python writes it)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BadEvent("the body is not UTF-8 JSON", "malformed_event") from error
     if _too_deep(text):
         raise BadEvent(f"the body is nested deeper than {MAX_DEPTH} levels", "malformed_event")
+    exponents: list[str] = []
+
+    def number(literal: str) -> float:
+        if "e" in literal or "E" in literal:
+            exponents.append(literal)
+        return _finite(literal)
+
     try:
-        event = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        event = json.loads(text, parse_constant=_no_constant, parse_float=number)
     except ValueError as error:
         raise BadEvent("the body is not JSON", "malformed_event") from error
     if not _well_formed(event):
         raise BadEvent("an event is a JSON object with id, type and data.object", "malformed_event")
-    return dict(event), text
+    return dict(event), None if exponents else text
 
 
 def receive(uow: UnitOfWork, raw: bytes) -> str:
     """A webhook's verified body, parsed and stored (`store_event`'s answer).
 
-    The body's own text is what is stored (PostgreSQL reads it as JSONB: no second
-    serialization), and only a body with `\\u` escapes is searched for characters our
+    The body's own text is what is stored, as a rule (PostgreSQL reads it as JSONB: no
+    second serialization), and only a body with `\\u` escapes is searched for characters our
     database cannot hold: NUL and lone surrogates reach JSON text as escapes only (a raw
     control character is not JSON; a surrogate is not UTF-8)."""
     event, text = _parsed(raw)

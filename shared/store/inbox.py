@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.store.db import CARD_SYNC_LOCKS, UnitOfWork
@@ -65,6 +66,12 @@ def insert_event(
         "card_sync_locks": CARD_SYNC_LOCKS,
     }
     with uow.driver_cursor() as cursor:
-        cursor.execute(INSERT, params, prepare=True)
+        try:
+            cursor.execute(INSERT, params, prepare=True)
+        except psycopg.DataError:
+            if text is None:
+                raise
+            # PostgreSQL reads the text otherwise than Python did: Python's writing of it
+            cursor.execute(INSERT, {**params, "payload": Jsonb(row["payload"])}, prepare=True)
         found = cursor.fetchone()
     return {} if found is None else {row["id"]: found[0]}

@@ -15,6 +15,7 @@ from shared.domain.errors import NotFound
 from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
 from shared.payments.gateway import PaymentUnavailable
 from shared.services import webhooks
+from shared.store import inbox
 from shared.store.models import OperatorAlert, Purchase, SyncCursor, WebhookEvent
 from tests.services.conftest import Shop
 
@@ -677,6 +678,28 @@ def test_a_received_body_is_stored_as_the_event_it_holds(shop: Shop) -> None:
     assert row.payload == webhooks.parse_event(raw.encode())
     assert row.payload["data"]["object"]["name"] == "Société \\u0000 générale é"
     assert row.outcome is None and alerts_of(shop, event_id) == []
+
+
+@pytest.mark.parametrize("number", ["1e-20000", "2.5E-16384", "1e5"])
+def test_a_received_number_postgresql_reads_otherwise_is_stored_as_python_reads_it(
+    shop: Shop, number: str
+) -> None:
+    """JSON lets an exponent say a number too small for PostgreSQL's numeric (0.0 here):
+    the event is stored as Python writes it, not refused by the database forever."""
+    event_id = f"evt_{secrets.token_hex(8)}"
+    raw = f'{{"id": "{event_id}", "type": "x.y", "data": {{"object": {{"n": {number}}}}}}}'
+    assert webhooks.receive(shop.rt.uow(), raw.encode()) == "ignored"
+    assert stored(shop, event_id).payload["data"]["object"]["n"] == float(number)
+
+
+def test_a_text_postgresql_refuses_is_stored_as_python_reads_it(shop: Shop) -> None:
+    """Whatever else PostgreSQL may read otherwise than Python: the event is still stored,
+    as Python writes it, rather than refused by the database at every re-send."""
+    event = hand_made("x.y", n=0.0)
+    row = webhooks._row(event, "webhook")
+    text = json.dumps(event).replace("0.0", "1e-20000")
+    assert inbox.insert_event(shop.rt.uow(), row, text=text) == {event["id"]: "ignored"}
+    assert stored(shop, event["id"]).payload == event
 
 
 # -- the body and its signature header -------------------------------------------------
