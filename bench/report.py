@@ -147,7 +147,7 @@ def run(bench: Bench, quick: bool, folder: Path) -> dict[str, Any] | None:
 
 
 Row = tuple[str, str, str, str, str]
-STEPS = ("add", "checkout", "charge")
+STEPS = ("add", "checkout", "charge", "webhooks")
 
 
 def ratio(figure: float, reference: float) -> str:

@@ -1,5 +1,6 @@
-"""CPU per purchase step in one process: the cart add, the checkout and the charge, called
-one after another against the machine's PostgreSQL with the in-memory Stripe.
+"""CPU per purchase step in one process: the cart add, the checkout, the charge and the
+webhooks it causes, called one after another against the machine's PostgreSQL with the
+in-memory Stripe.
 
 The pipeline benchmarks (`purchases.py`) move 20 to 40% from one run to the next on a
 shared machine; this one measures only our own code and its statements, one call at a
@@ -8,8 +9,10 @@ time, so two commits compared back to back differ by what changed:
     .venv/bin/python bench/services.py [--purchases 300] [--profile charge] [--json FILE]
 
 Prints, per step, wall and CPU milliseconds per call (the CPU of this process only:
-PostgreSQL's own is not in it). `--profile STEP` adds cProfile's top functions for that
-step, timed by CPU.
+PostgreSQL's own is not in it). The webhooks step hands each purchase's events of the types
+the endpoint is subscribed to, as Stripe sends them (indented JSON), to the service the
+web's endpoint calls once the signature is checked (`webhooks.receive`). `--profile STEP`
+adds cProfile's top functions for that step, timed by CPU.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from harness import scratch_database
 from shared.bootstrap import build
 from shared.config import Settings
 from shared.payments.fake_stripe import FakeStripe
-from shared.services import cart, charging, checkout, provisioning
+from shared.services import cart, charging, checkout, provisioning, webhooks
 from shared.services.access import Actor
 
-STEPS = ("add", "checkout", "charge")
+STEPS = ("add", "checkout", "charge", "webhooks")
 
 
 def measure(
@@ -106,17 +109,37 @@ def main() -> None:
             args.profile,
             spent,
         )
-        outcomes = measure(
-            "charge",
+        marks = [len(stripe.events)]
+
+        def charge(i: int) -> charging.Outcome:
+            outcome = charging.charge(runtime.uow(), runtime.engine, stripe, bought[i])
+            marks.append(len(stripe.events))
+            return outcome
+
+        outcomes = measure("charge", count, charge, args.profile, spent)
+        done = sum(1 for outcome in outcomes if outcome.next == charging.Next.DONE)
+        print(f"charged: {done}/{count} done")
+        bodies = [
+            [
+                json.dumps(event, indent=2).encode()
+                for event in stripe.events[marks[i] : marks[i + 1]]
+                if event["type"] in webhooks.HANDLED_EVENTS
+            ]
+            for i in range(count)
+        ]
+        stored = measure(
+            "webhooks",
             count,
-            lambda i: charging.charge(runtime.uow(), runtime.engine, stripe, bought[i]),
+            lambda i: [webhooks.receive(runtime.uow(), body) for body in bodies[i]],
             args.profile,
             spent,
         )
-        done = sum(1 for outcome in outcomes if outcome.next == charging.Next.DONE)
-        print(f"charged: {done}/{count} done")
+        events = sum(len(outcomes) for outcomes in stored)
+        print(f"webhooks: {events} events, {events / count:.1f} per purchase")
         if args.json:
-            args.json.write_text(json.dumps({"purchases": count, "done": done, **spent}))
+            args.json.write_text(
+                json.dumps({"purchases": count, "done": done, "events": events, **spent})
+            )
         runtime.engine.dispose()
 
 
