@@ -111,13 +111,14 @@ def retry_purchase(
         purchase.attention = None
         uow.commit()
     try:
-        wake(*charging.charge(uow, engine, gateway, purchase_id).wake)
+        charged = charging.charge(uow, engine, gateway, purchase_id)
     except (PaymentUnavailable, OperationalError) as error:
         wake(*charging.park(uow, engine, purchase_id, f"retried by an operator: {error}"))
         raise Conflict(
             f"purchase {purchase_id} could not be charged yet ({error}); it stays parked",
             "still_unavailable",
         ) from error
+    wake(*charged.wake)
     with uow:
         return uow.session.get_one(Purchase, purchase_id).status
 

@@ -155,7 +155,9 @@ def parse_event(raw: bytes) -> dict[str, Any]:
 def _parsed(raw: bytes) -> tuple[dict[str, Any], str | None]:
     """The event, and the text it was read from when PostgreSQL reads that text as the same
     JSON: not when a number has an exponent (`1e-20000` is 0.0 here, too small for
-    PostgreSQL's numeric: such an event is stored as Python writes it)."""
+    PostgreSQL's numeric; `1.0e2`, a float here, would come back an integer). Such an event
+    is stored as Python writes it (whole floats from 1e16 up still come back integers; no
+    amount Stripe sends is a float)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

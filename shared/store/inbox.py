@@ -3,12 +3,15 @@ goes through it, and the ORM's and Core's per-call work was two thirds of its co
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.store.db import CARD_SYNC_LOCKS, UnitOfWork
+
+log = logging.getLogger("seats.inbox")
 
 INSERT = (
     "INSERT INTO webhook_events"
@@ -57,7 +60,8 @@ def insert_event(
 
     With a `check` the event is stored `processed` at once, in the same statement, when
     the database already shows what it asks for: nothing is queued for it. With the `text`
-    the event was read from, that text is the payload (PostgreSQL parses it as JSONB)."""
+    the event was read from, that text is the payload (PostgreSQL parses it as JSONB); one
+    PostgreSQL refuses (a number past its numeric) is stored as Python writes the event."""
     params = {
         **row,
         "payload": Jsonb(row["payload"]) if text is None else Jsonb(text, dumps=_as_sent),
@@ -68,10 +72,10 @@ def insert_event(
     with uow.driver_cursor() as cursor:
         try:
             cursor.execute(INSERT, params, prepare=True)
-        except psycopg.DataError:
+        except psycopg.DataError as refused:
             if text is None:
                 raise
-            # PostgreSQL reads the text otherwise than Python did: Python's writing of it
+            log.warning("event %s stored as Python writes it: %s", row["id"], refused)
             cursor.execute(INSERT, {**params, "payload": Jsonb(row["payload"])}, prepare=True)
         found = cursor.fetchone()
     return {} if found is None else {row["id"]: found[0]}
