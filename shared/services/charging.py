@@ -653,7 +653,10 @@ def settle(
             )
         else:
             if after.status == "succeeded":  # paid in the meantime: apply or refund it
-                return settle(uow, gateway, purchase_id, after, card)
+                late = settle(uow, gateway, purchase_id, after, card)
+                # the failure committed above freed its plans: theirs to wake as well
+                late.wake = list(dict.fromkeys([*outcome.wake, *late.wake]))
+                return late
     if follow.refund_alert is not None:
         refund(uow, gateway, follow.refund_alert)
     return outcome

@@ -15,7 +15,7 @@ from shared.payments.fake_stripe import (
     THREE_D_SECURE,
     FakeStripe,
 )
-from shared.payments.gateway import PaymentRefused, PaymentUnavailable
+from shared.payments.gateway import Payment, PaymentRefused, PaymentUnavailable
 from shared.services import (
     cart,
     charging,
@@ -509,6 +509,41 @@ def test_an_operator_replay_wakes_the_purchase_waiting_for_its_plan(shop: Shop) 
     )
     assert (outcomes, woken) == ({paid["id"]: "processed"}, [behind.purchase_id])
     assert shop.purchase(first).status == "succeeded"
+
+
+def test_a_failure_paid_meanwhile_still_wakes_the_purchase_waiting_for_its_plan(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bank check failed: the purchase fails and lets go of its plan, then its intent is
+    canceled, but the customer paid in between, so that late payment is settled as well
+    (refunded: its seats were given meanwhile). The purchase queued behind it for the plan
+    is woken all the same."""
+    first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
+    shop.charge(first)
+    cart.add_item(shop.rt.uow(), buyer := shop.another_buyer(), shop.plan, 6, True)
+    behind = checkout.checkout(shop.rt.uow(), buyer, "behind", shop.fake.card())
+    assert behind.queued
+    intent = str(shop.purchase(first).stripe_payment_intent_id)
+    shop.fake.authenticate(intent, success=False)
+    cancel = shop.fake.cancel_payment
+
+    def paid_just_before(payment_id: str) -> Payment:
+        with shop.rt.uow() as uow:  # the 4 seats it was for, given another way meanwhile
+            uow.session.execute(
+                update(Subscription).where(Subscription.id == shop.plan).values(paid_seats=4)
+            )
+            uow.commit()
+        shop.fake.pay_with(payment_id, shop.fake.card())
+        shop.fake.confirm_payment(payment_id)
+        return cancel(payment_id)
+
+    monkeypatch.setattr(shop.fake, "cancel_payment", paid_just_before)
+    outcome = shop.charge(first)
+    assert shop.fake.intents[intent].status == "succeeded"
+    assert [alert.kind for alert in shop.alerts()] == ["late_payment"]
+    assert outcome.wake == [behind.purchase_id]
+    assert shop.charge(behind.purchase_id).next == "done"
+    assert shop.counts() == (6, 6)
 
 
 def test_a_waiting_purchase_with_someone_ahead_is_left_to_be_woken(shop: Shop) -> None:
