@@ -653,7 +653,11 @@ def settle(
             )
         else:
             if after.status == "succeeded":  # paid in the meantime: apply or refund it
-                late = settle(uow, gateway, purchase_id, after, card)
+                try:
+                    late = settle(uow, gateway, purchase_id, after, card)
+                except PaymentUnavailable as error:  # its refund, decided and committed
+                    log.warning("the refund of %s is left to the sweep: %s", after.id, error)
+                    late = Outcome(Next.DONE)
                 # the failure committed above freed its plans: theirs to wake as well
                 late.wake = list(dict.fromkeys([*outcome.wake, *late.wake]))
                 return late

@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import func, select
 
 from shared.bootstrap import Runtime
-from shared.payments.fake_stripe import FakeStripe
+from shared.payments.fake_stripe import THREE_D_SECURE, FakeStripe
 from shared.payments.gateway import PaymentUnavailable
 from shared.services import cart, charging, checkout, operators, signin, webhooks
 from shared.services.access import Actor
@@ -378,36 +378,76 @@ def test_a_parked_purchase_is_retried_once_and_a_failed_retry_says_why(
     ]
 
 
-def test_a_retry_on_the_page_sends_the_purchase_waiting_for_its_plan(
-    quiet_web: Server, fake_runtime: Runtime, fake_stripe: FakeStripe
-) -> None:
-    """The retried purchase, paid, lets go of its plan: the buyer queued behind it gets its
-    charge message from the page at once (not from the sweep seconds later)."""
+@pytest.fixture
+def quiet_stack(quiet_web: Server, fake_runtime: Runtime, fake_stripe: FakeStripe) -> Stack:
+    """`stack` whose wake-up calls are kept in `quiet_web.sent`, emptied here."""
     operator = make_operator(fake_runtime)
-    stack = Stack(
+    quiet_web.sent.clear()  # type: ignore[attr-defined]
+    return Stack(
         quiet_web,
         fake_runtime,
         fake_stripe,
         operator,
         ops_session(quiet_web, fake_runtime, operator),
     )
-    shop = Tenant(fake_runtime, quiet_web.url)
-    first = bought(stack, shop, 4)
-    fake_stripe.fail("confirm_payment")
-    with pytest.raises(PaymentUnavailable):
-        charging.charge(fake_runtime.uow(), fake_runtime.engine, fake_stripe, first)
-    charging.park(fake_runtime.uow(), fake_runtime.engine, first, "Stripe away")
-    second = Actor(shop.user_ids["owner"], shop.org, "owner")
-    cart.add_item(fake_runtime.uow(), second, shop.sub, 6, True)
-    behind = checkout.checkout(fake_runtime.uow(), second, secrets.token_hex(8), fake_stripe.card())
+
+
+def queued_behind(stack: Stack, shop: Tenant) -> int:
+    """Another buyer's purchase of the shop's plan, checked out while the plan is held."""
+    owner = Actor(shop.user_ids["owner"], shop.org, "owner")
+    cart.add_item(stack.runtime.uow(), owner, shop.sub, 6, True)
+    behind = checkout.checkout(stack.runtime.uow(), owner, secrets.token_hex(8), stack.fake.card())
     assert behind.queued
-    quiet_web.sent.clear()  # type: ignore[attr-defined]
+    return behind.purchase_id
+
+
+def charges_sent(stack: Stack) -> list[tuple[str, list[object]]]:
+    return [(name, options["args"]) for name, options in stack.web.sent]  # type: ignore[attr-defined]
+
+
+def test_a_retry_on_the_page_sends_the_purchase_waiting_for_its_plan(
+    quiet_stack: Stack,
+) -> None:
+    """The retried purchase, paid, lets go of its plan: the buyer queued behind it gets its
+    charge message from the page at once (not from the sweep seconds later)."""
+    stack = quiet_stack
+    shop = Tenant(stack.runtime, stack.web.url)
+    first = bought(stack, shop, 4)
+    stack.fake.fail("confirm_payment")
+    with pytest.raises(PaymentUnavailable):
+        charging.charge(stack.runtime.uow(), stack.runtime.engine, stack.fake, first)
+    charging.park(stack.runtime.uow(), stack.runtime.engine, first, "Stripe away")
+    behind = queued_behind(stack, shop)
 
     retry = f"/ops/purchases/{first}/retry"
     answer = post_form(stack.browser, stack.web, f"/ops/purchases/{first}", retry)
     assert f"Purchase {first} was retried: it is now succeeded." in text(answer.text)
-    sent = [(name, options["args"]) for name, options in quiet_web.sent]  # type: ignore[attr-defined]
-    assert sent == [("seats.charge_purchase", [behind.purchase_id])]
+    assert charges_sent(stack) == [("seats.charge_purchase", [behind])]
+
+
+def test_a_replay_on_the_page_sends_the_purchase_waiting_for_its_plan(
+    quiet_stack: Stack,
+) -> None:
+    """The bank said yes after 3-D Secure; the operator replays the stored success, which
+    settles the purchase and frees its plan: the buyer queued behind it is sent at once."""
+    stack = quiet_stack
+    shop = Tenant(stack.runtime, stack.web.url)
+    buyer = Actor(shop.user_ids["buyer"], shop.org, "buyer")
+    cart.add_item(stack.runtime.uow(), buyer, shop.sub, 4, True)
+    first, _, _ = checkout.checkout(
+        stack.runtime.uow(), buyer, secrets.token_hex(8), stack.fake.card(THREE_D_SECURE)
+    )
+    charging.charge(stack.runtime.uow(), stack.runtime.engine, stack.fake, first)
+    behind = queued_behind(stack, shop)
+    stack.fake.authenticate(str(stack.purchase(first).stripe_payment_intent_id))
+    paid = [e for e in stack.fake.events if e["type"] == "payment_intent.succeeded"][-1]
+    assert webhooks.store_event(stack.runtime.uow(), paid) == "new"
+
+    page = f"/ops/events/{paid['id']}"
+    answer = post_form(stack.browser, stack.web, page, f"{page}/replay")
+    assert f"{paid['id']} was handled again: processed." in text(answer.text)
+    assert stack.purchase(first).status == "succeeded"
+    assert charges_sent(stack) == [("seats.charge_purchase", [behind])]
 
 
 def test_a_purchase_page_shows_its_whole_history(stack: Stack, shop: Tenant) -> None:

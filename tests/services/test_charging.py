@@ -511,13 +511,14 @@ def test_an_operator_replay_wakes_the_purchase_waiting_for_its_plan(shop: Shop) 
     assert shop.purchase(first).status == "succeeded"
 
 
+@pytest.mark.parametrize("refund_reaches_stripe", [True, False], ids=["refunded", "refund-later"])
 def test_a_failure_paid_meanwhile_still_wakes_the_purchase_waiting_for_its_plan(
-    shop: Shop, monkeypatch: pytest.MonkeyPatch
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, refund_reaches_stripe: bool
 ) -> None:
     """The bank check failed: the purchase fails and lets go of its plan, then its intent is
     canceled, but the customer paid in between, so that late payment is settled as well
-    (refunded: its seats were given meanwhile). The purchase queued behind it for the plan
-    is woken all the same."""
+    (refunded: its seats were given meanwhile; when Stripe is away for the refund, the
+    sweep makes it). The purchase queued behind it for the plan is woken all the same."""
     first = shop.checkout(4, shop.fake.card(THREE_D_SECURE))
     shop.charge(first)
     cart.add_item(shop.rt.uow(), buyer := shop.another_buyer(), shop.plan, 6, True)
@@ -538,9 +539,12 @@ def test_a_failure_paid_meanwhile_still_wakes_the_purchase_waiting_for_its_plan(
         return cancel(payment_id)
 
     monkeypatch.setattr(shop.fake, "cancel_payment", paid_just_before)
+    if not refund_reaches_stripe:
+        shop.fake.fail("refund_payment")
     outcome = shop.charge(first)
     assert shop.fake.intents[intent].status == "succeeded"
-    assert [alert.kind for alert in shop.alerts()] == ["late_payment"]
+    [alert] = shop.alerts()
+    assert (alert.kind, alert.refund_pending) == ("late_payment", not refund_reaches_stripe)
     assert outcome.wake == [behind.purchase_id]
     assert shop.charge(behind.purchase_id).next == "done"
     assert shop.counts() == (6, 6)
