@@ -35,7 +35,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import NoResultFound
+from sqlalchemy.exc import NoResultFound, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, contains_eager, joinedload
 from sqlalchemy.sql.dml import Update
 
@@ -825,10 +826,12 @@ def save_card(
 def save_card_later(
     uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int, known: CardToSave | None = None
 ) -> None:
-    """Try now; if Stripe is away the sweep tries again, and the purchase is already done."""
+    """Try now; if Stripe or the database is away the sweep tries again (the card stays
+    marked on its way), and the purchase is already done: its caller still has the
+    purchases it woke to hand on."""
     try:
         save_card(uow, gateway, purchase_id, known)
-    except (PaymentUnavailable, PaymentRefused) as error:
+    except (PaymentUnavailable, PaymentRefused, OperationalError, PoolTimeout) as error:
         log.warning("saving the card of purchase %s failed, will retry: %s", purchase_id, error)
 
 

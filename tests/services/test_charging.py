@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import event, text, update
+from sqlalchemy.exc import OperationalError
 
 from shared.payments.fake_stripe import (
     DECLINED_ON_ATTACH,
@@ -548,6 +550,31 @@ def test_a_failure_paid_meanwhile_still_wakes_the_purchase_waiting_for_its_plan(
     assert outcome.wake == [behind.purchase_id]
     assert shop.charge(behind.purchase_id).next == "done"
     assert shop.counts() == (6, 6)
+
+
+def test_a_paid_purchase_whose_card_bookkeeping_meets_a_database_outage_still_wakes(
+    shop: Shop,
+) -> None:
+    """Paid and applied, its plan freed; the database goes away as the card's push is noted
+    as done. The charge still hands on the purchase waiting for the plan, and the card stays
+    marked on its way for the sweep."""
+    first = shop.checkout(4)
+    behind = shop.checkout(6, buyer=shop.another_buyer())
+
+    def database_gone(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE purchases SET card_sync_pending"):
+            raise OperationalError(statement, {}, Exception("server closed the connection"))
+
+    listen = (shop.rt.engine, "before_cursor_execute", database_gone)
+    event.listen(*listen)
+    try:
+        outcome = shop.charge(first)
+    finally:
+        event.remove(*listen)
+    assert outcome.wake == [behind]
+    paid = shop.purchase(first)
+    assert (paid.status, paid.card_sync_pending) == ("succeeded", True)
+    assert shop.counts() == (4, 4)
 
 
 def test_a_waiting_purchase_with_someone_ahead_is_left_to_be_woken(shop: Shop) -> None:
