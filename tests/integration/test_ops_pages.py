@@ -423,6 +423,8 @@ def test_a_retry_on_the_page_sends_the_purchase_waiting_for_its_plan(
     answer = post_form(stack.browser, stack.web, f"/ops/purchases/{first}", retry)
     assert f"Purchase {first} was retried: it is now succeeded." in text(answer.text)
     assert charges_sent(stack) == [("seats.charge_purchase", [behind])]
+    charging.charge(stack.runtime.uow(), stack.runtime.engine, stack.fake, behind)
+    assert stack.counts(shop.sub) == (6, 6)
 
 
 def test_a_replay_on_the_page_sends_the_purchase_waiting_for_its_plan(
@@ -448,6 +450,8 @@ def test_a_replay_on_the_page_sends_the_purchase_waiting_for_its_plan(
     assert f"{paid['id']} was handled again: processed." in text(answer.text)
     assert stack.purchase(first).status == "succeeded"
     assert charges_sent(stack) == [("seats.charge_purchase", [behind])]
+    charging.charge(stack.runtime.uow(), stack.runtime.engine, stack.fake, behind)
+    assert stack.counts(shop.sub) == (6, 6)
 
 
 def test_a_purchase_page_shows_its_whole_history(stack: Stack, shop: Tenant) -> None:

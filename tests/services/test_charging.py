@@ -511,6 +511,7 @@ def test_an_operator_replay_wakes_the_purchase_waiting_for_its_plan(shop: Shop) 
     )
     assert (outcomes, woken) == ({paid["id"]: "processed"}, [behind.purchase_id])
     assert shop.purchase(first).status == "succeeded"
+    assert shop.charge(behind.purchase_id).next == "done" and shop.counts() == (6, 6)
 
 
 @pytest.mark.parametrize("refund_reaches_stripe", [True, False], ids=["refunded", "refund-later"])
@@ -548,6 +549,11 @@ def test_a_failure_paid_meanwhile_still_wakes_the_purchase_waiting_for_its_plan(
     [alert] = shop.alerts()
     assert (alert.kind, alert.refund_pending) == ("late_payment", not refund_reaches_stripe)
     assert outcome.wake == [behind.purchase_id]
+    if not refund_reaches_stripe:  # the sweep makes it
+        assert alert.id in sweep.pending_refunds(shop.rt.uow(), stuck_after=-1)
+        charging.refund(shop.rt.uow(), shop.fake, alert.id)
+        [alert] = shop.alerts()
+        assert not alert.refund_pending and alert.refund_id is not None
     assert shop.charge(behind.purchase_id).next == "done"
     assert shop.counts() == (6, 6)
 
@@ -575,6 +581,7 @@ def test_a_paid_purchase_whose_card_bookkeeping_meets_a_database_outage_still_wa
     paid = shop.purchase(first)
     assert (paid.status, paid.card_sync_pending) == ("succeeded", True)
     assert shop.counts() == (4, 4)
+    assert shop.charge(behind).next == "done" and shop.counts() == (6, 6)
 
 
 def test_a_waiting_purchase_with_someone_ahead_is_left_to_be_woken(shop: Shop) -> None:
