@@ -116,9 +116,15 @@ def main() -> None:
 
         runtime = Runtime(settings, engine, make_session_factory(engine), FakeStripe())
         from web import create_app
+        from web.security import csrf
 
         app = create_app(settings, runtime)
-        app.add_url_rule("/webhooks/nothing", "nothing", lambda: {"ok": True}, methods=["POST"])
+
+        def nothing() -> dict[str, bool]:
+            return {"ok": True}
+
+        # machine-facing like the real webhook route: no CSRF check (that is for pages)
+        app.add_url_rule("/webhooks/nothing", "nothing", csrf.exempt(nothing), methods=["POST"])
         ours = app.test_client()
         bare_app = Flask("bare")
         bare_app.add_url_rule(
