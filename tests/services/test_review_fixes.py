@@ -212,7 +212,7 @@ def test_a_refund_stripe_could_not_make_stays_pending_until_the_sweep_makes_it(
         settle_by_webhook(shop, intent)
     [alert] = shop.alerts()
     assert alert.refund_pending and alert.refund_id is None
-    assert sweep.pending_refunds(shop.rt.uow(), stuck_after=-1) == [alert.id]
+    assert alert.id in sweep.pending_refunds(shop.rt.uow(), stuck_after=-1)  # shared database
     charging.refund(shop.rt.uow(), shop.fake, alert.id)
     charging.refund(shop.rt.uow(), shop.fake, alert.id)
     [alert] = shop.alerts()
