@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -18,22 +20,44 @@ from sqlalchemy import (
     Select,
     bindparam,
     create_engine,
+    event,
     func,
     select,
     text,
     true,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from shared.domain.errors import Refused
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+READ_ONLY = "seats_read_only"
+"""A connection's mark, set when a unit of work's transaction begins on it and taken off by
+any statement but a SELECT: a transaction that only read can end with COMMIT."""
+_SELECT = re.compile(r"\s*select\b", re.IGNORECASE).match
+_WATCHED: weakref.WeakSet[Engine] = weakref.WeakSet()
+"""Engines whose statements are looked at (`make_engine`): on another, every unit rolls back."""
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     """No pre-ping: it costs a round trip on every request. A connection broken by a
     database restart is discarded on its first error (the pool is invalidated) and
     old ones are recycled."""
-    return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+    event.listen(engine, "before_cursor_execute", _note_statement)
+    _WATCHED.add(engine)
+    return engine
+
+
+def _note_statement(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
+    if connection.info.get(READ_ONLY) and not _SELECT(statement):
+        connection.info[READ_ONLY] = False
+
+
+def _began(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    connection.info[READ_ONLY] = connection.engine in _WATCHED
 
 
 PURCHASE_LOCKS = 7301
@@ -150,11 +174,14 @@ class AdvisoryLock:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "after_begin", _began)
+    return factory
 
 
 _CONNECTION_SESSIONS = sessionmaker(expire_on_commit=False)
 """Sessions bound at creation to a given connection (`UnitOfWork.on_connection`)."""
+event.listen(_CONNECTION_SESSIONS, "after_begin", _began)
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -202,8 +229,25 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.session.rollback()
+        if self._only_read(exc):
+            self.session.commit()
+        else:
+            self.session.rollback()
         self.session.close()
+
+    def _only_read(self, exc: BaseException | None) -> bool:
+        """A transaction that only read, left normally or by a refusal, ends with COMMIT:
+        the same for PostgreSQL as a ROLLBACK (an aborted one is rolled back all the same), but
+        psycopg forgets every statement the connection had prepared at a ROLLBACK (and
+        sends DEALLOCATE ALL), so each read-only unit (a bearer lookup, a status poll, a
+        page) would otherwise cost the busy paths their prepared statements."""
+        session = self.session
+        if exc is not None and not isinstance(exc, Refused):
+            return False
+        if not session.in_transaction() or session.new or session.dirty or session.deleted:
+            return False
+        connection = session.connection()
+        return not connection.invalidated and connection.info.get(READ_ONLY) is True
 
     def commit(self) -> None:
         self.session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -11,15 +12,16 @@ from typing import Any
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, create_engine, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shared.bootstrap import Runtime
+from shared.domain.errors import Conflict, NotFound
 from shared.services import provisioning, seats
 from shared.services.access import Actor
 from shared.services.views import SubscriptionView
 from shared.store.db import MIGRATIONS, upgrade
-from shared.store.models import Base
+from shared.store.models import Base, Organization
 
 CORE_TABLES = {
     "organizations",
@@ -509,3 +511,74 @@ def test_after_a_database_restart_one_webhook_fails_not_one_per_pooled_connectio
         assert failures <= 1
     finally:
         rt.engine.dispose()
+
+
+# --- how a unit of work ends ------------------------------------------------------------------
+
+PREPARED = text("SELECT count(*) FROM pg_prepared_statements")
+
+
+def organization_names(runtime: Runtime, *ids: int) -> list[str]:
+    with runtime.engine.connect() as connection:
+        return list(
+            connection.scalars(
+                text("SELECT name FROM organizations WHERE id = ANY(:ids) OR name = 'Lost'"),
+                {"ids": list(ids)},
+            )
+        )
+
+
+def test_units_that_only_read_keep_the_statements_their_connection_prepared(
+    fake_runtime: Runtime,
+) -> None:
+    """psycopg prepares a statement at its fifth run on a connection and forgets them all at a
+    ROLLBACK: read-only units ending that way (bearer lookups, status polls, pages) kept every
+    busy connection from ever holding a prepared statement."""
+    fake_runtime.engine.dispose()  # one pooled connection: each unit below gets the same one
+    org = provisioning.create_organization(fake_runtime.uow(), "Acme", "cad", "America/Toronto")
+    for _ in range(6):
+        with fake_runtime.uow() as uow:
+            assert seats_or_none(uow, org) == "Acme"
+        with pytest.raises(NotFound), fake_runtime.uow() as uow:
+            seats_or_none(uow, org)
+            raise NotFound("a refusal after the read", "not_found")
+    with fake_runtime.uow() as uow:
+        assert uow.session.scalar(PREPARED) >= 1
+
+
+def seats_or_none(uow: Any, org: int) -> str | None:
+    found: str | None = uow.session.scalar(select(Organization.name).where(Organization.id == org))
+    return found
+
+
+@pytest.mark.parametrize("how", ["orm flushed", "orm pending", "core", "refused after"])
+def test_a_unit_left_without_commit_keeps_nothing_it_wrote(fake_runtime: Runtime, how: str) -> None:
+    """Ending a read-only unit with COMMIT must never commit a write: flushed by a query,
+    still pending in the session, sent as a statement, or followed by a refusal."""
+    kept = provisioning.create_organization(fake_runtime.uow(), "Kept", "cad", "America/Toronto")
+    with contextlib.suppress(Conflict), fake_runtime.uow() as uow:
+        if how == "core":
+            changed = text("UPDATE organizations SET name = 'Changed' WHERE id = :id")
+            uow.session.execute(changed, {"id": kept})
+        else:
+            uow.session.scalar(select(Organization.id).limit(1))  # a read first
+            uow.session.add(Organization(name="Lost", currency="cad", timezone="UTC"))
+            if how != "orm pending":
+                uow.session.scalar(select(Organization.id).limit(1))  # autoflush: INSERT sent
+        if how == "refused after":
+            raise Conflict("refused after writing", "conflict")
+    assert organization_names(fake_runtime, kept) == ["Kept"]
+
+
+def test_a_unit_whose_read_failed_is_rolled_back_and_its_connection_serves_again(
+    fake_runtime: Runtime,
+) -> None:
+    """A refusal raised after a statement the database refused (the transaction aborted): the
+    unit ends with a ROLLBACK, never a COMMIT PostgreSQL would turn into one silently."""
+    fake_runtime.engine.dispose()
+    with pytest.raises(Conflict), fake_runtime.uow() as uow:
+        with contextlib.suppress(DBAPIError):
+            uow.session.scalar(text("SELECT 1 / 0"))
+        raise Conflict("told the user", "conflict")
+    with fake_runtime.uow() as uow:
+        assert uow.session.scalar(text("SELECT 2")) == 2
