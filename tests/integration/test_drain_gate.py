@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
 
 from shared import queues
-from web.enqueue import drain_gate
+from shared.cli.embedded import free_port, start_redis
+from web.enqueue import dispatcher, drain_gate
 
 
 def recording(client: redis.Redis) -> tuple[queues.Dispatcher, list[str]]:
@@ -36,3 +38,30 @@ def test_without_redis_a_drain_is_sent_anyway() -> None:
     sent: list[Any] = []
     queues.Dispatcher(lambda name, **_: sent.append(name), drain_gate(unreachable)).drain_events()
     assert sent == [queues.DRAIN_EVENTS]
+
+
+def test_the_web_publisher_leaves_each_message_where_a_worker_takes_it() -> None:
+    """On a broker no worker has declared its queues on yet (a fresh Redis), every message
+    waits in its queue though the publisher declares nothing, and names the task's arguments
+    for Flower as Celery's own (slower) repr would (`argsrepr`)."""
+    port = free_port()
+    server = start_redis(port)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        sender = dispatcher(url, client)
+        sender.charge(7, 9)
+        sender.renew(8, force=True)
+        waiting = {
+            queue: [json.loads(raw)["headers"] for raw in client.lrange(queue, 0, -1)]
+            for queue in (queues.ROUTES[queues.CHARGE_PURCHASE], queues.ROUTES[queues.RENEW])
+        }
+    finally:
+        server.terminate()
+        server.wait()
+    charges, renewals = waiting.values()
+    assert sorted((h["task"], h["argsrepr"], h["kwargsrepr"]) for h in charges) == [
+        (queues.CHARGE_PURCHASE, "[7]", "{}"),
+        (queues.CHARGE_PURCHASE, "[9]", "{}"),
+    ]
+    assert [(h["task"], h["argsrepr"]) for h in renewals] == [(queues.RENEW, "[8, True]")]
