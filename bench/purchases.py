@@ -407,6 +407,7 @@ def per_purchase(phase: Phase) -> dict[str, float]:
         )
         figures["statements"] = statements / n
         figures["transactions"] = transactions / n
+        figures["rolled back"] = phase.counts.get("rolled back", 0) / n
         figures["round trips"] = (statements + 2 * transactions) / n
         figures["messages"] = published / n
         figures["charge tasks"] = charges / n
@@ -436,7 +437,8 @@ def print_phase(phase: Phase) -> None:
     if phase.counts:
         print(
             f"  per purchase: {figures['statements']:.1f} statements in "
-            f"{figures['transactions']:.1f} transactions = {figures['round trips']:.1f} "
+            f"{figures['transactions']:.1f} transactions ({figures['rolled back']:.2f} rolled "
+            f"back) = {figures['round trips']:.1f} "
             f"PostgreSQL round trips; {figures['messages']:.2f} messages; "
             f"{figures['charge tasks']:.2f} charge tasks",
             flush=True,

@@ -190,7 +190,8 @@ def purchase_rows(name: str, r: dict[str, Any], target: float) -> list[Row]:
             (
                 f"{name}: PostgreSQL per purchase, web + worker + its webhooks",
                 f"{per['round trips']:.1f} round trips",
-                f"{per['statements']:.1f} statements, {per['transactions']:.1f} transactions",
+                f"{per['statements']:.1f} statements, {per['transactions']:.1f} transactions "
+                f"({per.get('rolled back', 0.0):.2f} rolled back)",
                 "",
                 f"<= 30: {verdict(per['round trips'] <= 30)}",
             )

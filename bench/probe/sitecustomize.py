@@ -7,7 +7,8 @@ process keeps in memory:
 
 - ``statements``: SQL statements sent to PostgreSQL (each one a round trip), and
   ``transactions``: transactions begun (each adds a BEGIN and a COMMIT or ROLLBACK
-  round trip, as psycopg sends them on their own);
+  round trip, as psycopg sends them on their own); ``rolled back``: those ended by a
+  ROLLBACK, at which psycopg forgets every statement the connection had prepared;
 - ``published <task>``: Celery messages sent, by task name;
 - ``ran <task> -> <result>``: tasks run, by what they returned;
 
@@ -70,6 +71,20 @@ def begun(connection: Any) -> None:
         bump("transactions")
 
 
+def counting_rollbacks() -> None:
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    rollback = psycopg.Connection.rollback
+
+    def counted(connection: psycopg.Connection[Any]) -> None:
+        if connection.info.transaction_status != TransactionStatus.IDLE:
+            bump("rolled back")  # (an idle connection's rollback sends nothing)
+        rollback(connection)
+
+    psycopg.Connection.rollback = counted  # type: ignore[method-assign]
+
+
 def install() -> None:
     from celery import signals
     from sqlalchemy import event
@@ -77,6 +92,7 @@ def install() -> None:
 
     event.listen(Engine, "before_cursor_execute", lambda *_: bump("statements"))
     event.listen(Engine, "begin", begun)
+    counting_rollbacks()
 
     def published(sender: Any = None, **_: Any) -> None:
         bump(f"published {sender}")
