@@ -35,8 +35,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 READ_ONLY = "seats_read_only"
 """A connection's mark, set when a unit of work's transaction begins on it and taken off by
-any statement but a SELECT: a transaction that only read can end with COMMIT."""
+any statement but a plain SELECT: a transaction that only read can end with COMMIT."""
 _SELECT = re.compile(r"\s*select\b", re.IGNORECASE).match
+_LOCKING = re.compile(r"\bfor\s+(?:no\s+key\s+update|update|key\s+share|share)\b", re.I).search
+"""A row lock gives the transaction an id, and its COMMIT then waits for a WAL flush that a
+ROLLBACK does not."""
 _WATCHED: weakref.WeakSet[Engine] = weakref.WeakSet()
 """Engines whose statements are looked at (`make_engine`): on another, every unit rolls back."""
 
@@ -52,7 +55,7 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
 
 def _note_statement(connection: Connection, cursor: Any, statement: str, *_: Any) -> None:
-    if connection.info.get(READ_ONLY) and not _SELECT(statement):
+    if connection.info.get(READ_ONLY) and (not _SELECT(statement) or _LOCKING(statement)):
         connection.info[READ_ONLY] = False
 
 
@@ -229,22 +232,29 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._only_read(exc):
-            self.session.commit()
-        else:
-            self.session.rollback()
-        self.session.close()
+        try:
+            if self._only_read(exc):
+                self.session.commit()
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()
 
     def _only_read(self, exc: BaseException | None) -> bool:
         """A transaction that only read, left normally or by a refusal, ends with COMMIT:
         the same for PostgreSQL as a ROLLBACK (an aborted one is rolled back all the same), but
         psycopg forgets every statement the connection had prepared at a ROLLBACK (and
         sends DEALLOCATE ALL), so each read-only unit (a bearer lookup, a status poll, a
-        page) would otherwise cost the busy paths their prepared statements."""
+        page) would otherwise cost the busy paths their prepared statements.
+
+        Only a unit on a pooled connection of its own: one given a connection (a worker's,
+        holding its lock) may share that connection's transaction with other statements."""
         session = self.session
-        if exc is not None and not isinstance(exc, Refused):
+        if self._bind is not None or (exc is not None and not isinstance(exc, Refused)):
             return False
-        if not session.in_transaction() or session.new or session.dirty or session.deleted:
+        if not session.is_active or not session.in_transaction():
+            return False  # (a failed flush: only a rollback is allowed)
+        if session.new or session.dirty or session.deleted:
             return False
         connection = session.connection()
         return not connection.invalidated and connection.info.get(READ_ONLY) is True

@@ -20,8 +20,8 @@ from shared.domain.errors import Conflict, NotFound
 from shared.services import provisioning, seats
 from shared.services.access import Actor
 from shared.services.views import SubscriptionView
-from shared.store.db import MIGRATIONS, upgrade
-from shared.store.models import Base, Organization
+from shared.store.db import MIGRATIONS, UnitOfWork, upgrade
+from shared.store.models import Base, Organization, User
 
 CORE_TABLES = {
     "organizations",
@@ -573,8 +573,9 @@ def test_a_unit_left_without_commit_keeps_nothing_it_wrote(fake_runtime: Runtime
 def test_a_unit_whose_read_failed_is_rolled_back_and_its_connection_serves_again(
     fake_runtime: Runtime,
 ) -> None:
-    """A refusal raised after a statement the database refused (the transaction aborted): the
-    unit ends with a ROLLBACK, never a COMMIT PostgreSQL would turn into one silently."""
+    """A refusal raised after a statement the database refused (the transaction aborted):
+    nothing is kept (a COMMIT of an aborted transaction is a rollback to PostgreSQL) and the
+    connection serves the next unit."""
     fake_runtime.engine.dispose()
     with pytest.raises(Conflict), fake_runtime.uow() as uow:
         with contextlib.suppress(DBAPIError):
@@ -582,3 +583,63 @@ def test_a_unit_whose_read_failed_is_rolled_back_and_its_connection_serves_again
         raise Conflict("told the user", "conflict")
     with fake_runtime.uow() as uow:
         assert uow.session.scalar(text("SELECT 2")) == 2
+
+
+def test_a_refusal_after_a_refused_write_reaches_the_caller_and_frees_its_connection(
+    fake_runtime: Runtime,
+) -> None:
+    """Two people created at once with one email: the loser's flush fails and becomes a
+    refusal (`provisioning.create_user`). A failed flush leaves the session needing a
+    rollback; the refusal, not a session error, is what the caller sees (found by review)."""
+    org = provisioning.create_organization(fake_runtime.uow(), "Acme", "cad", "America/Toronto")
+    provisioning.create_user(fake_runtime.uow(), org, "twice@acme.example.com", "buyer")
+    with pytest.raises(Conflict), fake_runtime.uow() as uow:
+        uow.session.scalar(select(Organization.name).where(Organization.id == org))
+        uow.session.add(
+            User(
+                organization_id=org,
+                email="twice@acme.example.com",
+                role="buyer",
+                token_hash="0" * 64,
+            )
+        )
+        try:
+            uow.session.flush()
+        except IntegrityError as error:
+            raise Conflict("already a user", "email_taken") from error
+    assert fake_runtime.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_unit_that_locked_rows_and_wrote_nothing_still_ends_with_a_rollback(
+    fake_runtime: Runtime,
+) -> None:
+    """A row lock gives the transaction an id: its COMMIT would wait for a WAL flush that a
+    ROLLBACK does not (found by review). So such a unit rolls back, and its connection's
+    prepared statements go with it (psycopg's rule), unlike a unit that only read."""
+    fake_runtime.engine.dispose()
+    org = provisioning.create_organization(fake_runtime.uow(), "Acme", "cad", "America/Toronto")
+    locked = select(Organization.name).where(Organization.id == org).with_for_update(read=True)
+    for _ in range(6):
+        with fake_runtime.uow() as uow:
+            seats_or_none(uow, org)
+    with fake_runtime.uow() as uow:
+        assert uow.session.scalar(locked) == "Acme"
+    with fake_runtime.uow() as uow:
+        assert uow.session.scalar(PREPARED) == 0
+
+
+def test_a_unit_given_a_connection_rolls_back_what_that_connection_left_open(
+    fake_runtime: Runtime,
+) -> None:
+    """A unit on a worker's own connection (`UnitOfWork.on_connection`) may join a transaction
+    other statements began there: it keeps rolling back, even when it only read itself
+    (found by review: its COMMIT would not have ended that transaction, only its own)."""
+    org = provisioning.create_organization(fake_runtime.uow(), "Kept", "cad", "America/Toronto")
+    with fake_runtime.engine.connect() as connection:
+        connection.execute(
+            text("UPDATE organizations SET name = 'Changed' WHERE id = :id"), {"id": org}
+        )
+        with UnitOfWork.on_connection(connection) as uow:
+            assert seats_or_none(uow, org) == "Changed"
+        connection.commit()
+    assert organization_names(fake_runtime, org) == ["Kept"]
