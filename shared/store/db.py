@@ -184,7 +184,6 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 _CONNECTION_SESSIONS = sessionmaker(expire_on_commit=False)
 """Sessions bound at creation to a given connection (`UnitOfWork.on_connection`)."""
-event.listen(_CONNECTION_SESSIONS, "after_begin", _began)
 
 
 def upgrade(url: str, revision: str = "head") -> None:
