@@ -55,7 +55,7 @@ def page_actor() -> Actor:
     user_id = session.get("user_id")
     if not isinstance(user_id, int):
         raise SignInNeeded()
-    with runtime().uow() as uow:
+    with runtime().uow().single() as uow:  # one statement: no BEGIN, no COMMIT
         actor = actor_for_user(uow.session, user_id)
     if actor is None:
         session.clear()

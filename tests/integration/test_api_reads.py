@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from shared import queues
 from shared.bootstrap import Runtime
@@ -357,3 +357,30 @@ def test_a_member_removing_someone_elses_cart_line_gets_404(tenant: Tenant) -> N
     assert answer.status_code == 404, answer.text
     assert answer.json()["error"] == "not_found"
     assert [i["id"] for i in tenant.buyer.get("/api/cart").json()["items"]] == [line["id"]]
+
+
+def test_a_bearer_new_to_the_web_costs_one_statement_and_no_transaction(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    """Who a token is gets looked up once per web process and 30 s, on each buyer's first
+    request: one SELECT in autocommit, not a BEGIN, a SELECT and an end of three round trips
+    (README "Benchmarks")."""
+    sent: list[str] = []
+
+    def statement(connection: Any, cursor: Any, text: str, *_: Any) -> None:
+        sent.append(text.split()[0].upper())
+
+    def transaction(connection: Any) -> None:
+        if not connection.connection.dbapi_connection.autocommit:
+            sent.append("BEGIN")
+
+    event.listen(runtime.engine, "before_cursor_execute", statement)
+    event.listen(runtime.engine, "begin", transaction)
+    try:
+        answer = tenant.clients["member"].get("/api/openapi.json")  # reads nothing itself
+        whoami = tenant.clients["member"].get("/api/cart")  # the bearer, then the cart
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", statement)
+        event.remove(runtime.engine, "begin", transaction)
+    assert answer.status_code == 200 and whoami.status_code == 200, whoami.text
+    assert sent[0] == "SELECT", sent  # the lookup, on its own: no BEGIN before it
