@@ -35,7 +35,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 READ_ONLY = "seats_read_only"
 """A connection's mark, set when a unit of work's transaction begins on it and taken off by
-any statement but a plain SELECT: a transaction that only read can end with COMMIT."""
+any statement but a plain SELECT: a transaction that only read can end with COMMIT. (A
+SELECT is trusted not to write: no SELECT INTO, NOTIFY or writing function here.)"""
+_UNIT_CONNECTION = "seats_connection"
+"""Where a session keeps the connection its transaction began on (`_began`)."""
 _SELECT = re.compile(r"\s*select\b", re.IGNORECASE).match
 _LOCKING = re.compile(r"\bfor\s+(?:no\s+key\s+update|update|key\s+share|share)\b", re.I).search
 """A row lock gives the transaction an id, and its COMMIT then waits for a WAL flush that a
@@ -61,6 +64,7 @@ def _note_statement(connection: Connection, cursor: Any, statement: str, *_: Any
 
 def _began(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     connection.info[READ_ONLY] = connection.engine in _WATCHED
+    session.info[_UNIT_CONNECTION] = connection
 
 
 PURCHASE_LOCKS = 7301
@@ -255,8 +259,12 @@ class UnitOfWork:
             return False  # (a failed flush: only a rollback is allowed)
         if session.new or session.dirty or session.deleted:
             return False
-        connection = session.connection()
-        return not connection.invalidated and connection.info.get(READ_ONLY) is True
+        connection: Connection | None = session.info.get(_UNIT_CONNECTION)  # none taken now
+        return (
+            connection is not None
+            and not connection.invalidated
+            and connection.info.get(READ_ONLY) is True
+        )
 
     def commit(self) -> None:
         self.session.commit()
