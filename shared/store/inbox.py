@@ -45,10 +45,6 @@ a sync committing its write meanwhile is waited for and its card read, not the o
 statement's snapshot (the lock is tried after the read)."""
 
 
-def _as_sent(text: str) -> str:
-    return text
-
-
 def insert_event(
     uow: UnitOfWork,
     row: dict[str, Any],
@@ -64,7 +60,7 @@ def insert_event(
     PostgreSQL refuses (a number past its numeric) is stored as Python writes the event."""
     params = {
         **row,
-        "payload": Jsonb(row["payload"]) if text is None else Jsonb(text, dumps=_as_sent),
+        "payload": Jsonb(row["payload"]) if text is None else Jsonb(text, dumps=str),
         "check": check,
         "named": named,
         "card_sync_locks": CARD_SYNC_LOCKS,
