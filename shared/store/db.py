@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from shared.domain.errors import Refused
+from shared.store.described import DescribedOnDemand
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,8 +51,14 @@ _WATCHED: weakref.WeakSet[Engine] = weakref.WeakSet()
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     """No pre-ping: it costs a round trip on every request. A connection broken by a
     database restart is discarded on its first error (the pool is invalidated) and
-    old ones are recycled."""
-    engine = create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+    old ones are recycled. Cursors describe a result only when asked (`described`)."""
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_recycle=1800,
+        connect_args={"cursor_factory": DescribedOnDemand},
+    )
     event.listen(engine, "before_cursor_execute", _note_statement)
     _WATCHED.add(engine)
     return engine

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -643,3 +644,57 @@ def test_a_unit_given_a_connection_rolls_back_what_that_connection_left_open(
             assert seats_or_none(uow, org) == "Changed"
         connection.commit()
     assert organization_names(fake_runtime, org) == ["Kept"]
+
+
+DESCRIBED = text(
+    "SELECT 1, 'a'::text AS label, 2.50::numeric(10, 2) AS price, now() AS at, "
+    "'{\"k\": [1]}'::jsonb AS doc, NULL::boolean AS flag, ARRAY[1, 2] AS ids"
+)
+
+
+def test_a_result_is_described_as_psycopg_describes_it_even_after_the_cursor_moved_on(
+    fake_runtime: Runtime, database_url: str
+) -> None:
+    """Our cursors make the description when it is read, from the result it belongs to:
+    names, types and sizes as psycopg's own cursor gives them."""
+    with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as plain:
+        expected = plain.execute(DESCRIBED.text).description
+        assert expected is not None
+    with fake_runtime.engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(DESCRIBED.text)
+        described = cursor.description
+        cursor.execute("UPDATE organizations SET name = name WHERE false")
+        assert cursor.description is None  # no rows: no description, as psycopg says
+        assert described is not None and len(described) == len(expected) == 7
+        assert [tuple(column) for column in described] == [tuple(c) for c in expected]
+        assert [c.type_display for c in described] == [c.type_display for c in expected]
+        assert [tuple(c) for c in described[1:3]] == [tuple(c) for c in expected[1:3]]
+        cursor.execute("SELECT")  # psycopg's own rule: rows of no columns are described
+        assert cursor.description is not None and list(cursor.description) == []
+        cursor.close()
+
+
+def test_a_statement_run_before_makes_no_column_descriptions(
+    fake_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy reads a statement's result layout from its first run: describing each
+    column again at every run (psycopg's `Column` objects) was a tenth of a web request."""
+    org = provisioning.create_organization(fake_runtime.uow(), "Acme", "cad", "America/Toronto")
+    made: list[int] = []
+    original = psycopg.Column.__init__
+
+    def counted(column: Any, *args: Any) -> None:
+        made.append(1)
+        original(column, *args)
+
+    def read() -> None:
+        with fake_runtime.uow() as uow:
+            found = uow.session.scalar(select(Organization).where(Organization.id == org))
+            assert found is not None and found.name == "Acme"
+
+    read()  # compiled, and its result described, once
+    monkeypatch.setattr(psycopg.Column, "__init__", counted)
+    for _ in range(3):
+        read()
+    assert made == []
