@@ -19,7 +19,15 @@ from psycopg.adapt import AdaptersMap
 from psycopg.pq import ExecStatus
 from psycopg.pq.abc import PGresult
 
-_ROWS = {ExecStatus.TUPLES_OK, ExecStatus.SINGLE_TUPLE, getattr(ExecStatus, "TUPLES_CHUNK", 0)}
+_ROWS = {
+    status
+    for status in (
+        ExecStatus.TUPLES_OK,
+        ExecStatus.SINGLE_TUPLE,
+        getattr(ExecStatus, "TUPLES_CHUNK", None),
+    )
+    if status is not None  # psycopg 3.1 has no TUPLES_CHUNK (and EMPTY_QUERY is 0)
+}
 """Results that describe columns even with none (psycopg's own rule: `SELECT ;`)."""
 
 
@@ -41,15 +49,21 @@ class Description(Sequence[Column]):
     __slots__ = ("_columns", "_result", "_size")
 
     def __init__(self, result: _Result, size: int) -> None:
-        self._result: _Result | None = result
+        self._result: _Result | None = result  # let go once the columns are made
         self._size = size
         self._columns: list[Column] | None = None
 
     def _made(self) -> list[Column]:
-        if self._columns is None:
-            result, self._result = self._result, None
-            self._columns = [Column(result, i) for i in range(self._size)]  # type: ignore[arg-type]
-        return self._columns
+        # Made, then kept, then the result let go, in that order and read in the other: two
+        # readers both get columns, and a failure (a name the client encoding cannot decode)
+        # is raised again at the next read.
+        result = self._result
+        columns = self._columns
+        if columns is None:
+            columns = [Column(result, i) for i in range(self._size)]  # type: ignore[arg-type]
+            self._columns = columns
+            self._result = None
+        return columns
 
     def __len__(self) -> int:
         return self._size

@@ -672,6 +672,8 @@ def test_a_result_is_described_as_psycopg_describes_it_even_after_the_cursor_mov
         assert [tuple(c) for c in described[1:3]] == [tuple(c) for c in expected[1:3]]
         cursor.execute("SELECT")  # psycopg's own rule: rows of no columns are described
         assert cursor.description is not None and list(cursor.description) == []
+        cursor.execute("-- an empty query")  # no rows at all (found by review on psycopg 3.1)
+        assert cursor.description is None
         cursor.close()
 
 
@@ -698,3 +700,22 @@ def test_a_statement_run_before_makes_no_column_descriptions(
     for _ in range(3):
         read()
     assert made == []
+
+
+def test_a_description_that_cannot_be_made_fails_the_same_way_at_every_read(
+    fake_runtime: Runtime,
+) -> None:
+    """A column name the client encoding cannot decode: psycopg's own error, each time it is
+    read (found by review: the second read raised an unrelated AttributeError)."""
+    with fake_runtime.engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute('CREATE TEMPORARY VIEW named AS SELECT 1 AS "é"')
+        cursor.execute("SET client_encoding TO 'SQL_ASCII'")
+        cursor.execute("SELECT * FROM named")
+        described = cursor.description
+        assert described is not None and len(described) == 1
+        for _ in range(2):
+            with pytest.raises(UnicodeDecodeError):
+                described[0]
+        cursor.close()
+        connection.invalidate()  # not back to the pool with another client encoding
