@@ -531,7 +531,14 @@ SYNC_TRIES = 3
 
 
 class CardSyncContended(RuntimeError):
-    """The organization's row kept changing while its card was synced."""
+    """The organization's row kept changing while its card was synced: the event is left to
+    its retries (`failed` for now), and Stripe is asked again then."""
+
+
+class CardOnItsWay(CardSyncContended):
+    """A card a purchase has just paid with is being made Stripe's default. The change this
+    event tells of may have come after that push landed (a default set in the dashboard
+    then): Stripe is asked again once the push is done, by the event's retry."""
 
 
 def _sync_saved_card(
@@ -582,8 +589,13 @@ def _sync_saved_card_alone(
             uow.commit()
         known, saved, brand, version, saving = alone.execute(SAVED_CARD, customer).one()
     for _ in range(SYNC_TRIES):
-        if saving is not None:  # our newer card is on its way to Stripe: its own event follows
-            return "processed", []
+        if saving is not None and gone is not None:
+            return "processed", []  # the card on its way was the one detached: never pushed
+        if saving is not None:
+            raise CardOnItsWay(
+                f"purchase {saving} is making its card the default of {customer['customer']}: "
+                "Stripe's default is read again once that is done"
+            )
         card = gateway.default_card(customer["customer"])
         if card is not None and card.id == gone:
             card = None
@@ -815,13 +827,13 @@ def drain(
             outcome, wake = _apply(
                 uow, gateway, event_id, event_type, payload["data"]["object"], None
             )
-        except Exception:
+        except Exception as error:
             log.warning(
                 "event %s (%s) failed; it and the %s after it go to tasks of their own",
                 event_id,
                 event_type,
                 len(taken) - done - 1,
-                exc_info=True,
+                exc_info=not isinstance(error, CardSyncContended),  # a race, not a fault
             )
             drained.left = [row[0] for row in taken[done:]]
             break

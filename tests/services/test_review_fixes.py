@@ -169,11 +169,48 @@ def test_a_late_customer_updated_never_brings_back_the_older_card(shop: Shop) ->
     second = shop.checkout(5, new)
     shop.fake.fail("set_default_card")
     shop.charge(second)
-    webhooks.on_customer_updated(shop.rt.uow(), shop.fake, stale["data"]["object"], stale["id"])
+    with pytest.raises(webhooks.CardOnItsWay):  # Stripe is asked again once `new` landed
+        webhooks.on_customer_updated(shop.rt.uow(), shop.fake, stale["data"]["object"], stale["id"])
     assert shop.organization().payment_method_id == new
     shop.charge(second)  # the sweep retries the card bookkeeping
     customer = str(shop.organization().stripe_customer_id)
+    assert webhooks.on_customer_updated(
+        shop.rt.uow(), shop.fake, stale["data"]["object"], stale["id"]
+    ) == ("processed", [])  # the event's retry: Stripe says `new`
     assert shop.organization().payment_method_id == new == shop.fake.customers[customer]["default"]
+
+
+def test_a_default_set_in_the_dashboard_just_after_our_push_landed_is_the_one_kept(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left open by an earlier review: our push of the card that paid lands at Stripe and,
+    before the charger has recorded it, the owner sets another card in the dashboard. Its
+    event, handled while our card was still on its way, used to be taken as done: we kept a
+    card Stripe no longer charges by default. Now Stripe is asked again once ours is done."""
+    shop.charge(shop.checkout(4, shop.fake.card()))
+    new = shop.fake.card()
+    purchase = shop.checkout(5, new)
+    customer = str(shop.organization().stripe_customer_id)
+    other = shop.fake.card("5555555555554444")
+    push = shop.fake.set_default_card
+    dashboard: list[str] = []
+
+    def dashboard_right_after(customer_id: str, method: str) -> None:
+        push(customer_id, method)  # ours lands
+        push(customer_id, other)  # the owner, a moment later
+        change = recorded(shop, "customer.updated")
+        assert deliver(shop, change) == "new"
+        dashboard.append(change["id"])
+        with pytest.raises(webhooks.CardOnItsWay):  # handled while ours is on its way
+            handle(shop, change["id"])
+
+    monkeypatch.setattr(shop.fake, "set_default_card", dashboard_right_after)
+    shop.charge(purchase)
+    monkeypatch.undo()
+    assert not shop.purchase(purchase).card_sync_pending and dashboard
+    assert handle(shop, dashboard[0]) == ("processed", [])  # the event's retry
+    assert shop.fake.customers[customer]["default"] == other
+    assert shop.organization().payment_method_id == other  # what renewals charge
 
 
 def test_a_late_payment_with_another_card_saves_the_card_that_paid(shop: Shop) -> None:
@@ -664,11 +701,14 @@ def test_a_sync_writing_while_a_charger_keeps_the_same_card_leaves_the_card_that
     event.listen(shop.rt.engine, "after_cursor_execute", hold_open)
     monkeypatch.setattr(shop.fake, "default_card", charger_applies_meanwhile)
     try:
-        assert handle(shop, to_d["id"]) == ("processed", [])
+        with pytest.raises(webhooks.CardOnItsWay):  # X is on its way: asked again after
+            handle(shop, to_d["id"])
         charger[0].join(10)
     finally:
         event.remove(shop.rt.engine, "after_cursor_execute", hold_open)
     monkeypatch.undo()
+    assert shop.organization().payment_method_id == x  # D was not written over it
+    assert handle(shop, to_d["id"]) == ("processed", [])  # the event's retry
     assert shop.purchase(purchase).status == "succeeded"
     assert shop.fake.customers[customer]["default"] == x  # the charger pushed it after
     assert shop.organization().payment_method_id == x
