@@ -810,10 +810,12 @@ def drain(
 
     The first event that fails is left `failed`, and it and the rest of the batch are
     handed back (`left`) for tasks of their own: when Stripe is away each then waits out
-    its own timeout and retries on its own thread, not one after another here. An event
-    taken here and never finished (a crash) still has no outcome: the sweep sends it on
-    its own like any event whose message was lost. A full batch calls `when_full` before
-    handling it, so that the rest of a backlog is taken in parallel."""
+    its own timeout and retries on its own thread, not one after another here. One that
+    only met a charger's work on its customer's card (`CardSyncContended`) goes alone, and
+    the batch goes on. An event taken here and never finished (a crash) still has no
+    outcome: the sweep sends it on its own like any event whose message was lost. A full
+    batch calls `when_full` before handling it, so that the rest of a backlog is taken in
+    parallel."""
     with uow.single() as claiming:
         taken = sorted(claiming.session.execute(DRAIN, {"size": size}), key=lambda row: row[3])
         claiming.commit()
@@ -827,15 +829,19 @@ def drain(
             outcome, wake = _apply(
                 uow, gateway, event_id, event_type, payload["data"]["object"], None
             )
-        except Exception as error:
+        except CardSyncContended as race:  # a race with a charger, not Stripe away: the rest
+            log.info("event %s (%s) tried again later: %s", event_id, event_type, race)
+            drained.left.append(event_id)  # of the batch goes on here
+            continue
+        except Exception:
             log.warning(
                 "event %s (%s) failed; it and the %s after it go to tasks of their own",
                 event_id,
                 event_type,
                 len(taken) - done - 1,
-                exc_info=not isinstance(error, CardSyncContended),  # a race, not a fault
+                exc_info=True,
             )
-            drained.left = [row[0] for row in taken[done:]]
+            drained.left.extend(row[0] for row in taken[done:])
             break
         finally:
             log_lines.unbind("event_id")

@@ -136,6 +136,30 @@ def test_after_a_failure_the_rest_of_the_batch_goes_to_tasks_of_their_own(shop: 
     assert {stored(shop, e["id"]).outcome for e in after} == {"ignored"}
 
 
+def test_an_event_meeting_a_card_on_its_way_goes_alone_and_the_batch_goes_on(
+    shop: Shop,
+) -> None:
+    """A race with a charger is not Stripe away: only that event goes to a task of its own
+    (it is read again once the card landed), the rest of the batch is handled here."""
+    shop.charge(shop.checkout(4, shop.fake.card()))
+    purchase = shop.checkout(5, shop.fake.card())
+    shop.fake.fail("set_default_card")
+    shop.charge(purchase)
+    assert shop.purchase(purchase).card_sync_pending  # its card is on its way
+    customer = str(shop.organization().stripe_customer_id)
+    shop.fake.set_default_card(customer, shop.fake.card("5555555555554444"))  # the dashboard
+    dashboard = recorded(shop, "customer.updated")
+    after = [hand_made() for _ in range(3)]
+    for event in (dashboard, *after):  # one at a time: taken oldest first
+        store(shop, event)
+
+    drained = webhooks.drain(shop.rt.uow(), shop.fake, 10)
+
+    assert drained.left == [dashboard["id"]]
+    assert stored(shop, dashboard["id"]).outcome == "failed"  # for its task's retries
+    assert {stored(shop, e["id"]).outcome for e in after} == {"ignored"}
+
+
 def test_two_drains_at_once_never_take_the_same_event(shop: Shop) -> None:
     events = [hand_made() for _ in range(60)]
     store(shop, *events)
