@@ -30,6 +30,8 @@ def backoff(retries: int) -> float:
 
 
 def _cause(error: Exception) -> str:
+    if isinstance(error, webhooks.CardOnItsWay):
+        return "a card still on its way to Stripe"
     if isinstance(error, PaymentUnavailable):
         return "payment processor unavailable"
     if isinstance(error, OperationalError):
@@ -42,7 +44,9 @@ def retry_or_give_up(task: Task, error: Exception, give_up: Callable[[str], str]
     (park the purchase, leave the event `failed`), so nothing loops forever."""
     if task.request.retries >= settings.charge_retries:
         cause = f"{_cause(error)}: {error}"
-        log.error(
+        waiting = isinstance(error, webhooks.CardOnItsWay)  # the sweep goes on: no fault
+        log.log(
+            logging.WARNING if waiting else logging.ERROR,
             "%s%r gave up after %s retries: %s",
             task.name,
             task.request.args,
@@ -78,10 +82,13 @@ def charge_purchase(self: Task, purchase_id: int) -> str:
 
 @app.task(name=queues.PROCESS_EVENT, bind=True, max_retries=None)
 def process_event(self: Task, event_id: str) -> str:
-    """After the last retry the event stays `failed` for an operator (`seats webhooks replay`)."""
+    """After the last retry the event stays `failed` for an operator (`seats webhooks replay`),
+    or waiting for the sweep while a card is still on its way to Stripe."""
     rt = runtime()
     try:
         outcome, woken = webhooks.process_event(rt.uow(), rt.gateway, event_id)
+    except webhooks.CardOnItsWay as error:
+        return retry_or_give_up(self, error, lambda cause: "waiting")
     except Exception as error:
         return retry_or_give_up(self, error, lambda cause: "failed")
     send.charge(*woken)

@@ -538,7 +538,9 @@ class CardSyncContended(RuntimeError):
 class CardOnItsWay(CardSyncContended):
     """A card a purchase has just paid with is being made Stripe's default. The change this
     event tells of may have come after that push landed (a default set in the dashboard
-    then): Stripe is asked again once the push is done, by the event's retry."""
+    then): Stripe is asked again once the push is done. The event is left waiting (no
+    outcome, the reason in its error), tried again by its task and, for as long as the push
+    takes (the sweep retries it), by the sweep: no retry budget runs out on it."""
 
 
 def _sync_saved_card(
@@ -593,8 +595,8 @@ def _sync_saved_card_alone(
             return "processed", []  # the card on its way was the one detached: never pushed
         if saving is not None:
             raise CardOnItsWay(
-                f"purchase {saving} is making its card the default of {customer['customer']}: "
-                "Stripe's default is read again once that is done"
+                f"the card purchase {saving} paid with is on its way to Stripe as the default "
+                f"of {customer['customer']}: Stripe's default is read again once it landed"
             )
         card = gateway.default_card(customer["customer"])
         if card is not None and card.id == gone:
@@ -694,13 +696,14 @@ DONE = frozenset({"processed", "ignored", "invalid"})
 
 
 def _finish(
-    uow: UnitOfWork, event_id: str, outcome: str, error: str | None, alert: str | None = None
+    uow: UnitOfWork, event_id: str, outcome: str | None, error: str | None, alert: str | None = None
 ) -> None:
-    """Record the outcome; an `invalid` one raises its operator alert in the same transaction
-    (the usual one is a single statement: no transaction of its own)."""
+    """Record the outcome (None: still to do, `error` saying why); an `invalid` one raises its
+    operator alert in the same transaction (the usual one is a single statement: no
+    transaction of its own)."""
     with uow if alert is not None else uow.single() as unit:
         unit.session.execute(
-            FAIL if outcome == "failed" else FINISH,
+            FAIL if outcome in (None, "failed") else FINISH,
             {"event_id": event_id, "new_outcome": outcome, "new_error": error, "at": _now()},
         )
         if alert is not None:
@@ -762,6 +765,10 @@ def _apply(
             f"event {event_id} ({event_type}) cannot be applied: {error}"[:1000],
         )
         return "invalid", []
+    except CardOnItsWay as wait:
+        if before not in DONE:  # waiting, not failed: no retry budget runs out on a push
+            _finish(uow, event_id, None, f"waiting: {wait}"[:1000])  # Stripe is slow to take
+        raise
     except Exception as error:
         if before not in DONE:  # a replay that could not reach Stripe keeps what was done
             _finish(uow, event_id, "failed", f"{type(error).__name__}: {error}"[:1000])
