@@ -89,6 +89,11 @@ class StateCollector(Collector):
             value=f.renewals_due,
         )
         yield _gauge("seats_webhook_events", "Stored events by outcome", f.events, "outcome")
+        yield GaugeMetricFamily(
+            "seats_webhook_oldest_pending_seconds",
+            "Age of the oldest stored event not handled yet (0: none)",
+            value=f.oldest_pending_event_seconds,
+        )
         yield _gauge(
             "seats_webhook_lag_seconds",
             "Receipt to processed, over the last hour, by quantile",

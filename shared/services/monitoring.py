@@ -39,6 +39,7 @@ class Figures:
     subscriptions: dict[str, int] = field(default_factory=dict)
     renewals_due: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    oldest_pending_event_seconds: float = 0.0
     event_lag_seconds: dict[str, float] = field(default_factory=dict)
     alerts_open: dict[str, int] = field(default_factory=dict)
 
@@ -100,6 +101,9 @@ def figures(uow: UnitOfWork, now: datetime | None = None) -> Figures:
                 (key if key != "None" else "pending"): count
                 for key, count in _grouped(session, WebhookEvent.outcome).items()
             },
+            oldest_pending_event_seconds=_age(
+                session, WebhookEvent.received_at, WebhookEvent.outcome.is_(None), now=now
+            ),
             event_lag_seconds={
                 "0.5": float(lag[0] or 0.0),
                 "0.99": float(lag[1] or 0.0),

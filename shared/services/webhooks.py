@@ -280,6 +280,24 @@ FAIL = FINISH.where(or_(EVENTS.c.outcome.is_(None), EVENTS.c.outcome == "failed"
 failed event whose retry may still be on its way): for a failure, and for the outcomes a
 drain writes at the end of its batch."""
 
+WAIT = (
+    update(EVENTS)
+    .where(
+        EVENTS.c.id == bindparam("event_id"),
+        or_(EVENTS.c.outcome.is_(None), EVENTS.c.outcome == "failed"),
+    )
+    .values(
+        outcome=None,
+        error=bindparam("reason"),
+        processed_at=None,
+        attempts=func.greatest(EVENTS.c.attempts - 1, 1),
+    )
+)
+"""An event left to wait for our own card to land at Stripe (`CardOnItsWay`): no outcome,
+not handled (no `processed_at`), and the try the claim counted taken back (never below one,
+which keeps it from the drains: theirs are events no run has tried), so a Stripe error once
+the card landed still has its retries and the sweep's."""
+
 
 def _stored(
     uow: UnitOfWork, events: list[dict[str, Any]], source: str, text: str | None = None
@@ -696,14 +714,13 @@ DONE = frozenset({"processed", "ignored", "invalid"})
 
 
 def _finish(
-    uow: UnitOfWork, event_id: str, outcome: str | None, error: str | None, alert: str | None = None
+    uow: UnitOfWork, event_id: str, outcome: str, error: str | None, alert: str | None = None
 ) -> None:
-    """Record the outcome (None: still to do, `error` saying why); an `invalid` one raises its
-    operator alert in the same transaction (the usual one is a single statement: no
-    transaction of its own)."""
+    """Record the outcome; an `invalid` one raises its operator alert in the same transaction
+    (the usual one is a single statement: no transaction of its own)."""
     with uow if alert is not None else uow.single() as unit:
         unit.session.execute(
-            FAIL if outcome in (None, "failed") else FINISH,
+            FAIL if outcome == "failed" else FINISH,
             {"event_id": event_id, "new_outcome": outcome, "new_error": error, "at": _now()},
         )
         if alert is not None:
@@ -767,7 +784,9 @@ def _apply(
         return "invalid", []
     except CardOnItsWay as wait:
         if before not in DONE:  # waiting, not failed: no retry budget runs out on a push
-            _finish(uow, event_id, None, f"waiting: {wait}"[:1000])  # Stripe is slow to take
+            with uow.single() as waiting:  # Stripe is slow to take
+                waiting.session.execute(WAIT, {"event_id": event_id, "reason": f"waiting: {wait}"})
+                waiting.commit()
         raise
     except Exception as error:
         if before not in DONE:  # a replay that could not reach Stripe keeps what was done

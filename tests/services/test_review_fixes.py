@@ -12,6 +12,7 @@ from sqlalchemy import event, text
 
 from shared.domain.errors import Conflict
 from shared.payments.fake_stripe import THREE_D_SECURE
+from shared.payments.gateway import PaymentUnavailable
 from shared.services import (
     cart,
     charging,
@@ -232,9 +233,18 @@ def test_an_event_waiting_for_a_card_stripe_is_slow_to_take_never_runs_out_of_re
         with pytest.raises(webhooks.CardOnItsWay):
             handle(shop, change["id"])
     row = stored(shop, change["id"])
-    assert (row.outcome, row.attempts) == (None, 8) and "on its way" in str(row.error)
+    assert (row.outcome, row.processed_at) == (None, None) and "on its way" in str(row.error)
+    assert row.attempts == 1  # waiting is not trying: no budget spent
     assert change["id"] in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60, retries=5)
     shop.charge(purchase)  # the sweep's push lands: ours, later than the dashboard's
+    shop.fake.fail("default_card")  # and Stripe stumbles once more (found by review)
+    with pytest.raises(PaymentUnavailable):
+        handle(shop, change["id"])
+    assert (stored(shop, change["id"]).outcome, stored(shop, change["id"]).attempts) == (
+        "failed",
+        2,
+    )
+    assert change["id"] in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60, retries=5)
     assert handle(shop, change["id"]) == ("processed", [])
     assert shop.organization().payment_method_id == new == shop.fake.customers[customer]["default"]
     assert change["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from shared.bootstrap import Runtime
 from shared.config import Settings
 from shared.payments.fake_stripe import THREE_D_SECURE
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import webhooks
+from shared.services import monitoring, webhooks
 from shared.store.models import OperatorAlert, Organization, WebhookEvent
 from tests.services.conftest import Shop, runtime_on_own_database
 from tests.services.test_round_trips import counted
@@ -158,7 +159,11 @@ def test_an_event_meeting_a_card_on_its_way_goes_alone_and_the_batch_goes_on(
     assert drained.left == [dashboard["id"]]
     row = stored(shop, dashboard["id"])
     assert row.outcome is None and str(row.error).startswith("waiting: ")  # not `failed`
+    assert row.processed_at is None  # not counted as handled by the lag figures
     assert {stored(shop, e["id"]).outcome for e in after} == {"ignored"}
+    # what SeatsWebhookWaiting reads, should the card never land
+    later = row.received_at + timedelta(seconds=1000)
+    assert monitoring.figures(shop.rt.uow(), now=later).oldest_pending_event_seconds == 1000
 
 
 def test_two_drains_at_once_never_take_the_same_event(shop: Shop) -> None:
