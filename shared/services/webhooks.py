@@ -294,9 +294,10 @@ WAIT = (
     )
 )
 """An event left to wait for our own card to land at Stripe (`CardOnItsWay`): no outcome,
-not handled (no `processed_at`), and the try the claim counted taken back (never below one,
-which keeps it from the drains: theirs are events no run has tried), so a Stripe error once
-the card landed still has its retries and the sweep's."""
+not handled (no `processed_at`), and the try the claim counted taken back, down to one (which
+keeps it from the drains: theirs are events no run has tried): however long it waits, it
+counts as one attempt, so a Stripe error once the card landed still has its retries and the
+sweep's."""
 
 
 def _stored(

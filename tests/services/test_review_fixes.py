@@ -234,7 +234,7 @@ def test_an_event_waiting_for_a_card_stripe_is_slow_to_take_never_runs_out_of_re
             handle(shop, change["id"])
     row = stored(shop, change["id"])
     assert (row.outcome, row.processed_at) == (None, None) and "on its way" in str(row.error)
-    assert row.attempts == 1  # waiting is not trying: no budget spent
+    assert row.attempts == 1  # however long it waited: one attempt, the budget kept
     assert change["id"] in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60, retries=5)
     shop.charge(purchase)  # the sweep's push lands: ours, later than the dashboard's
     shop.fake.fail("default_card")  # and Stripe stumbles once more (found by review)
