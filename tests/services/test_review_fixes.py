@@ -250,6 +250,30 @@ def test_an_event_waiting_for_a_card_stripe_is_slow_to_take_never_runs_out_of_re
     assert change["id"] not in webhooks.unprocessed_events(shop.rt.uow(), older_than=-60)
 
 
+def test_a_replay_that_meets_a_card_on_its_way_says_what_became_of_the_event(shop: Shop) -> None:
+    """Found by review: an operator's replay of a failed event then left it waiting, and of a
+    processed one left it processed, and both were told "failed, outcome unchanged"."""
+    shop.charge(shop.checkout(4, shop.fake.card()))
+    customer = str(shop.organization().stripe_customer_id)
+    shop.fake.set_default_card(customer, shop.fake.card("5555555555554444"))  # the dashboard
+    failed = recorded(shop, "customer.updated")
+    assert deliver(shop, failed) == "new"
+    shop.fake.fail("default_card")
+    with pytest.raises(PaymentUnavailable):
+        handle(shop, failed["id"])
+    shop.fake.set_default_card(customer, shop.fake.card())  # the dashboard again
+    done = recorded(shop, "customer.updated")
+    assert deliver(shop, done) == "new" and handle(shop, done["id"]) == ("processed", [])
+    purchase = shop.checkout(5, shop.fake.card())
+    shop.fake.fail("set_default_card")
+    shop.charge(purchase)  # its card on its way
+    replayed = operations.replay_events(shop.rt.uow(), shop.fake, [failed["id"], done["id"]])
+    assert replayed[failed["id"]].startswith("waiting: ")
+    assert stored(shop, failed["id"]).outcome is None  # the sweep's now
+    assert replayed[done["id"]].startswith("failed: ") and "replay it" in replayed[done["id"]]
+    assert stored(shop, done["id"]).outcome == "processed"
+
+
 def test_a_late_payment_with_another_card_saves_the_card_that_paid(shop: Shop) -> None:
     paying = shop.fake.card()
     purchase, intent = failed_3ds_purchase_paid_anyway(shop)
