@@ -87,10 +87,9 @@ def process_event(self: Task, event_id: str) -> str:
     rt = runtime()
     try:
         outcome, woken = webhooks.process_event(rt.uow(), rt.gateway, event_id)
-    except webhooks.CardOnItsWay as error:
-        return retry_or_give_up(self, error, lambda cause: "waiting")
     except Exception as error:
-        return retry_or_give_up(self, error, lambda cause: "failed")
+        waits = isinstance(error, webhooks.CardOnItsWay)
+        return retry_or_give_up(self, error, lambda cause: "waiting" if waits else "failed")
     send.charge(*woken)
     return outcome
 

@@ -610,9 +610,9 @@ def _sync_saved_card_alone(
             uow.commit()
         known, saved, brand, version, saving = alone.execute(SAVED_CARD, customer).one()
     for _ in range(SYNC_TRIES):
-        if saving is not None and gone is not None:
-            return "processed", []  # the card on its way was the one detached: never pushed
         if saving is not None:
+            if gone is not None:  # the card on its way was the one detached: never pushed
+                return "processed", []
             raise CardOnItsWay(
                 f"the card purchase {saving} paid with is on its way to Stripe as the default "
                 f"of {customer['customer']}: Stripe's default is read again once it landed"
