@@ -330,6 +330,11 @@ class FakeStripe:
 
     def set_default_card(self, customer_id: str, payment_method_id: str) -> None:
         def act() -> None:
+            card = self.cards.get(payment_method_id)
+            # Stripe: "The customer does not have a payment method with the ID ...". A card
+            # attached to no one yet is let through: tests set one as the dashboard would.
+            if card is None or card.get("detached") or card["customer"] not in (None, customer_id):
+                raise PaymentRefused("resource_missing", friendly_message("resource_missing"))
             self.customers[customer_id]["default"] = payment_method_id
             self._event(
                 "customer.updated",

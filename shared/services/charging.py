@@ -796,19 +796,23 @@ def save_card(
 ) -> None:
     """After a new card paid, make it Stripe's default for renewals and learn its brand.
 
-    Seats never wait for this: it runs after the purchase succeeded and is
-    retried by the sweep until Stripe answers. Only the organization's current
-    card is pushed, so a late run never brings back an older card. `known`: the
-    state the caller's own transaction just committed (no read).
+    Seats never wait for this: it runs after the purchase succeeded and is retried by
+    the sweep until Stripe answers (a refusal ends it: `_card_refused`). Only the
+    organization's current card is pushed, so a late run never brings back an older
+    card. `known`: the state the caller's own transaction just committed (no read).
     """
     state = known or _card_state(uow, purchase_id)
     if state is None:
         return
     card = None
     if state.current and state.customer_id:
-        gateway.set_default_card(state.customer_id, state.method)
-        if not state.brand_known:
-            card = gateway.get_card(state.method)
+        try:
+            gateway.set_default_card(state.customer_id, state.method)
+            if not state.brand_known:
+                card = gateway.get_card(state.method)
+        except PaymentRefused as refusal:
+            _card_refused(uow, purchase_id, state, refusal)
+            return
     with uow.single() as writing:  # two repeatable updates, the one that ends it last
         if card is not None:
             writing.session.execute(
@@ -823,6 +827,37 @@ def save_card(
         writing.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
 
 
+def _card_refused(
+    uow: UnitOfWork, purchase_id: int, state: CardToSave, refusal: PaymentRefused
+) -> None:
+    """Stripe will not take the card (removed from the customer meanwhile, say): pushing it
+    again would fail forever and keep every event about that customer waiting for it. The
+    push ends here, with an operator alert; those events then read Stripe's own default."""
+    log.error(
+        "Stripe refused to make card %s of purchase %s the default: %s",
+        state.method,
+        purchase_id,
+        refusal,
+    )
+    with uow:
+        raise_alert(
+            uow.session,
+            kind="card_not_default",
+            message=(
+                f"Stripe refused to make the card {state.method} that paid purchase "
+                f"{purchase_id} the customer's default for renewals ({refusal.code}: "
+                f"{refusal.message}); renewals charge the card this service keeps for the "
+                "organization: check it with the customer"
+            ),
+            organization_id=state.organization_id,
+            purchase_id=purchase_id,
+            stripe_object_id=state.method,
+            dedupe_key=f"card_not_default:{purchase_id}",
+        )
+        uow.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
+        uow.commit()
+
+
 def save_card_later(
     uow: UnitOfWork, gateway: PaymentGateway, purchase_id: int, known: CardToSave | None = None
 ) -> None:
@@ -831,7 +866,7 @@ def save_card_later(
     purchases it woke to hand on."""
     try:
         save_card(uow, gateway, purchase_id, known)
-    except (PaymentUnavailable, PaymentRefused, OperationalError, PoolTimeout) as error:
+    except (PaymentUnavailable, OperationalError, PoolTimeout) as error:
         log.warning("saving the card of purchase %s failed, will retry: %s", purchase_id, error)
 
 

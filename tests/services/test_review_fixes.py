@@ -866,3 +866,35 @@ def test_a_charger_keeping_the_same_card_and_pushing_it_while_a_sync_asks_stripe
     assert shop.purchase(purchase).status == "succeeded"
     assert shop.fake.customers[customer]["default"] == x
     assert shop.organization().payment_method_id == x
+
+
+def test_a_card_stripe_will_not_make_the_default_is_given_up_with_an_alert(shop: Shop) -> None:
+    """Found by review: the card that paid is removed from the customer (in Stripe's portal)
+    while our push of it is failing, so Stripe refuses the push for good. The sweep pushed
+    it again forever and every event about that customer waited behind it; now the push
+    ends with an operator alert and the events are handled against Stripe's default."""
+    old = shop.fake.card()
+    shop.charge(shop.checkout(4, old))
+    new = shop.fake.card()
+    purchase = shop.checkout(5, new)
+    shop.fake.fail("set_default_card")
+    shop.charge(purchase)
+    customer = str(shop.organization().stripe_customer_id)
+    shop.fake.detach(new)
+    stripe_sends(shop, "customer.updated", {"id": customer, "object": "customer"})
+    change = recorded(shop, "customer.updated")
+    assert deliver(shop, change) == "new"
+    with pytest.raises(webhooks.CardOnItsWay):
+        handle(shop, change["id"])
+    shop.charge(purchase)  # the sweep pushes again: refused
+    assert shop.purchase(purchase).card_sync_pending is False
+    [alert] = [a for a in shop.alerts() if a.kind == "card_not_default"]
+    assert (alert.purchase_id, alert.stripe_object_id) == (purchase, new)
+    assert "refused" in alert.message and str(purchase) in alert.message
+    assert purchase not in sweep.due_purchases(shop.rt.uow(), stuck_after=-60)
+    assert handle(shop, change["id"]) == ("processed", [])
+    assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
+    pushes = shop.fake.calls.count("set_default_card")
+    shop.charge(purchase)  # a late duplicate task: no push, no second alert
+    assert shop.fake.calls.count("set_default_card") == pushes
+    assert len([a for a in shop.alerts() if a.kind == "card_not_default"]) == 1
