@@ -73,10 +73,12 @@ def configure(service: str, level: str | None = None) -> None:
     root.handlers = [handler]
     root.setLevel(level or os.environ.get("SEATS_LOG_LEVEL") or "INFO")
     # The Stripe SDK writes two INFO lines per call (URL and status, no request id), about
-    # 7% of a worker's time in a purchase; its warnings and errors still come through, and
-    # SEATS_LOG_LEVEL=DEBUG shows every call.
+    # 7% of a worker's time in a purchase, and Celery one "received" line per task before
+    # its "succeeded" or "failed" line (which has the same task id and its run time); their
+    # warnings and errors still come through, and SEATS_LOG_LEVEL=DEBUG shows every line.
     quiet = root.level > logging.DEBUG
-    logging.getLogger("stripe").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    for chatty in ("stripe", "celery.worker.strategy"):
+        logging.getLogger(chatty).setLevel(logging.WARNING if quiet else logging.NOTSET)
     structlog.contextvars.clear_contextvars()
 
 

@@ -112,15 +112,37 @@ def workers_online(client: redis.Redis, now: float | None = None) -> list[Worker
     return found
 
 
-def observe(client: redis.Redis, observations: list[tuple[str, str, float]]) -> None:
-    """Add (metric, task, seconds) observations to the histograms, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for metric, task, seconds in observations:
-        key = f"{queues.METRIC_KEYS}{metric}:{task}"
-        bucket = next((str(bound) for bound in BUCKETS if seconds <= bound), "+Inf")
-        pipe.hincrby(key, bucket, 1)
-        pipe.hincrbyfloat(key, "sum", seconds)
-        pipe.hincrby(key, "count", 1)
+Totals = dict[str, dict[str, float]]
+"""Histogram increments not yet written: {Redis key: {bucket, "sum" or "count": amount}}."""
+
+
+def tally(totals: Totals, metric: str, task: str, seconds: float) -> None:
+    """Count one (metric, task, seconds) observation in `totals`, to be `record`ed later."""
+    fields = totals.setdefault(f"{queues.METRIC_KEYS}{metric}:{task}", {})
+    bucket = next((str(bound) for bound in BUCKETS if seconds <= bound), "+Inf")
+    for field, amount in ((bucket, 1), ("sum", seconds), ("count", 1)):
+        fields[field] = fields.get(field, 0) + amount
+
+
+def merge(into: Totals, totals: Totals) -> None:
+    """Add `totals` (a write that failed) back into `into`, to go with the next one."""
+    for key, fields in totals.items():
+        kept = into.setdefault(key, {})
+        for field, amount in fields.items():
+            kept[field] = kept.get(field, 0) + amount
+
+
+def record(client: redis.Redis, totals: Totals) -> None:
+    """Add the tallied observations to the histograms: one round trip, all or nothing."""
+    if not totals:
+        return
+    pipe = client.pipeline(transaction=True)
+    for key, fields in totals.items():
+        for field, amount in fields.items():
+            if field == "sum":
+                pipe.hincrbyfloat(key, field, amount)
+            else:
+                pipe.hincrby(key, field, int(amount))
     pipe.execute()
 
 
