@@ -545,6 +545,17 @@ order: a read FOR SHARE returns the row's newest version but the purchases as of
 start, so it can see a charger's row without its card on its way. One statement."""
 
 
+DETACHED_PUSHES = (
+    update(PURCHASES)
+    .where(
+        PURCHASES.c.organization_id == bindparam("organization"),
+        PURCHASES.c.payment_method_id == bindparam("card"),
+        PURCHASES.c.card_sync_pending,
+    )
+    .values(card_sync_pending=False, updated_at=func.now())
+)
+"""The pushes to Stripe of a card detached from the customer: ended (Stripe would refuse)."""
+
 SYNC_TRIES = 3
 """Times a card sync asks Stripe before it leaves the event to its retries."""
 
@@ -607,11 +618,14 @@ def _sync_saved_card_alone(
             )
             if organization.payment_method_id == gone:
                 organization.keep_card(None)
+            # Stripe refuses it now: its pushes end here, and Stripe's default (an older
+            # card, say) is read below instead of waiting for them
+            uow.session.execute(DETACHED_PUSHES, {"organization": known, "card": gone})
             uow.commit()
         known, saved, brand, version, saving = alone.execute(SAVED_CARD, customer).one()
     for _ in range(SYNC_TRIES):
         if saving is not None:
-            if gone is not None:  # the card on its way was the one detached: never pushed
+            if gone is not None:  # another card is on its way: Stripe's default will be it
                 return "processed", []
             raise CardOnItsWay(
                 f"the card purchase {saving} paid with is on its way to Stripe as the default "

@@ -452,17 +452,37 @@ def test_a_detached_card_that_is_not_our_saved_card_is_ignored(shop: Shop) -> No
     assert shop.organization().payment_method_id == card
 
 
-def test_a_new_card_detached_before_its_sync_is_not_kept_as_our_saved_card(shop: Shop) -> None:
+@pytest.mark.parametrize("stripe_had", ["no card", "an older card"])
+def test_a_new_card_detached_before_its_sync_leaves_stripes_default_as_our_saved_card(
+    shop: Shop, stripe_had: str
+) -> None:
+    """Found by review: the detach set our card to none and ended there, so when Stripe still
+    had an older default, renewals found no card although Stripe had one. Stripe's default is
+    kept (the detached card's push can never land), and that push is then dropped unsent."""
+    older = None
+    if stripe_had == "an older card":
+        older = shop.fake.card()
+        shop.charge(shop.checkout(4, older))
     card = shop.fake.card()
-    purchase = shop.checkout(4, card)
+    purchase = shop.checkout(5, card)
     shop.fake.fail("set_default_card")
     shop.charge(purchase)
     assert shop.purchase(purchase).card_sync_pending
     shop.fake.detach(card)
     stripe_sends(shop, "payment_method.detached", {"id": card, "object": "payment_method"})
-    delivered(shop, "payment_method.detached")
-    shop.charge(purchase)  # the sweep retries the card bookkeeping
-    assert shop.organization().payment_method_id != card
+    detached = recorded(shop, "payment_method.detached")
+    assert deliver(shop, detached) == "new"
+    assert handle(shop, detached["id"]) == ("processed", [])
+    customer = str(shop.organization().stripe_customer_id)
+    assert (
+        shop.organization().payment_method_id == older == shop.fake.customers[customer]["default"]
+    )
+    pushes = shop.fake.calls.count("set_default_card")
+    shop.charge(purchase)  # the sweep: the card is no longer ours, so it is not pushed
+    assert shop.purchase(purchase).card_sync_pending is False
+    assert shop.fake.calls.count("set_default_card") == pushes
+    assert shop.organization().payment_method_id == older
+    assert not [alert for alert in shop.alerts() if alert.kind == "card_not_default"]
 
 
 def test_an_event_type_we_do_not_handle_is_stored_ignored_at_once_and_never_queued(
