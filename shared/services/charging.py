@@ -353,6 +353,36 @@ CARD_BRAND = (
     .values(payment_method_brand=bindparam("brand"), payment_method_last4=bindparam("last4"))
 )
 CARD_SAVED = _purchase_update("purchase_id").values(card_sync_pending=False, updated_at=func.now())
+PUSH_REFUSED = (
+    _purchase_update("purchase_id")
+    .where(
+        PURCHASES.c.card_sync_pending,
+        select(ORGANIZATIONS.c.id)
+        .where(
+            ORGANIZATIONS.c.id == PURCHASES.c.organization_id,
+            ORGANIZATIONS.c.payment_method_id == bindparam("method"),
+        )
+        .exists(),
+    )
+    .values(card_sync_pending=False, updated_at=func.now())
+    .returning(PURCHASES.c.id)
+)
+"""A push Stripe refused, ended, if still on and of the card we keep. (A detach handler ends
+such pushes too, in the transaction that changes the card: the purchase's row lock orders
+the two, and the second finds nothing to end.)"""
+KEEP_INSTEAD = (
+    update(ORGANIZATIONS)
+    .where(
+        ORGANIZATIONS.c.id == bindparam("organization_id"),
+        ORGANIZATIONS.c.payment_method_id == bindparam("method"),
+    )
+    .values(
+        payment_method_id=bindparam("card"),
+        payment_method_brand=bindparam("brand"),
+        payment_method_last4=bindparam("last4"),
+    )
+)
+"""The card Stripe refused replaced by Stripe's default, unless it was replaced meanwhile."""
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
@@ -808,11 +838,14 @@ def save_card(
     if state.current and state.customer_id:
         try:
             gateway.set_default_card(state.customer_id, state.method)
-            if not state.brand_known:
-                card = gateway.get_card(state.method)
         except PaymentRefused as refusal:
-            _card_refused(uow, purchase_id, state, refusal)
+            _card_refused(uow, gateway, purchase_id, state, state.customer_id, refusal)
             return
+        if not state.brand_known:
+            try:
+                card = gateway.get_card(state.method)
+            except PaymentRefused as refusal:  # the default is set: only its brand is unknown
+                log.warning("card %s: its brand could not be read: %s", state.method, refusal)
     with uow.single() as writing:  # two repeatable updates, the one that ends it last
         if card is not None:
             writing.session.execute(
@@ -828,34 +861,61 @@ def save_card(
 
 
 def _card_refused(
-    uow: UnitOfWork, purchase_id: int, state: CardToSave, refusal: PaymentRefused
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    purchase_id: int,
+    state: CardToSave,
+    customer_id: str,
+    refusal: PaymentRefused,
 ) -> None:
-    """Stripe will not take the card (removed from the customer meanwhile, say): pushing it
-    again would fail forever and keep every event about that customer waiting for it. The
-    push ends here, with an operator alert; those events then read Stripe's own default."""
-    log.error(
-        "Stripe refused to make card %s of purchase %s the default: %s",
-        state.method,
-        purchase_id,
-        refusal,
-    )
+    """Stripe will not take the card (removed from the customer meanwhile, or never attached
+    to it: paid with in the browser): pushing it again would fail forever and keep every
+    event about that customer waiting. The push ends, Stripe's own default is kept in its
+    place and an operator is told, in one transaction, only if the card is still ours and
+    its push still on (a detach handled meanwhile has done all this already). Stripe is
+    read first: if it is away, the push stays on and the sweep tries it all again."""
+    default = gateway.default_card(customer_id)
+    instead = default if default is not None and default.id != state.method else None
     with uow:
+        ended = uow.session.scalar(
+            PUSH_REFUSED, {"purchase_id": purchase_id, "method": state.method}
+        )
+        if ended is None:
+            uow.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
+            uow.commit()
+            return
+        uow.session.execute(
+            KEEP_INSTEAD,
+            {
+                "organization_id": state.organization_id,
+                "method": state.method,
+                "card": instead.id if instead else None,
+                "brand": instead.brand if instead else None,
+                "last4": instead.last4 if instead else None,
+            },
+        )
+        kept = f"Stripe's default, {instead.id}" if instead else "no card (Stripe has none)"
         raise_alert(
             uow.session,
             kind="card_not_default",
             message=(
                 f"Stripe refused to make the card {state.method} that paid purchase "
                 f"{purchase_id} the customer's default for renewals ({refusal.code}: "
-                f"{refusal.message}); renewals charge the card this service keeps for the "
-                "organization: check it with the customer"
+                f"{refusal.message}); renewals now use {kept}: check the card with the customer"
             ),
             organization_id=state.organization_id,
             purchase_id=purchase_id,
             stripe_object_id=state.method,
             dedupe_key=f"card_not_default:{purchase_id}",
         )
-        uow.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
         uow.commit()
+    log.error(
+        "Stripe refused to make card %s of purchase %s the default (%s); kept %s",
+        state.method,
+        purchase_id,
+        refusal,
+        kept,
+    )
 
 
 def save_card_later(

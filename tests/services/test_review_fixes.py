@@ -27,6 +27,7 @@ from shared.store.models import OperatorAlert
 from tests.services.conftest import Shop, later
 from tests.services.test_webhooks import (
     deliver,
+    delivered,
     hand_made,
     handle,
     recorded,
@@ -868,19 +869,29 @@ def test_a_charger_keeping_the_same_card_and_pushing_it_while_a_sync_asks_stripe
     assert shop.organization().payment_method_id == x
 
 
-def test_a_card_stripe_will_not_make_the_default_is_given_up_with_an_alert(shop: Shop) -> None:
-    """Found by review: the card that paid is removed from the customer (in Stripe's portal)
-    while our push of it is failing, so Stripe refuses the push for good. The sweep pushed
-    it again forever and every event about that customer waited behind it; now the push
-    ends with an operator alert and the events are handled against Stripe's default."""
+def _new_card_pushed_in_vain(shop: Shop) -> tuple[str, int, str, str]:
+    """`old` paid and is Stripe's default; a purchase paid with `new`, whose push to Stripe
+    failed for now (still on)."""
     old = shop.fake.card()
     shop.charge(shop.checkout(4, old))
     new = shop.fake.card()
     purchase = shop.checkout(5, new)
     shop.fake.fail("set_default_card")
     shop.charge(purchase)
-    customer = str(shop.organization().stripe_customer_id)
-    shop.fake.detach(new)
+    assert shop.purchase(purchase).card_sync_pending
+    return old, purchase, new, str(shop.organization().stripe_customer_id)
+
+
+def test_a_card_stripe_will_not_make_the_default_is_given_up_for_stripes_default(
+    shop: Shop,
+) -> None:
+    """Found by review: the card that paid is removed from the customer (in Stripe's portal)
+    while our push of it is failing, and Stripe then refuses the push for good. The sweep
+    pushed it again forever, every event about that customer waited behind it, and renewals
+    would have charged the dead card; now the push ends, Stripe's default is kept in its
+    place and an operator is told."""
+    old, purchase, new, customer = _new_card_pushed_in_vain(shop)
+    shop.fake.detach(new)  # its detach event is late (delivered last, below)
     stripe_sends(shop, "customer.updated", {"id": customer, "object": "customer"})
     change = recorded(shop, "customer.updated")
     assert deliver(shop, change) == "new"
@@ -888,13 +899,74 @@ def test_a_card_stripe_will_not_make_the_default_is_given_up_with_an_alert(shop:
         handle(shop, change["id"])
     shop.charge(purchase)  # the sweep pushes again: refused
     assert shop.purchase(purchase).card_sync_pending is False
+    assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
     [alert] = [a for a in shop.alerts() if a.kind == "card_not_default"]
     assert (alert.purchase_id, alert.stripe_object_id) == (purchase, new)
-    assert "refused" in alert.message and str(purchase) in alert.message
+    assert f"refused to make the card {new}" in alert.message and old in alert.message
     assert purchase not in sweep.due_purchases(shop.rt.uow(), stuck_after=-60)
     assert handle(shop, change["id"]) == ("processed", [])
-    assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
     pushes = shop.fake.calls.count("set_default_card")
     shop.charge(purchase)  # a late duplicate task: no push, no second alert
+    charging.save_card(shop.rt.uow(), shop.fake, purchase)
     assert shop.fake.calls.count("set_default_card") == pushes
+    stripe_sends(shop, "payment_method.detached", {"id": new, "object": "payment_method"})
+    assert delivered(shop, "payment_method.detached")[1] == ("ignored", [])
     assert len([a for a in shop.alerts() if a.kind == "card_not_default"]) == 1
+    assert shop.organization().payment_method_id == old
+
+
+def test_a_refused_push_with_stripe_away_stays_on_for_the_sweep(shop: Shop) -> None:
+    """Stripe's default is read before anything is ended: with Stripe away then, the push
+    stays on and the sweep does it all again."""
+    old, purchase, new, _ = _new_card_pushed_in_vain(shop)
+    shop.fake.detach(new)
+    shop.fake.fail("default_card")
+    with pytest.raises(PaymentUnavailable):
+        shop.charge(purchase)
+    assert shop.purchase(purchase).card_sync_pending
+    assert shop.organization().payment_method_id == new
+    assert not [a for a in shop.alerts() if a.kind == "card_not_default"]
+    shop.charge(purchase)
+    assert shop.purchase(purchase).card_sync_pending is False
+    assert shop.organization().payment_method_id == old
+
+
+def test_a_detach_handled_while_the_refused_push_was_on_its_way_raises_no_alert(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the detach event is handled between the charger's decision to push
+    and Stripe's refusal; the handler already kept Stripe's default and ended the push, so
+    the refusal tells an operator nothing (it raised a false alert)."""
+    old, purchase, new, customer = _new_card_pushed_in_vain(shop)
+    push = shop.fake.set_default_card
+
+    def detach_handled_first(customer_id: str, method: str) -> None:
+        shop.fake.detach(new)
+        stripe_sends(shop, "payment_method.detached", {"id": new, "object": "payment_method"})
+        assert delivered(shop, "payment_method.detached")[1] == ("processed", [])
+        push(customer_id, method)  # refused: detached
+
+    monkeypatch.setattr(shop.fake, "set_default_card", detach_handled_first)
+    known = charging.CardToSave(shop.org, new, current=True, brand_known=True, customer_id=customer)
+    charging.save_card(shop.rt.uow(), shop.fake, purchase, known)
+    assert shop.purchase(purchase).card_sync_pending is False
+    assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
+    assert not [a for a in shop.alerts() if a.kind == "card_not_default"]
+
+
+def test_a_detach_ends_the_pushes_of_cards_no_longer_ours_too(shop: Shop) -> None:
+    """Found by review: two new cards' pushes failing, the newer one detached: the older
+    card's push (never sent: no longer our card) kept the handler from reading Stripe, and
+    renewals found no card although Stripe had one."""
+    old, first, _, customer = _new_card_pushed_in_vain(shop)
+    newer = shop.fake.card()
+    second = shop.checkout(6, newer)
+    shop.fake.fail("set_default_card")
+    shop.charge(second)
+    assert shop.organization().payment_method_id == newer
+    shop.fake.detach(newer)
+    stripe_sends(shop, "payment_method.detached", {"id": newer, "object": "payment_method"})
+    assert delivered(shop, "payment_method.detached")[1] == ("processed", [])
+    assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
+    assert not shop.purchase(first).card_sync_pending
+    assert not shop.purchase(second).card_sync_pending
