@@ -14,7 +14,13 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from shared import log_lines, queues
 from shared.services import queue_stats
@@ -66,6 +72,12 @@ def _stop_heartbeat(**_: object) -> None:
     timings.write()
 
 
+@worker_process_shutdown.connect
+def _last_timings(**_: object) -> None:
+    """A prefork child's (the threads pool's are the worker's own, written above)."""
+    timings.write()
+
+
 class Timings:
     """Task timings kept in the process and written to Redis together once a second (a
     round trip per task cost a worker about a quarter of a task that does nothing). A write
@@ -92,6 +104,8 @@ class Timings:
             totals, self.totals = self.totals, {}
         try:
             queue_stats.record(client(), totals)
+        except redis.TimeoutError as error:  # they may have been written: never twice
+            log.warning("task timings of the last second perhaps not recorded: %s", error)
         except redis.RedisError as error:
             if not self.failing:  # once per outage, not every second
                 log.warning("task timings not recorded yet: %s", error)

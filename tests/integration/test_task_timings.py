@@ -4,9 +4,12 @@ by every scrape as the same histograms."""
 from __future__ import annotations
 
 import secrets
+import socket
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared import queues
 from shared.services import queue_stats
@@ -50,7 +53,8 @@ def test_timings_a_failed_write_held_go_with_the_next_one(
     timings = telemetry.Timings()
     for seconds in (0.02, 0.03):
         queue_stats.tally(timings.totals, "task_seconds", task, seconds)
-    monkeypatch.setattr(telemetry, "_client", redis.Redis(port=1, socket_connect_timeout=0.2))
+    away = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    monkeypatch.setattr(telemetry, "_client", away)
     timings.write()
     queue_stats.tally(timings.totals, "task_seconds", task, 2.0)
     client = redis.Redis.from_url(redis_url)
@@ -63,4 +67,32 @@ def test_timings_a_failed_write_held_go_with_the_next_one(
         assert ran.sum == pytest.approx(2.05)
         assert timings.totals == {}
     finally:
+        client.delete(*keys(task))
+
+
+def test_timings_whose_write_timed_out_are_never_written_twice(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that took the write but did not answer in time may have applied it: those
+    timings are let go rather than counted twice."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    task = f"seats.test_{secrets.token_hex(4)}"
+    timings = telemetry.Timings()
+    queue_stats.tally(timings.totals, "task_seconds", task, 0.02)
+    port = silent.getsockname()[1]
+    quiet = redis.Redis(port=port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    monkeypatch.setattr(telemetry, "_client", quiet)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        timings.write()
+        assert timings.totals == {}
+        queue_stats.tally(timings.totals, "task_seconds", task, 3.0)
+        monkeypatch.setattr(telemetry, "_client", client)
+        timings.write()
+        [ran] = [h for h in queue_stats.histograms(client, "task_seconds") if h.task == task]
+        assert (ran.count, ran.sum) == (1, 3.0)
+    finally:
+        silent.close()
         client.delete(*keys(task))
