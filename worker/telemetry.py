@@ -104,14 +104,13 @@ class Timings:
             totals, self.totals = self.totals, {}
         try:
             queue_stats.record(client(), totals)
-        except redis.TimeoutError as error:  # they may have been written: never twice
-            log.warning("task timings of the last second perhaps not recorded: %s", error)
         except redis.RedisError as error:
             if not self.failing:  # once per outage, not every second
                 log.warning("task timings not recorded yet: %s", error)
             self.failing = True
-            with self.lock:
-                queue_stats.merge(self.totals, totals)
+            if not _maybe_written(error):
+                with self.lock:
+                    queue_stats.merge(self.totals, totals)
         else:
             self.failing = False
 
@@ -119,6 +118,13 @@ class Timings:
         while True:
             time.sleep(WRITE_SECONDS)
             self.write()
+
+
+def _maybe_written(error: redis.RedisError) -> bool:
+    """Sent whole, but no answer in time: Redis may have applied the write, which is then
+    let go rather than counted twice (redis-py says "reading"; a connection never made or a
+    write cut short applied nothing: kept for the next)."""
+    return isinstance(error, redis.TimeoutError) and "reading" in str(error)
 
 
 WRITE_SECONDS = 1.0

@@ -356,8 +356,10 @@ class FakeStripe:
 
     def default_card(self, customer_id: str) -> Card | None:
         def act() -> Card | None:
-            method = self.customers[customer_id]["default"]
-            return self.get_card(method) if method else None
+            method = self.customers[customer_id]["default"]  # detaching leaves it here:
+            if not method or self.cards[method].get("detached"):  # the adapter's check
+                return None
+            return self.get_card(method)
 
         result: Card | None = self._call("default_card", None, (), act)
         return result

@@ -410,14 +410,14 @@ class StripeGateway:
                 f"/v1/customers/{_in_path(customer_id)}",
                 expand=["invoice_settings.default_payment_method"],
             )
+            method = (customer.get("invoice_settings") or {}).get("default_payment_method")
+            if method and not isinstance(method, dict):
+                method = self._json("get", f"/v1/payment_methods/{_in_path(str(method))}")
         except stripe.StripeError as error:
             raise _translate(error) from error
-        method = (customer.get("invoice_settings") or {}).get("default_payment_method")
-        if not method:
-            return None
-        if isinstance(method, dict):
-            return _card(method)
-        return self.get_card(str(method))
+        # a detached card is no default (Stripe clears a detached default, but an answer read
+        # as it was being detached may still name it)
+        return _card(method) if method and method.get("customer") else None
 
     def list_events(self, created_after: int) -> list[dict[str, Any]]:
         """Every event after a moment, oldest first, following Stripe's pages."""

@@ -52,6 +52,7 @@ from shared.payments.gateway import (
     PaymentUnavailable,
     friendly_message,
 )
+from shared.services import card_sync
 from shared.services.alerts import raise_alert
 from shared.services.seats import price
 from shared.store.db import PURCHASE_LOCKS, AdvisoryLock, UnitOfWork, work_lock
@@ -354,35 +355,17 @@ CARD_BRAND = (
 )
 CARD_SAVED = _purchase_update("purchase_id").values(card_sync_pending=False, updated_at=func.now())
 PUSH_REFUSED = (
-    _purchase_update("purchase_id")
+    select(PURCHASES.c.card_sync_pending)
+    .join(ORGANIZATIONS, ORGANIZATIONS.c.id == PURCHASES.c.organization_id)
     .where(
-        PURCHASES.c.card_sync_pending,
-        select(ORGANIZATIONS.c.id)
-        .where(
-            ORGANIZATIONS.c.id == PURCHASES.c.organization_id,
-            ORGANIZATIONS.c.payment_method_id == bindparam("method"),
-        )
-        .exists(),
-    )
-    .values(card_sync_pending=False, updated_at=func.now())
-    .returning(PURCHASES.c.id)
-)
-"""A push Stripe refused, ended, if still on and of the card we keep. (A detach handler ends
-such pushes too, in the transaction that changes the card: the purchase's row lock orders
-the two, and the second finds nothing to end.)"""
-KEEP_INSTEAD = (
-    update(ORGANIZATIONS)
-    .where(
-        ORGANIZATIONS.c.id == bindparam("organization_id"),
+        PURCHASES.c.id == bindparam("purchase_id"),
         ORGANIZATIONS.c.payment_method_id == bindparam("method"),
     )
-    .values(
-        payment_method_id=bindparam("card"),
-        payment_method_brand=bindparam("brand"),
-        payment_method_last4=bindparam("last4"),
-    )
+    .with_for_update(of=ORGANIZATIONS, key_share=True)
 )
-"""The card Stripe refused replaced by Stripe's default, unless it was replaced meanwhile."""
+"""Whether a push Stripe refused is still on and of the card we keep (None: not ours any
+more), the organization's row locked (first, as a detach locks it, then the purchases) so
+that a detach handled meanwhile is seen whole."""
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
@@ -870,38 +853,26 @@ def _card_refused(
 ) -> None:
     """Stripe will not take the card (removed from the customer meanwhile, or never attached
     to it: paid with in the browser): pushing it again would fail forever and keep every
-    event about that customer waiting. The push ends, Stripe's own default is kept in its
-    place and an operator is told, in one transaction, only if the card is still ours and
-    its push still on (a detach handled meanwhile has done all this already). Stripe is
-    read first: if it is away, the push stays on and the sweep tries it all again."""
-    default = gateway.default_card(customer_id)
-    instead = default if default is not None and default.id != state.method else None
-    with uow:
-        ended = uow.session.scalar(
+    event about that customer waiting. An operator is told, if the card is still ours and
+    its push still on (a detach handled meanwhile has done all that follows already); then
+    the card is dropped as a detached one is: its pushes end and Stripe's default, read
+    under the customer's sync lock, is kept in its place (`card_sync`)."""
+    with uow:  # the organization's row first, as the detach handler locks it: no deadlock
+        refused = uow.session.scalar(
             PUSH_REFUSED, {"purchase_id": purchase_id, "method": state.method}
         )
-        if ended is None:
+        if not refused:  # the card is not ours any more, or another run ended its push
             uow.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
             uow.commit()
             return
-        uow.session.execute(
-            KEEP_INSTEAD,
-            {
-                "organization_id": state.organization_id,
-                "method": state.method,
-                "card": instead.id if instead else None,
-                "brand": instead.brand if instead else None,
-                "last4": instead.last4 if instead else None,
-            },
-        )
-        kept = f"Stripe's default, {instead.id}" if instead else "no card (Stripe has none)"
         raise_alert(
             uow.session,
             kind="card_not_default",
             message=(
                 f"Stripe refused to make the card {state.method} that paid purchase "
                 f"{purchase_id} the customer's default for renewals ({refusal.code}: "
-                f"{refusal.message}); renewals now use {kept}: check the card with the customer"
+                f"{refusal.message}); this service now keeps Stripe's default card, or "
+                "none if Stripe has none: check the card with the customer"
             ),
             organization_id=state.organization_id,
             purchase_id=purchase_id,
@@ -910,12 +881,17 @@ def _card_refused(
         )
         uow.commit()
     log.error(
-        "Stripe refused to make card %s of purchase %s the default (%s); kept %s",
+        "Stripe refused to make card %s of purchase %s the default: %s",
         state.method,
         purchase_id,
         refusal,
-        kept,
     )
+    try:
+        card_sync.sync_saved_card(uow, gateway, customer_id, gone=state.method)
+    except (PaymentUnavailable, PaymentRefused, card_sync.CardSyncContended) as error:
+        # the card is dropped already (no push, no event, waits for it): until a customer
+        # event brings Stripe's default, renewals ask for a card; the alert says to check
+        log.error("card of %s not read from Stripe after the refusal: %s", customer_id, error)
 
 
 def save_card_later(

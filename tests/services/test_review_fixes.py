@@ -902,7 +902,9 @@ def test_a_card_stripe_will_not_make_the_default_is_given_up_for_stripes_default
     assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
     [alert] = [a for a in shop.alerts() if a.kind == "card_not_default"]
     assert (alert.purchase_id, alert.stripe_object_id) == (purchase, new)
-    assert f"refused to make the card {new}" in alert.message and old in alert.message
+    assert (
+        f"refused to make the card {new}" in alert.message and "Stripe's default" in alert.message
+    )
     assert purchase not in sweep.due_purchases(shop.rt.uow(), stuck_after=-60)
     assert handle(shop, change["id"]) == ("processed", [])
     pushes = shop.fake.calls.count("set_default_card")
@@ -915,19 +917,21 @@ def test_a_card_stripe_will_not_make_the_default_is_given_up_for_stripes_default
     assert shop.organization().payment_method_id == old
 
 
-def test_a_refused_push_with_stripe_away_stays_on_for_the_sweep(shop: Shop) -> None:
-    """Stripe's default is read before anything is ended: with Stripe away then, the push
-    stays on and the sweep does it all again."""
-    old, purchase, new, _ = _new_card_pushed_in_vain(shop)
+def test_a_refused_push_with_stripe_away_then_drops_the_card_until_a_customer_event(
+    shop: Shop,
+) -> None:
+    """Stripe answers the refusal, then is away when its default is read: the refused card
+    is dropped all the same (never charged at renewal, never pushed again), the alert is
+    open, and the next event about that customer brings Stripe's default."""
+    old, purchase, new, customer = _new_card_pushed_in_vain(shop)
     shop.fake.detach(new)
     shop.fake.fail("default_card")
-    with pytest.raises(PaymentUnavailable):
-        shop.charge(purchase)
-    assert shop.purchase(purchase).card_sync_pending
-    assert shop.organization().payment_method_id == new
-    assert not [a for a in shop.alerts() if a.kind == "card_not_default"]
     shop.charge(purchase)
     assert shop.purchase(purchase).card_sync_pending is False
+    assert shop.organization().payment_method_id is None
+    assert [a.purchase_id for a in shop.alerts() if a.kind == "card_not_default"] == [purchase]
+    stripe_sends(shop, "customer.updated", {"id": customer, "object": "customer"})
+    assert delivered(shop, "customer.updated")[1] == ("processed", [])
     assert shop.organization().payment_method_id == old
 
 
@@ -970,3 +974,85 @@ def test_a_detach_ends_the_pushes_of_cards_no_longer_ours_too(shop: Shop) -> Non
     assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
     assert not shop.purchase(first).card_sync_pending
     assert not shop.purchase(second).card_sync_pending
+
+
+def test_a_refusal_never_keeps_a_default_detached_before_it(shop: Shop) -> None:
+    """Found by review: Stripe's old default was detached (its event ignored: not our card
+    then) while the new card's push was on; the refusal then kept that detached card. A
+    detached card is never taken for Stripe's default."""
+    old, purchase, new, _ = _new_card_pushed_in_vain(shop)
+    shop.fake.detach(old)  # the fake leaves it the customer's default: the code must not
+    stripe_sends(shop, "payment_method.detached", {"id": old, "object": "payment_method"})
+    assert delivered(shop, "payment_method.detached")[1] == ("ignored", [])  # not ours then
+    shop.fake.detach(new)
+    shop.charge(purchase)  # the sweep: refused
+    assert shop.organization().payment_method_id is None
+    assert shop.purchase(purchase).card_sync_pending is False
+
+
+def test_a_default_detached_while_the_refusal_reads_it_is_corrected_by_stripes_event(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: Stripe's default is detached just after the refusal read it (Stripe
+    clears the default and says so with `customer.updated`): that event, handled after the
+    refusal's sync (one per customer at a time), reads Stripe again."""
+    old, purchase, new, customer = _new_card_pushed_in_vain(shop)
+    shop.fake.detach(new)
+    read = shop.fake.default_card
+
+    def read_then_detach(customer_id: str) -> Any:
+        found = read(customer_id)
+        shop.fake.detach(old)
+        shop.fake.customers[customer]["default"] = None
+        stripe_sends(shop, "payment_method.detached", {"id": old, "object": "payment_method"})
+        stripe_sends(shop, "customer.updated", {"id": customer, "object": "customer"})
+        return found
+
+    monkeypatch.setattr(shop.fake, "default_card", read_then_detach)
+    shop.charge(purchase)
+    monkeypatch.setattr(shop.fake, "default_card", read)
+    assert shop.organization().payment_method_id == old  # what Stripe said when asked
+    assert delivered(shop, "payment_method.detached")[1] == ("processed", [])
+    assert delivered(shop, "customer.updated")[1] == ("processed", [])
+    assert shop.organization().payment_method_id is None
+
+
+def test_a_refusal_and_the_detach_of_its_card_at_once_do_not_deadlock(shop: Shop) -> None:
+    """Found by review: the refusal locked the purchase, then the organization; the detach
+    handler locks the organization, then the purchases. Both now lock the organization
+    first: the detach waits for the refusal's transaction, and both end."""
+    old, purchase, new, customer = _new_card_pushed_in_vain(shop)
+    shop.fake.detach(new)
+    stripe_sends(shop, "payment_method.detached", {"id": new, "object": "payment_method"})
+    detach = recorded(shop, "payment_method.detached")
+    assert deliver(shop, detach) == "new"
+    outcome: dict[str, Any] = {}
+
+    def run_detach() -> None:
+        try:
+            outcome["detach"] = handle(shop, detach["id"])
+        except Exception as error:  # the test reports it
+            outcome["detach"] = error
+
+    started: list[threading.Thread] = []
+
+    def between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if started or "FOR NO KEY UPDATE OF organizations" not in statement:
+            return
+        if "card_sync_pending" not in statement:
+            return
+        thread = threading.Thread(target=run_detach)
+        started.append(thread)
+        thread.start()
+        time.sleep(0.5)  # the detach handler asks for the organization's row meanwhile
+
+    event.listen(shop.rt.engine, "after_cursor_execute", between)
+    try:
+        shop.charge(purchase)
+    finally:
+        event.remove(shop.rt.engine, "after_cursor_execute", between)
+        for thread in started:
+            thread.join(30)
+    assert started and outcome["detach"] == ("processed", []), outcome
+    assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
+    assert [a.purchase_id for a in shop.alerts() if a.kind == "card_not_default"] == [purchase]
