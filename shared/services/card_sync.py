@@ -6,6 +6,7 @@ Run by the webhook handlers of `customer.updated` and `payment_method.detached`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -19,8 +20,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.orm import Session
 
-from shared.payments.gateway import PaymentGateway
+from shared.domain.cards import Card
+from shared.payments.gateway import PaymentGateway, PaymentRefused
 from shared.store.db import CARD_SYNC_LOCKS, UnitOfWork
 from shared.store.models import ORGANIZATIONS, PURCHASES, Organization
 
@@ -191,3 +194,67 @@ def _sync_saved_card_alone(
         f"the organization of {customer['customer']} changed {SYNC_TRIES} times while its "
         "card was synced: the event is tried again later"
     )
+
+
+Told = Callable[[Session, Card | None], None]
+"""Run in the transaction that drops a refused card, with the card kept in its place."""
+
+
+def replace_refused_card(
+    uow: UnitOfWork,
+    gateway: PaymentGateway,
+    organization_id: int,
+    customer_id: str,
+    refused: str,
+    tell: Told,
+) -> bool:
+    """Stripe refused to make `refused` the customer's default for good: pushing it again
+    would fail forever and hold every event about the customer waiting. Under the
+    customer's sync lock, Stripe's default is read first (away: nothing has changed and
+    the push stays on, for the sweep); then one transaction, the organization's row locked
+    first (as a detach locks it), replaces the card by that default if `refused` is still
+    ours (and then runs `tell`), and ends the pushes of every card no longer ours. False
+    when the card was not ours any more (a detach or another purchase came first)."""
+    customer = {"customer": customer_id}
+    with uow.named_lock(CARD_SYNC_LOCKS, customer_id, SAVED_CARD, customer):
+        try:
+            card = gateway.default_card(customer_id)
+        except PaymentRefused:  # no such customer any more: it has no default either
+            card = None
+        if card is not None and card.id == refused:
+            card = None
+        organization = {"organization": organization_id}
+        with uow:
+            ours = uow.session.scalar(OURS_LOCKED, {**organization, "card": refused})
+            if ours is not None:
+                instead = {
+                    "card": card.id if card else None,
+                    "brand": card.brand if card else None,
+                    "last4": card.last4 if card else None,
+                }
+                uow.session.execute(KEEP_INSTEAD, {**organization, **instead})
+                tell(uow.session, card)
+            uow.session.execute(PUSHES_THAT_CANNOT_LAND, organization)
+            uow.commit()
+        return ours is not None
+
+
+OURS_LOCKED = (
+    select(ORGANIZATIONS.c.id)
+    .where(
+        ORGANIZATIONS.c.id == bindparam("organization"),
+        ORGANIZATIONS.c.payment_method_id == bindparam("card"),
+    )
+    .with_for_update(key_share=True)
+)
+"""The organization, its row locked, if `card` is the card it keeps."""
+KEEP_INSTEAD = (
+    update(ORGANIZATIONS)
+    .where(ORGANIZATIONS.c.id == bindparam("organization"))
+    .values(
+        payment_method_id=bindparam("card"),
+        payment_method_brand=bindparam("brand"),
+        payment_method_last4=bindparam("last4"),
+    )
+)
+"""The card kept for renewals in place of one Stripe refused (its row locked already)."""

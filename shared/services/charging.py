@@ -354,18 +354,6 @@ CARD_BRAND = (
     .values(payment_method_brand=bindparam("brand"), payment_method_last4=bindparam("last4"))
 )
 CARD_SAVED = _purchase_update("purchase_id").values(card_sync_pending=False, updated_at=func.now())
-PUSH_REFUSED = (
-    select(PURCHASES.c.card_sync_pending)
-    .join(ORGANIZATIONS, ORGANIZATIONS.c.id == PURCHASES.c.organization_id)
-    .where(
-        PURCHASES.c.id == bindparam("purchase_id"),
-        ORGANIZATIONS.c.payment_method_id == bindparam("method"),
-    )
-    .with_for_update(of=ORGANIZATIONS, key_share=True)
-)
-"""Whether a push Stripe refused is still on and of the card we keep (None: not ours any
-more), the organization's row locked (first, as a detach locks it, then the purchases) so
-that a detach handled meanwhile is seen whole."""
 
 
 def _locked_purchase(session: Session, purchase_id: int) -> Purchase:
@@ -852,46 +840,30 @@ def _card_refused(
     refusal: PaymentRefused,
 ) -> None:
     """Stripe will not take the card (removed from the customer meanwhile, or never attached
-    to it: paid with in the browser): pushing it again would fail forever and keep every
-    event about that customer waiting. An operator is told, if the card is still ours and
-    its push still on (a detach handled meanwhile has done all that follows already); then
-    the card is dropped as a detached one is: its pushes end and Stripe's default, read
-    under the customer's sync lock, is kept in its place (`card_sync`)."""
-    with uow:  # the organization's row first, as the detach handler locks it: no deadlock
-        refused = uow.session.scalar(
-            PUSH_REFUSED, {"purchase_id": purchase_id, "method": state.method}
-        )
-        if not refused:  # the card is not ours any more, or another run ended its push
-            uow.session.execute(CARD_SAVED, {"purchase_id": purchase_id})
-            uow.commit()
-            return
+    to it: paid with in the browser): it is replaced by Stripe's default and an operator is
+    told, in the same transaction (`card_sync.replace_refused_card`)."""
+
+    def tell(session: Session, kept: Card | None) -> None:
+        instead = f"Stripe's default, {kept.id}" if kept else "no card (Stripe has no default)"
         raise_alert(
-            uow.session,
+            session,
             kind="card_not_default",
             message=(
                 f"Stripe refused to make the card {state.method} that paid purchase "
                 f"{purchase_id} the customer's default for renewals ({refusal.code}: "
-                f"{refusal.message}); this service now keeps Stripe's default card, or "
-                "none if Stripe has none: check the card with the customer"
+                f"{refusal.message}); renewals now use {instead}: check with the customer"
             ),
             organization_id=state.organization_id,
             purchase_id=purchase_id,
             stripe_object_id=state.method,
             dedupe_key=f"card_not_default:{purchase_id}",
         )
-        uow.commit()
-    log.error(
-        "Stripe refused to make card %s of purchase %s the default: %s",
-        state.method,
-        purchase_id,
-        refusal,
-    )
-    try:
-        card_sync.sync_saved_card(uow, gateway, customer_id, gone=state.method)
-    except (PaymentUnavailable, PaymentRefused, card_sync.CardSyncContended) as error:
-        # the card is dropped already (no push, no event, waits for it): until a customer
-        # event brings Stripe's default, renewals ask for a card; the alert says to check
-        log.error("card of %s not read from Stripe after the refusal: %s", customer_id, error)
+
+    organization_id = state.organization_id
+    if card_sync.replace_refused_card(
+        uow, gateway, organization_id, customer_id, state.method, tell
+    ):
+        log.error("Stripe refused card %s of purchase %s: %s", state.method, purchase_id, refusal)
 
 
 def save_card_later(
