@@ -197,35 +197,41 @@ def _sync_saved_card_alone(
 
 
 Told = Callable[[Session, Card | None], None]
-"""Run in the transaction that drops a refused card, with the card kept in its place."""
+"""Run in the transaction that replaces a refused card, with the card kept in its place."""
 
 
 def replace_refused_card(
     uow: UnitOfWork,
     gateway: PaymentGateway,
+    purchase_id: int,
     organization_id: int,
     customer_id: str,
     refused: str,
     tell: Told,
 ) -> bool:
-    """Stripe refused to make `refused` the customer's default for good: pushing it again
-    would fail forever and hold every event about the customer waiting. Under the
-    customer's sync lock, Stripe's default is read first (away: nothing has changed and
-    the push stays on, for the sweep); then one transaction, the organization's row locked
-    first (as a detach locks it), replaces the card by that default if `refused` is still
-    ours (and then runs `tell`), and ends the pushes of every card no longer ours. False
-    when the card was not ours any more (a detach or another purchase came first)."""
+    """Stripe refused for good to make `refused`, the card purchase `purchase_id` paid
+    with, the customer's default: pushing it again would fail forever and hold every event
+    about the customer waiting. Under the customer's sync lock, Stripe's default is read
+    first (away: nothing has changed and the push stays on, for the sweep); then one
+    transaction, the organization's row locked first (as a detach locks it), replaces the
+    card by that default if `refused` is still ours (and runs `tell`), and ends the
+    purchase's push and those of every card no longer ours. False when nothing was
+    replaced: the card was not ours any more (a detach or another purchase came first), or
+    Stripe's default is that very card after all (a push of it landed)."""
     customer = {"customer": customer_id}
-    with uow.named_lock(CARD_SYNC_LOCKS, customer_id, SAVED_CARD, customer):
-        try:
-            card = gateway.default_card(customer_id)
-        except PaymentRefused:  # no such customer any more: it has no default either
-            card = None
-        if card is not None and card.id == refused:
-            card = None
+    with uow.named_lock(CARD_SYNC_LOCKS, customer_id, SAVED_CARD, customer) as (_, found):
+        card = None
+        if found is not None:  # (not our customer any more: nothing to read or replace)
+            try:
+                card = gateway.default_card(customer_id)
+            except PaymentRefused:  # no such customer any more: it has no default either
+                card = None
+        landed = card is not None and card.id == refused
         organization = {"organization": organization_id}
         with uow:
-            ours = uow.session.scalar(OURS_LOCKED, {**organization, "card": refused})
+            ours = None
+            if found is not None and not landed:
+                ours = uow.session.scalar(OURS_LOCKED, {**organization, "card": refused})
             if ours is not None:
                 instead = {
                     "card": card.id if card else None,
@@ -234,11 +240,17 @@ def replace_refused_card(
                 }
                 uow.session.execute(KEEP_INSTEAD, {**organization, **instead})
                 tell(uow.session, card)
+            uow.session.execute(PUSH_ENDED, {"purchase_id": purchase_id})
             uow.session.execute(PUSHES_THAT_CANNOT_LAND, organization)
             uow.commit()
         return ours is not None
 
 
+PUSH_ENDED = (
+    update(PURCHASES)
+    .where(PURCHASES.c.id == bindparam("purchase_id"))
+    .values(card_sync_pending=False, updated_at=func.now())
+)
 OURS_LOCKED = (
     select(ORGANIZATIONS.c.id)
     .where(

@@ -861,7 +861,7 @@ def _card_refused(
 
     organization_id = state.organization_id
     if card_sync.replace_refused_card(
-        uow, gateway, organization_id, customer_id, state.method, tell
+        uow, gateway, purchase_id, organization_id, customer_id, state.method, tell
     ):
         log.error("Stripe refused card %s of purchase %s: %s", state.method, purchase_id, refusal)
 

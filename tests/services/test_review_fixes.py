@@ -12,9 +12,8 @@ from sqlalchemy import event, text
 
 from shared.domain.errors import Conflict
 from shared.payments.fake_stripe import THREE_D_SECURE
-from shared.payments.gateway import PaymentUnavailable
+from shared.payments.gateway import PaymentRefused, PaymentUnavailable
 from shared.services import (
-    card_sync,
     cart,
     charging,
     checkout,
@@ -1018,10 +1017,13 @@ def test_a_default_detached_while_the_refusal_reads_it_is_corrected_by_stripes_e
     assert shop.organization().payment_method_id is None
 
 
-def test_a_refusal_and_the_detach_of_its_card_at_once_do_not_deadlock(shop: Shop) -> None:
+def test_a_refusal_and_the_detach_of_its_card_at_once_do_not_deadlock(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by review: the refusal locked the purchase, then the organization; the detach
-    handler locks the organization, then the purchases. Both now hold the customer's sync
-    lock and lock the organization first: the detach waits for the refusal, and both end."""
+    handler locks the organization, then the purchases. The detach starts while the refusal
+    is asking Stripe (no row held yet); both hold the customer's sync lock before any row,
+    and lock the organization first: one waits for the other, and both end."""
     old, purchase, new, customer = _new_card_pushed_in_vain(shop)
     shop.fake.detach(new)
     stripe_sends(shop, "payment_method.detached", {"id": new, "object": "payment_method"})
@@ -1036,22 +1038,42 @@ def test_a_refusal_and_the_detach_of_its_card_at_once_do_not_deadlock(shop: Shop
             outcome["detach"] = error
 
     started: list[threading.Thread] = []
+    read = shop.fake.default_card
 
-    def between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if started or statement != str(card_sync.OURS_LOCKED.compile(dialect=conn.dialect)):
-            return
-        thread = threading.Thread(target=run_detach)
-        started.append(thread)
-        thread.start()
-        time.sleep(0.5)  # the detach handler asks for the organization's row meanwhile
+    def detach_meanwhile(customer_id: str) -> Any:
+        if not started:
+            thread = threading.Thread(target=run_detach)
+            started.append(thread)
+            thread.start()
+            time.sleep(0.5)  # the detach handler goes as far as it can meanwhile
+        return read(customer_id)
 
-    event.listen(shop.rt.engine, "after_cursor_execute", between)
+    monkeypatch.setattr(shop.fake, "default_card", detach_meanwhile)
     try:
         shop.charge(purchase)
     finally:
-        event.remove(shop.rt.engine, "after_cursor_execute", between)
         for thread in started:
             thread.join(30)
     assert started and outcome["detach"] == ("processed", []), outcome
     assert shop.organization().payment_method_id == old == shop.fake.customers[customer]["default"]
+    assert not shop.purchase(purchase).card_sync_pending
     assert [a.purchase_id for a in shop.alerts() if a.kind == "card_not_default"] == [purchase]
+
+
+def test_a_refused_push_of_the_card_stripe_already_has_as_default_keeps_it(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: Stripe says no, yet its default is that very card (an earlier push
+    of it landed): the card was dropped for none, and renewals found no card. It is kept,
+    its push ended, and no operator is bothered."""
+    _, purchase, new, customer = _new_card_pushed_in_vain(shop)
+    shop.fake.customers[customer]["default"] = new  # an earlier try landed after all
+
+    def refused(customer_id: str, method: str) -> None:
+        raise PaymentRefused("resource_missing", "no such card")
+
+    monkeypatch.setattr(shop.fake, "set_default_card", refused)
+    shop.charge(purchase)
+    assert shop.organization().payment_method_id == new
+    assert not shop.purchase(purchase).card_sync_pending
+    assert not [a for a in shop.alerts() if a.kind == "card_not_default"]
