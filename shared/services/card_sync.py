@@ -1,7 +1,8 @@
 """Our saved card follows Stripe's default for the customer: one sync per customer at a
 time, never a detached card, never an answer older than a card a purchase is pushing.
 
-Run by the webhook handlers of `customer.updated` and `payment_method.detached`.
+Run by the webhook handlers of `customer.updated` and `payment_method.detached`, and by a
+charger whose push of a new card Stripe refused for good (`replace_refused_card`).
 """
 
 from __future__ import annotations
