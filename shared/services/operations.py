@@ -294,10 +294,12 @@ def list_events(
     kind: str | None = None,
     limit: int = PAGE,
 ) -> list[EventRow]:
-    """Newest first; `outcome` may be `pending` for events not handled yet."""
-    query = select(WebhookEvent).order_by(WebhookEvent.received_at.desc()).limit(limit)
+    """Newest first; `outcome` may be `pending` for events not handled yet, oldest first
+    (the one `SeatsWebhookWaiting` is about leads, whatever the limit)."""
+    received = WebhookEvent.received_at
+    query = select(WebhookEvent).order_by(received.desc(), WebhookEvent.id).limit(limit)
     if outcome == "pending":
-        query = query.where(WebhookEvent.outcome.is_(None))
+        query = query.where(WebhookEvent.outcome.is_(None)).order_by(None).order_by(received)
     elif outcome is not None:
         query = query.where(WebhookEvent.outcome == outcome)
     if kind is not None:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, event, select, update
 from shared.domain.errors import NotFound
 from shared.payments.fake_stripe import DECLINED_ON_CHARGE, THREE_D_SECURE
 from shared.payments.gateway import PaymentUnavailable
-from shared.services import webhooks
+from shared.services import operations, webhooks
 from shared.store import inbox
 from shared.store.models import OperatorAlert, Purchase, SyncCursor, WebhookEvent
 from tests.services.conftest import Shop
@@ -865,3 +865,20 @@ def test_our_own_card_update_coming_back_asks_stripe_nothing(shop: Shop) -> None
     assert handle(shop, event["id"], again=True) == ("processed", [])  # a replay reads it
     assert shop.fake.calls[calls:] == []
     assert shop.organization().payment_method_id == card
+
+
+def test_pending_events_are_listed_oldest_first_other_lists_newest_first(shop: Shop) -> None:
+    """The oldest event not handled yet is the one `SeatsWebhookWaiting` is about: an
+    operator listing pending events sees it first."""
+    stored_ids = []
+    for _ in range(3):
+        event = hand_made()
+        assert deliver(shop, event) == "new"  # a type we handle, not handled yet
+        stored_ids.append(event["id"])
+
+    def listed(**query: Any) -> list[str]:  # (other tests' events share the database)
+        rows = operations.list_events(shop.rt.uow(), limit=1000, **query)
+        return [row.id for row in rows if row.id in stored_ids]
+
+    assert listed(outcome="pending") == stored_ids
+    assert listed() == stored_ids[::-1]
