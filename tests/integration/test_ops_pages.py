@@ -575,6 +575,26 @@ def test_an_event_payload_is_shown_as_text_never_as_markup(stack: Stack) -> None
     assert "not handled yet" in page
 
 
+def test_events_not_handled_yet_are_listed_oldest_first(stack: Stack) -> None:
+    ids = []
+    for _ in range(2):
+        event = {
+            "id": f"evt_{secrets.token_hex(8)}",
+            "object": "event",
+            "type": "customer.updated",
+            "created": 1_700_000_000,
+            "data": {"object": {"id": f"cus_{secrets.token_hex(6)}"}},
+        }
+        assert webhooks.store_event(stack.runtime.uow(), event) == "new"
+        ids.append(event["id"])
+    page = stack.browser.get(f"{stack.web.url}/ops/events?outcome=pending", timeout=10).text
+    assert "Events not handled yet, oldest first" in page
+    assert page.index(ids[0]) < page.index(ids[1])
+    everything = stack.browser.get(f"{stack.web.url}/ops/events", timeout=10).text
+    assert "Stored events, newest first" in everything
+    assert everything.index(ids[1]) < everything.index(ids[0])
+
+
 def test_an_alert_is_resolved_once(stack: Stack) -> None:
     with stack.runtime.uow() as uow:
         alert = OperatorAlert(kind="late_payment", message="refunded pi_9 automatically")
