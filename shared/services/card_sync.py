@@ -55,18 +55,18 @@ SAVED_CARD = (
 committed version: FOR SHARE), and a purchase of theirs whose new card is still on its way
 to Stripe (every customer event asks): one round trip, which also tries the customer's
 sync lock."""
-KEEP_STRIPES_CARD = (
+KEEP_CARD = (
     update(ORGANIZATIONS)
-    .where(
-        ORGANIZATIONS.c.id == bindparam("organization"),
-        _row_version == bindparam("version"),
-        ~_card_on_its_way(ORGANIZATIONS.c.id).exists(),
-    )
+    .where(ORGANIZATIONS.c.id == bindparam("organization"))
     .values(
         payment_method_id=bindparam("card"),
         payment_method_brand=bindparam("brand"),
         payment_method_last4=bindparam("last4"),
     )
+)
+"""The card kept for renewals (its id, brand and last four digits)."""
+KEEP_STRIPES_CARD = KEEP_CARD.where(
+    _row_version == bindparam("version"), ~_card_on_its_way(ORGANIZATIONS.c.id).exists()
 )
 """Keep Stripe's answer only if the organization's row is still the version read before
 asking. A charger keeping a card (even the same one) writes that row in the transaction that
@@ -239,7 +239,7 @@ def replace_refused_card(
                     "brand": card.brand if card else None,
                     "last4": card.last4 if card else None,
                 }
-                uow.session.execute(KEEP_INSTEAD, {**organization, **instead})
+                uow.session.execute(KEEP_CARD, {**organization, **instead})  # row locked above
                 tell(uow.session, card)
             uow.session.execute(PUSH_ENDED, {"purchase_id": purchase_id})
             uow.session.execute(PUSHES_THAT_CANNOT_LAND, organization)
@@ -261,13 +261,3 @@ OURS_LOCKED = (
     .with_for_update(key_share=True)
 )
 """The organization, its row locked, if `card` is the card it keeps."""
-KEEP_INSTEAD = (
-    update(ORGANIZATIONS)
-    .where(ORGANIZATIONS.c.id == bindparam("organization"))
-    .values(
-        payment_method_id=bindparam("card"),
-        payment_method_brand=bindparam("brand"),
-        payment_method_last4=bindparam("last4"),
-    )
-)
-"""The card kept for renewals in place of one Stripe refused (its row locked already)."""

@@ -77,6 +77,14 @@ class Shop:
         )
         return purchase
 
+    def paid_while_its_card_push_fails(self, target: int, card: str) -> int:
+        """A purchase paid with `card`, whose push to Stripe as the default failed for now."""
+        purchase = self.checkout(target, card)
+        self.fake.fail("set_default_card")
+        self.charge(purchase)
+        assert self.purchase(purchase).card_sync_pending
+        return purchase
+
     def charge(self, purchase: int, **options: object) -> Outcome:
         return charging.charge(self.rt.uow(), self.rt.engine, self.fake, purchase, **options)  # type: ignore[arg-type]
 

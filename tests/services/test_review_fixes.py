@@ -875,10 +875,7 @@ def _new_card_pushed_in_vain(shop: Shop) -> tuple[str, int, str, str]:
     old = shop.fake.card()
     shop.charge(shop.checkout(4, old))
     new = shop.fake.card()
-    purchase = shop.checkout(5, new)
-    shop.fake.fail("set_default_card")
-    shop.charge(purchase)
-    assert shop.purchase(purchase).card_sync_pending
+    purchase = shop.paid_while_its_card_push_fails(5, new)
     return old, purchase, new, str(shop.organization().stripe_customer_id)
 
 

@@ -464,10 +464,7 @@ def test_a_new_card_detached_before_its_sync_leaves_stripes_default_as_our_saved
         older = shop.fake.card()
         shop.charge(shop.checkout(4, older))
     card = shop.fake.card()
-    purchase = shop.checkout(5, card)
-    shop.fake.fail("set_default_card")
-    shop.charge(purchase)
-    assert shop.purchase(purchase).card_sync_pending
+    purchase = shop.paid_while_its_card_push_fails(5, card)
     shop.fake.detach(card)
     stripe_sends(shop, "payment_method.detached", {"id": card, "object": "payment_method"})
     detached = recorded(shop, "payment_method.detached")
